@@ -1,0 +1,46 @@
+"""kprod: a Kafka producer for Python, written from the wire protocol up.
+
+``Producer`` (synchronous, thread-safe) and ``AsyncProducer`` (asyncio) share one
+pipeline: record creation, serialization, partitioning, buffering, batching,
+compression, acknowledgements, retries and metadata. See ARCHITECTURE.md.
+"""
+
+from kprod.aio import AsyncProducer
+from kprod.config import ProducerConfig
+from kprod.errors import (
+    BrokerConnectionError,
+    BufferExhaustedError,
+    ConfigError,
+    KafkaError,
+    KafkaTimeoutError,
+    KprodError,
+    Persisted,
+    ProducerClosedError,
+    RecordTooLargeError,
+    SerializationError,
+    UnknownTopicError,
+)
+from kprod.sync import Producer, RecordFuture
+from kprod.types import RecordMetadata
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncProducer",
+    "BrokerConnectionError",
+    "BufferExhaustedError",
+    "ConfigError",
+    "KafkaError",
+    "KafkaTimeoutError",
+    "KprodError",
+    "Persisted",
+    "Producer",
+    "ProducerClosedError",
+    "ProducerConfig",
+    "RecordFuture",
+    "RecordMetadata",
+    "RecordTooLargeError",
+    "SerializationError",
+    "UnknownTopicError",
+    "__version__",
+]

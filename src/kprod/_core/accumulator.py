@@ -1,0 +1,427 @@
+"""Per-partition batches of records waiting to be sent: the RecordAccumulator.
+
+Owns the buffering and batching stages: where an appended record goes
+(the open batch of its partition, or a new one), how many bytes everything
+not yet acknowledged holds (``buffer.memory``), when a batch is ready
+(``batch.size`` reached, ``linger.ms`` passed, a flush or a close), and which
+batches leave together for one broker (``drain``, bounded by
+``max.request.size``). It does not know about sockets, threads or clocks:
+callers serialize access (the I/O layer holds one lock around every call)
+and pass ``now_ms``.
+
+Invariants:
+* A partition's batches leave in the order they were created; a retried batch
+  goes back to the *front* of its queue, in sequence order.
+* Only the last batch of a queue accepts appends; a drained batch never does.
+* ``used_bytes`` counts every byte of every batch not yet completed; it only
+  shrinks through :meth:`RecordAccumulator.release`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from kprod.records.batch import RecordBatchBuilder
+
+__all__ = [
+    "BATCH_HEADER_BYTES",
+    "BatchState",
+    "PartitionQueue",
+    "ProducerBatch",
+    "RecordAccumulator",
+    "record_size_upper_bound",
+]
+
+BATCH_HEADER_BYTES = 61
+"""Size of a v2 record batch header (RECORD_BATCH_OVERHEAD in Java)."""
+
+_MAX_RECORD_OVERHEAD = 21 + 15
+"""Java's 21 bytes of per-record overhead plus up to 5 bytes each for key, value and header-count varints."""
+
+
+def record_size_upper_bound(key: bytes | None, value: bytes | None, headers: Sequence[Any] | None) -> int:
+    """An upper bound of one record's encoded size in a batch (bytes)."""
+    size = _MAX_RECORD_OVERHEAD
+    if key is not None:
+        size += len(key)
+    if value is not None:
+        size += len(value)
+    if headers:
+        for name, hvalue in headers:
+            size += 10 + len(name) * 4 + (len(hvalue) if hvalue is not None else 0)
+    return size
+
+
+class BatchState(enum.Enum):
+    """Where a batch is in its life. Transitions: QUEUED -> IN_FLIGHT -> (QUEUED again on retry) -> DONE."""
+
+    QUEUED = 1
+    """In its partition's queue; the last batch of a queue still accepts appends."""
+    IN_FLIGHT = 2
+    """Part of a request that has not been answered."""
+    DONE = 3
+    """Completed, successfully or not; its memory is released."""
+
+
+class ProducerBatch:
+    """Records of one partition that travel together, and their single shared outcome.
+
+    One batch is one completion: per-record futures are thin views
+    (batch, index) on it, so completing a batch of N records costs one
+    state change plus whatever callbacks the user registered.
+    """
+
+    __slots__ = (
+        "accepting",
+        "accounted_bytes",
+        "attempts",
+        "base_offset",
+        "base_sequence",
+        "builder",
+        "callbacks",
+        "created_ms",
+        "encoded",
+        "error",
+        "log_append_time_ms",
+        "next_retry_ms",
+        "partition",
+        "producer_epoch",
+        "producer_id",
+        "sent",
+        "state",
+        "timestamps",
+        "topic",
+        "waiter",
+        "last_error",
+    )
+
+    def __init__(self, topic: str, partition: int, base_timestamp_ms: int, now_ms: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.builder = RecordBatchBuilder(base_timestamp_ms)
+        self.created_ms = now_ms
+        self.state = BatchState.QUEUED
+        # False once the batch is drained or a record did not fit: no more appends.
+        self.accepting = True
+        self.accounted_bytes = 0
+        self.attempts = 0
+        self.next_retry_ms = 0
+        # True once any request carrying this batch was written to a socket: from then on a
+        # failure without an answer means the records are POSSIBLY persisted, never "not persisted".
+        self.sent = False
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.base_sequence = -1
+        self.encoded: bytes | bytearray | None = None
+        self.timestamps: list[int] = []
+        # (record index, fn(metadata_or_None, error_or_None)) registered by the user or the facade.
+        self.callbacks: list[tuple[int, Callable[[Any, BaseException | None], None]]] | None = None
+        # Opaque slot for the I/O layer (an Event to wake sync waiters).
+        self.waiter: Any = None
+        self.base_offset = -1
+        self.log_append_time_ms = -1
+        self.error: BaseException | None = None
+        self.last_error: BaseException | None = None
+
+    @property
+    def record_count(self) -> int:
+        return self.builder.record_count
+
+    @property
+    def size_bytes(self) -> int:
+        """Uncompressed wire size of the batch so far (bytes)."""
+        return self.builder.size_bytes
+
+    @property
+    def done(self) -> bool:
+        return self.state is BatchState.DONE
+
+    def add_callback(self, index: int, fn: Callable[[Any, BaseException | None], None]) -> None:
+        callbacks = self.callbacks
+        if callbacks is None:
+            self.callbacks = [(index, fn)]
+        else:
+            callbacks.append((index, fn))
+
+    def __repr__(self) -> str:
+        return (
+            f"ProducerBatch({self.topic}-{self.partition}, records={self.record_count}, "
+            f"bytes={self.size_bytes}, state={self.state.name}, attempts={self.attempts})"
+        )
+
+
+class PartitionQueue:
+    """The queue of batches of one topic-partition."""
+
+    __slots__ = ("batches", "in_flight", "last_acked_sequence", "next_sequence", "outstanding", "partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.batches: deque[ProducerBatch] = deque()
+        self.in_flight = 0
+        """Batches of this partition currently in requests."""
+        # Idempotence state (used only when enable.idempotence is on).
+        self.next_sequence = 0
+        """Base sequence for the next batch sent for the first time."""
+        self.last_acked_sequence = -1
+        """Last sequence the broker acknowledged."""
+        self.outstanding: list[int] = []
+        """Base sequences sent and not yet completed, ascending. A retried batch may only go
+        when it is the lowest: the broker accepts sequences strictly in order."""
+
+
+class RecordAccumulator:
+    """Batches per partition, bounded memory, readiness and draining (Java's RecordAccumulator).
+
+    Settings: ``batch_size`` (bytes, ``batch.size``), ``linger_ms``
+    (``linger.ms``), ``buffer_memory`` (bytes, ``buffer.memory``).
+    """
+
+    def __init__(self, *, batch_size: int, linger_ms: int, buffer_memory: int) -> None:
+        self.batch_size = max(1, batch_size)
+        self.linger_ms = linger_ms
+        self.buffer_memory = buffer_memory
+        self.used_bytes = 0
+        """Bytes held by batches that are not yet completed."""
+        self._queues: dict[str, dict[int, PartitionQueue]] = {}
+        # Queues holding at least one batch, in first-use order (round-robin drains rotate over it).
+        self._nonempty: dict[PartitionQueue, None] = {}
+        self._drain_start: dict[int, int] = {}
+        self.flushing = False
+        """Set by flush(): every batch is ready regardless of linger.ms."""
+        self.closing = False
+        self.memory_waiters = 0
+        """Callers blocked waiting for memory: batches are sent at once to free it."""
+        self.batch_count = 0
+
+    # -- append ----------------------------------------------------------------------
+
+    def queue(self, topic: str, partition: int) -> PartitionQueue:
+        """The queue of a partition, created on first use."""
+        parts = self._queues.get(topic)
+        if parts is None:
+            parts = self._queues[topic] = {}
+        q = parts.get(partition)
+        if q is None:
+            q = parts[partition] = PartitionQueue(topic, partition)
+        return q
+
+    def has_room(self, record_bound: int) -> bool:
+        """Whether a record of at most ``record_bound`` bytes fits in ``buffer.memory`` now."""
+        return self.used_bytes + record_bound + BATCH_HEADER_BYTES <= self.buffer_memory
+
+    def append(
+        self,
+        q: PartitionQueue,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+        record_bound: int,
+        now_ms: int,
+    ) -> ProducerBatch:
+        """Append one record to the partition's open batch, opening a new batch if needed.
+
+        The caller checked :meth:`has_room` and the size limits. Returns the batch;
+        the record's index in it is ``batch.record_count - 1``. A batch whose
+        ``record_count`` is 1 is new (the linger timer starts); a batch no longer
+        ``accepting`` is full (ready to send).
+        """
+        batches = q.batches
+        batch: ProducerBatch | None = None
+        if batches:
+            last = batches[-1]
+            if last.accepting:
+                if last.builder.size_bytes + record_bound <= self.batch_size:
+                    batch = last
+                else:
+                    last.accepting = False
+        if batch is None:
+            batch = ProducerBatch(q.topic, q.partition, timestamp_ms, now_ms)
+            if not batches:
+                self._nonempty[q] = None
+            batches.append(batch)
+            batch.accounted_bytes = BATCH_HEADER_BYTES
+            self.used_bytes += BATCH_HEADER_BYTES
+            self.batch_count += 1
+        added = batch.builder.append(timestamp_ms, key, value, headers)
+        batch.timestamps.append(timestamp_ms)
+        batch.accounted_bytes += added
+        self.used_bytes += added
+        if batch.builder.size_bytes >= self.batch_size:
+            batch.accepting = False
+        return batch
+
+    # -- readiness ---------------------------------------------------------------------
+
+    def ready(
+        self, now_ms: int, leader_of: Callable[[str, int], int], can_send: Callable[[PartitionQueue], bool]
+    ) -> tuple[set[int], int, set[str]]:
+        """Nodes with at least one sendable batch, the next time to look again, and leaderless topics.
+
+        A partition's head batch is sendable when it is full, waited ``linger.ms``,
+        memory is short, or a flush or close is in progress, unless it backs
+        off after a failure. ``can_send`` lets the sender veto a partition
+        (ordering rules of idempotence, muted partitions).
+        """
+        ready_nodes: set[int] = set()
+        unknown: set[str] = set()
+        next_ms = now_ms + 3_600_000
+        linger = self.linger_ms
+        force = self.flushing or self.closing or self.memory_waiters > 0
+        for q in self._nonempty:
+            head = q.batches[0]
+            leader = leader_of(q.topic, q.partition)
+            if leader < 0:
+                unknown.add(q.topic)
+                continue
+            if leader in ready_nodes:
+                continue
+            if head.attempts > 0 and now_ms < head.next_retry_ms:
+                next_ms = min(next_ms, head.next_retry_ms)
+                continue
+            if not can_send(q):
+                continue
+            if force or len(q.batches) > 1 or not head.accepting or head.attempts > 0:
+                ready_nodes.add(leader)
+                continue
+            send_at = head.created_ms + linger
+            if send_at <= now_ms:
+                ready_nodes.add(leader)
+            elif send_at < next_ms:
+                next_ms = send_at
+        return ready_nodes, next_ms, unknown
+
+    def drain(
+        self,
+        node_id: int,
+        now_ms: int,
+        max_request_bytes: int,
+        leader_of: Callable[[str, int], int],
+        can_send: Callable[[PartitionQueue], bool],
+    ) -> list[ProducerBatch]:
+        """Take at most one batch per partition led by ``node_id`` into one request.
+
+        Partitions are visited round-robin from where the last drain for this
+        node stopped, so no partition starves. The request holds batches up to
+        ``max_request_bytes`` (uncompressed sizes), but always at least one.
+        Drained batches stop accepting appends and leave their queue.
+        """
+        queues = [q for q in self._nonempty if leader_of(q.topic, q.partition) == node_id]
+        if not queues:
+            return []
+        start = self._drain_start.get(node_id, 0) % len(queues)
+        taken: list[ProducerBatch] = []
+        size = 0
+        count = len(queues)
+        for i in range(count):
+            q = queues[(start + i) % count]
+            head = q.batches[0]
+            if head.attempts > 0 and now_ms < head.next_retry_ms:
+                continue
+            if not can_send(q):
+                continue
+            batch_bytes = head.builder.size_bytes
+            if taken and size + batch_bytes > max_request_bytes:
+                self._drain_start[node_id] = start + i
+                break
+            q.batches.popleft()
+            head.accepting = False
+            head.state = BatchState.IN_FLIGHT
+            q.in_flight += 1
+            if not q.batches:
+                del self._nonempty[q]
+            taken.append(head)
+            size += batch_bytes
+        else:
+            self._drain_start[node_id] = start + 1
+        return taken
+
+    # -- retries, expiry, completion --------------------------------------------------
+
+    def reenqueue(self, batch: ProducerBatch, now_ms: int, backoff_ms: int) -> None:
+        """Put a failed batch back at the front of its queue, in sequence order, to retry after the backoff."""
+        q = self.queue(batch.topic, batch.partition)
+        q.in_flight -= 1
+        batch.state = BatchState.QUEUED
+        batch.attempts += 1
+        batch.next_retry_ms = now_ms + backoff_ms
+        batches = q.batches
+        if not batches:
+            self._nonempty[q] = None
+        if batch.base_sequence >= 0:
+            # Keep retried batches sorted by sequence ahead of batches never sent.
+            index = 0
+            for other in batches:
+                if other.base_sequence < 0 or other.base_sequence > batch.base_sequence:
+                    break
+                index += 1
+            batches.insert(index, batch)
+        else:
+            batches.appendleft(batch)
+
+    def on_in_flight_done(self, batch: ProducerBatch) -> None:
+        """A request carrying ``batch`` got its final answer for it."""
+        q = self.queue(batch.topic, batch.partition)
+        q.in_flight -= 1
+
+    def release(self, batch: ProducerBatch) -> None:
+        """Give back the memory of a completed batch."""
+        self.used_bytes -= batch.accounted_bytes
+        batch.accounted_bytes = 0
+        self.batch_count -= 1
+
+    def expired(self, now_ms: int, delivery_timeout_ms: int) -> list[ProducerBatch]:
+        """Remove and return queued batches older than ``delivery.timeout.ms``."""
+        limit = now_ms - delivery_timeout_ms
+        out: list[ProducerBatch] = []
+        for q in list(self._nonempty):
+            batches = q.batches
+            while batches and batches[0].created_ms <= limit:
+                batch = batches.popleft()
+                batch.accepting = False
+                out.append(batch)
+            if not batches:
+                del self._nonempty[q]
+        return out
+
+    def next_expiry_ms(self, delivery_timeout_ms: int) -> int | None:
+        """When the oldest queued batch reaches ``delivery.timeout.ms``, or None when nothing is queued."""
+        oldest = None
+        for q in self._nonempty:
+            created = q.batches[0].created_ms
+            if oldest is None or created < oldest:
+                oldest = created
+        return None if oldest is None else oldest + delivery_timeout_ms
+
+    def abort_all(self) -> list[ProducerBatch]:
+        """Remove and return every queued batch (for close and fatal errors)."""
+        out: list[ProducerBatch] = []
+        for q in self._nonempty:
+            out.extend(q.batches)
+            q.batches.clear()
+        self._nonempty.clear()
+        for batch in out:
+            batch.accepting = False
+        return out
+
+    def queued_batches(self) -> Iterable[ProducerBatch]:
+        for q in self._nonempty:
+            yield from q.batches
+
+    def has_queued(self) -> bool:
+        return bool(self._nonempty)
+
+    def queue_sizes(self, topic: str, partition_count: int) -> list[int] | None:
+        """Batches waiting per partition of ``topic``, for adaptive partitioning.
+
+        None unless every partition has a queue (Java's rule: no stats until all partitions were used).
+        """
+        parts = self._queues.get(topic)
+        if parts is None or len(parts) < partition_count:
+            return None
+        return [len(parts[p].batches) if p in parts else 0 for p in range(partition_count)]

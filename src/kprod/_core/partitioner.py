@@ -1,0 +1,103 @@
+"""Partition choice for records: explicit, custom, keyed (murmur2) and uniform sticky.
+
+Owns the built-in partitioner of KIP-794 (Kafka 3.3+): keyed records go to
+``(murmur2(key) & 0x7fffffff) % partition_count`` over *all* partitions;
+keyless records stick to one partition until about ``batch.size`` bytes went
+to it, then move on. It must not know about sockets, threads or clocks;
+randomness comes from an injected :class:`random.Random`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Sequence
+
+__all__ = ["StickyPartitioner"]
+
+
+class StickyPartitioner:
+    """The uniform sticky partitioner of one topic (Java's ``BuiltInPartitioner``).
+
+    The switching rule is Java's: after each append, ``produced_bytes`` grows by
+    the bytes the append added (including a new batch's header); the partition
+    changes when ``produced_bytes >= batch_size`` *and* the partition's last
+    batch is full, or unconditionally at ``2 * batch_size``. Waiting for the
+    last batch to be full avoids leaving a fraction of a batch behind when
+    ``linger.ms`` is large.
+    """
+
+    __slots__ = ("_batch_size", "_rng", "current", "produced_bytes")
+
+    def __init__(self, batch_size: int, rng: random.Random) -> None:
+        self._batch_size = batch_size
+        self._rng = rng
+        self.current = -1
+        """The sticky partition, or -1 before the first choice."""
+        self.produced_bytes = 0
+        """Bytes appended to ``current`` since it was chosen."""
+
+    def partition(
+        self,
+        partition_count: int,
+        available: Sequence[int],
+        queue_sizes: Sequence[int] | None,
+    ) -> int:
+        """The partition for the next keyless record, choosing one if needed.
+
+        ``available`` lists partitions with a known leader; ``queue_sizes`` (one
+        per partition, or None) holds the number of batches waiting per
+        partition for adaptive partitioning.
+        """
+        current = self.current
+        if current < 0 or current >= partition_count:
+            self.next_partition(partition_count, available, queue_sizes)
+            current = self.current
+        return current
+
+    def on_append(
+        self,
+        appended_bytes: int,
+        last_batch_full: bool,
+        partition_count: int,
+        available: Sequence[int],
+        queue_sizes: Sequence[int] | None,
+    ) -> None:
+        """Account an append to the sticky partition; maybe switch to another."""
+        produced = self.produced_bytes + appended_bytes
+        self.produced_bytes = produced
+        size = self._batch_size
+        if (produced >= size and last_batch_full) or produced >= 2 * size:
+            self.next_partition(partition_count, available, queue_sizes)
+
+    def next_partition(
+        self,
+        partition_count: int,
+        available: Sequence[int],
+        queue_sizes: Sequence[int] | None,
+    ) -> None:
+        """Pick a new sticky partition and reset the byte count.
+
+        With ``queue_sizes`` that differ, a partition with a shorter queue is
+        more likely: weight ``max + 1 - size`` (Java's cumulative frequency
+        table). Otherwise uniform over ``available`` (or over all partitions
+        when none has a leader).
+        """
+        self.produced_bytes = 0
+        rng = self._rng
+        if queue_sizes is not None and len(queue_sizes) == partition_count and partition_count > 1:
+            smallest = min(queue_sizes)
+            largest = max(queue_sizes)
+            if smallest != largest:
+                cumulative: list[int] = []
+                total = 0
+                for size in queue_sizes:
+                    total += largest + 1 - size
+                    cumulative.append(total)
+                pick = rng.randrange(total)
+                self.current = bisect.bisect_right(cumulative, pick)
+                return
+        if available:
+            self.current = available[rng.randrange(len(available))] if len(available) > 1 else available[0]
+        else:
+            self.current = rng.randrange(partition_count) if partition_count > 0 else -1

@@ -1,0 +1,414 @@
+"""The sender's decisions: which batches go to which broker, and what each answer means.
+
+Owns the acknowledgement and retry stages in pure form (Java's ``Sender``
+without the network): :meth:`SenderCore.poll` turns ready batches into
+produce request plans per broker, assigns idempotent sequences, expires
+batches past ``delivery.timeout.ms``; :meth:`SenderCore.on_produce_response`
+and :meth:`SenderCore.on_request_failed` complete, retry or fail the batches
+of one request. The I/O layer (``kprod._io``) calls these with ``now_ms``
+under one lock, writes the requests, and delivers the completions it gets
+back. Nothing here touches sockets, threads or clocks.
+
+Invariants:
+* A batch is completed exactly once (``BatchState.DONE``); answers for a batch
+  that already expired are ignored.
+* A batch that was written to a socket and got no answer is never reported as
+  "not persisted": it fails as POSSIBLY persisted.
+* With idempotence, a batch keeps its sequence across retries, and a retried
+  batch only leaves when it is the partition's lowest outstanding sequence.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kprod._core.accumulator import BatchState, PartitionQueue, ProducerBatch, RecordAccumulator
+from kprod._core.metadata import ClusterMetadata
+from kprod.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    KprodError,
+    Persisted,
+    RecordTooLargeError,
+    is_invalid_metadata,
+    is_retriable,
+)
+from kprod.protocol.produce import ProduceResponse
+from kprod.records.compression import Compressor
+
+__all__ = ["PollResult", "ProduceRequestPlan", "SenderCore", "SenderSettings"]
+
+_DUPLICATE_SEQUENCE_NUMBER = 46
+_OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+_MESSAGE_TOO_LARGE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    """The settings the sender decides with (Kafka names in the comments)."""
+
+    acks: int  # acks: -1 (all), 0 or 1
+    request_timeout_ms: int  # request.timeout.ms
+    delivery_timeout_ms: int  # delivery.timeout.ms
+    max_request_size: int  # max.request.size (bytes)
+    max_in_flight: int  # max.in.flight.requests.per.connection
+    retries: int  # retries
+    retry_backoff_ms: int  # retry.backoff.ms
+    retry_backoff_max_ms: int  # retry.backoff.max.ms
+    idempotent: bool  # enable.idempotence
+
+
+@dataclass(slots=True, eq=False)
+class ProduceRequestPlan:
+    """One Produce request for one broker: the batches it carries and how to send it."""
+
+    node_id: int
+    batches: list[ProducerBatch]
+    acks: int
+    timeout_ms: int
+    created_ms: int
+    transactional_id: str | None = None
+
+    @property
+    def expects_response(self) -> bool:
+        return self.acks != 0
+
+    def encode_batches(self, compressor: Compressor | None) -> list[tuple[str, list[tuple[int, bytes | bytearray]]]]:
+        """Close every batch into its wire bytes (header, CRC, compression) and group them by topic.
+
+        Safe to call outside the accumulator lock: drained batches are no longer
+        reachable by appenders.
+        """
+        by_topic: dict[str, list[tuple[int, bytes | bytearray]]] = {}
+        for batch in self.batches:
+            encoded = batch.builder.build(
+                producer_id=batch.producer_id,
+                producer_epoch=batch.producer_epoch,
+                base_sequence=batch.base_sequence,
+                compression=compressor,
+            )
+            batch.encoded = encoded
+            by_topic.setdefault(batch.topic, []).append((batch.partition, encoded))
+        return list(by_topic.items())
+
+
+@dataclass(slots=True)
+class PollResult:
+    """What the I/O layer must do after one :meth:`SenderCore.poll`."""
+
+    requests: list[ProduceRequestPlan] = field(default_factory=list)
+    completed: list[ProducerBatch] = field(default_factory=list)
+    connect_nodes: set[int] = field(default_factory=set)
+    """Nodes with data to send and no usable connection: connect to them."""
+    next_wakeup_ms: int = 0
+    """Call poll again no later than this (ms)."""
+
+
+class SenderCore:
+    """Java's Sender loop, one step at a time, without I/O."""
+
+    def __init__(
+        self,
+        settings: SenderSettings,
+        accumulator: RecordAccumulator,
+        metadata: ClusterMetadata,
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.accumulator = accumulator
+        self.metadata = metadata
+        self._rng = rng
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self._in_flight: dict[int, ProduceRequestPlan] = {}
+        self.fatal_error: KprodError | None = None
+        """Set when the producer can no longer send (for example a fenced producer id)."""
+        self.retries_total = 0
+
+    # -- idempotence ----------------------------------------------------------------
+
+    @property
+    def needs_producer_id(self) -> bool:
+        """True while an idempotent producer has no producer id: nothing may be drained."""
+        return self.settings.idempotent and self.producer_id < 0 and self.fatal_error is None
+
+    def on_producer_id(self, producer_id: int, producer_epoch: int) -> None:
+        """InitProducerId succeeded: sequences start from 0 under the new id."""
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+
+    def fail_fatally(self, error: KprodError) -> list[ProducerBatch]:
+        """Stop sending: fail every queued batch with ``error`` and remember it for new sends."""
+        self.fatal_error = error
+        out: list[ProducerBatch] = []
+        for batch in self.accumulator.abort_all():
+            self._complete(batch, -1, -1, error)
+            out.append(batch)
+        return out
+
+    def _can_send(self, q: PartitionQueue) -> bool:
+        if self.settings.max_in_flight == 1 and q.in_flight > 0:
+            return False  # max.in.flight=1 guarantees order by sending one batch per partition at a time
+        if self.settings.idempotent:
+            head = q.batches[0]
+            if head.base_sequence >= 0 and q.outstanding and head.base_sequence != q.outstanding[0]:
+                return False
+        return True
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def poll(self, now_ms: int, node_slots: Callable[[int], int]) -> PollResult:
+        """One sender step: expire, find ready brokers, drain their batches into request plans.
+
+        ``node_slots(node_id)`` returns how many more requests the connection to
+        that node can take now, or -1 when there is no ready connection (the node
+        is then listed in ``connect_nodes``).
+        """
+        result = PollResult()
+        settings = self.settings
+        acc = self.accumulator
+        self._expire(now_ms, result.completed)
+        metadata = self.metadata
+        leader_of = metadata.leader
+        ready, next_ms, unknown = acc.ready(now_ms, leader_of, self._can_send)
+        if unknown:
+            metadata.request_update()
+        if not self.needs_producer_id and self.fatal_error is None:
+            for node_id in ready:
+                slots = node_slots(node_id)
+                if slots < 0:
+                    result.connect_nodes.add(node_id)
+                    continue
+                while slots > 0:
+                    batches = acc.drain(node_id, now_ms, settings.max_request_size, leader_of, self._can_send)
+                    if not batches:
+                        break
+                    if settings.idempotent:
+                        self._assign_sequences(batches)
+                    plan = ProduceRequestPlan(
+                        node_id=node_id,
+                        batches=batches,
+                        acks=settings.acks,
+                        timeout_ms=settings.request_timeout_ms,
+                        created_ms=now_ms,
+                    )
+                    result.requests.append(plan)
+                    if plan.expects_response:
+                        self._in_flight[id(plan)] = plan
+                    slots -= 1
+        expiry = acc.next_expiry_ms(settings.delivery_timeout_ms)
+        if expiry is not None and expiry < next_ms:
+            next_ms = expiry
+        for plan in self._in_flight.values():
+            deadline = plan.batches[0].created_ms + settings.delivery_timeout_ms
+            if deadline < next_ms:
+                next_ms = deadline
+        result.next_wakeup_ms = max(next_ms, now_ms)
+        return result
+
+    def _assign_sequences(self, batches: list[ProducerBatch]) -> None:
+        acc = self.accumulator
+        for batch in batches:
+            q = acc.queue(batch.topic, batch.partition)
+            if batch.base_sequence < 0:
+                batch.producer_id = self.producer_id
+                batch.producer_epoch = self.producer_epoch
+                batch.base_sequence = q.next_sequence
+                q.next_sequence = (q.next_sequence + batch.record_count) & 0x7FFFFFFF
+                q.outstanding.append(batch.base_sequence)
+                q.outstanding.sort()
+
+    def _expire(self, now_ms: int, completed: list[ProducerBatch]) -> None:
+        timeout = self.settings.delivery_timeout_ms
+        for batch in self.accumulator.expired(now_ms, timeout):
+            persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
+            self._complete(batch, -1, -1, self._timeout_error(batch, now_ms, persisted))
+            completed.append(batch)
+        limit = now_ms - timeout
+        for key, plan in list(self._in_flight.items()):
+            if all(b.done for b in plan.batches):
+                del self._in_flight[key]
+                continue
+            for batch in plan.batches:
+                if not batch.done and batch.created_ms <= limit:
+                    self.accumulator.on_in_flight_done(batch)
+                    error = self._timeout_error(batch, now_ms, Persisted.POSSIBLY_PERSISTED)
+                    self._complete(batch, -1, -1, error)
+                    completed.append(batch)
+
+    def _timeout_error(self, batch: ProducerBatch, now_ms: int, persisted: Persisted) -> KafkaTimeoutError:
+        cause = batch.last_error
+        text = (
+            f"Expiring {batch.record_count} record(s) for {batch.topic}-{batch.partition}: "
+            f"{now_ms - batch.created_ms} ms has passed since batch creation "
+            f"(delivery.timeout.ms={self.settings.delivery_timeout_ms}; records are {persisted.value})"
+        )
+        if cause is not None:
+            text += f"; last error: {cause}"
+        return KafkaTimeoutError(text, stage="delivery", persisted=persisted, last_cause=cause)
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def on_sent(self, plan: ProduceRequestPlan) -> list[ProducerBatch]:
+        """The request was written to the socket. With acks=0 its batches are done now."""
+        for batch in plan.batches:
+            batch.sent = True
+        if plan.expects_response:
+            return []
+        out: list[ProducerBatch] = []
+        for batch in plan.batches:
+            if not batch.done:
+                self.accumulator.on_in_flight_done(batch)
+                self._complete(batch, -1, -1, None)
+                out.append(batch)
+        return out
+
+    def on_produce_response(self, plan: ProduceRequestPlan, response: ProduceResponse, now_ms: int) -> list[ProducerBatch]:
+        """Apply a Produce response: complete, retry or fail each batch of ``plan``."""
+        self._in_flight.pop(id(plan), None)
+        by_tp: dict[tuple[str, int], ProducerBatch] = {(b.topic, b.partition): b for b in plan.batches}
+        completed: list[ProducerBatch] = []
+        for topic in response.topics:
+            for part in topic.partitions:
+                batch = by_tp.pop((topic.name, part.index), None)
+                if batch is None or batch.done:
+                    continue
+                self._handle_partition(batch, part.error_code, part.base_offset, part.log_append_time_ms,
+                                       part.error_message, part.current_leader, now_ms, completed)
+        for batch in by_tp.values():
+            # The broker did not answer for this partition: treat as a lost answer.
+            if not batch.done:
+                error = KafkaError(13, "no answer for this partition in the Produce response",
+                                   persisted=Persisted.POSSIBLY_PERSISTED)
+                self._retry_or_fail(batch, error, now_ms, completed)
+        return completed
+
+    def _handle_partition(
+        self,
+        batch: ProducerBatch,
+        code: int,
+        base_offset: int,
+        log_append_time_ms: int,
+        message: str | None,
+        current_leader: tuple[int, int] | None,
+        now_ms: int,
+        completed: list[ProducerBatch],
+    ) -> None:
+        acc = self.accumulator
+        if code == 0 or (code == _DUPLICATE_SEQUENCE_NUMBER and self.settings.idempotent):
+            acc.on_in_flight_done(batch)
+            if batch.base_sequence >= 0:
+                q = acc.queue(batch.topic, batch.partition)
+                self._forget_sequence(q, batch)
+                last = batch.base_sequence + batch.record_count - 1
+                if last > q.last_acked_sequence:
+                    q.last_acked_sequence = last
+            # DUPLICATE_SEQUENCE_NUMBER: already written earlier; the broker did not say where.
+            self._complete(batch, base_offset if code == 0 else -1, log_append_time_ms, None)
+            completed.append(batch)
+            return
+        if current_leader is not None and current_leader[0] >= 0:
+            self.metadata.update_leader(batch.topic, batch.partition, current_leader[0], current_leader[1])
+        if is_invalid_metadata(code):
+            self.metadata.request_update()
+        error = KafkaError(code, message or f"for {batch.topic}-{batch.partition}")
+        if code == _MESSAGE_TOO_LARGE:
+            error = RecordTooLargeError(
+                f"The broker rejected a batch of {batch.record_count} record(s) ({batch.size_bytes} bytes) "
+                f"for {batch.topic}-{batch.partition} as too large (MESSAGE_TOO_LARGE); lower batch.size "
+                f"or max.request.size below the broker's message.max.bytes"
+            )
+        retriable = is_retriable(code)
+        if code == _OUT_OF_ORDER_SEQUENCE_NUMBER and self.settings.idempotent:
+            # An earlier batch of this partition failed, so the broker saw a gap: this batch is
+            # fine and goes again once the earlier one is through (Java's canRetry rule).
+            q = acc.queue(batch.topic, batch.partition)
+            retriable = batch.base_sequence != q.last_acked_sequence + 1
+        if retriable:
+            self._retry_or_fail(batch, error, now_ms, completed)
+        else:
+            acc.on_in_flight_done(batch)
+            if batch.base_sequence >= 0:
+                self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
+            self._complete(batch, -1, -1, error)
+            completed.append(batch)
+
+    def on_request_failed(self, plan: ProduceRequestPlan, error: KprodError, now_ms: int) -> list[ProducerBatch]:
+        """No answer came for ``plan`` (disconnect or request timeout): retry or fail its batches."""
+        self._in_flight.pop(id(plan), None)
+        self.metadata.request_update()
+        completed: list[ProducerBatch] = []
+        for batch in plan.batches:
+            if not batch.done:
+                self._retry_or_fail(batch, error, now_ms, completed)
+        return completed
+
+    def _retry_or_fail(self, batch: ProducerBatch, error: KprodError, now_ms: int, completed: list[ProducerBatch]) -> None:
+        settings = self.settings
+        acc = self.accumulator
+        batch.last_error = error
+        deadline = batch.created_ms + settings.delivery_timeout_ms
+        if batch.attempts < settings.retries and now_ms < deadline and self.fatal_error is None:
+            self.retries_total += 1
+            acc.reenqueue(batch, now_ms, self.backoff_ms(batch.attempts))
+            return
+        acc.on_in_flight_done(batch)
+        if batch.base_sequence >= 0:
+            self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
+        if batch.sent and error.persisted is Persisted.NOT_PERSISTED and not isinstance(error, KafkaError):
+            error.persisted = Persisted.POSSIBLY_PERSISTED
+        if now_ms >= deadline:
+            persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
+            error = self._timeout_error(batch, now_ms, persisted)
+        self._complete(batch, -1, -1, error)
+        completed.append(batch)
+
+    def backoff_ms(self, attempts: int) -> int:
+        """Exponential retry backoff with ±20 % jitter (retry.backoff.ms up to retry.backoff.max.ms)."""
+        base = self.settings.retry_backoff_ms
+        cap = max(base, self.settings.retry_backoff_max_ms)
+        raw = min(cap, base * (2 ** min(attempts, 30)))
+        jitter = 1.0 + (self._rng.random() * 0.4 - 0.2)
+        return max(0, min(cap, int(raw * jitter)))
+
+    @staticmethod
+    def _forget_sequence(q: PartitionQueue, batch: ProducerBatch) -> None:
+        try:
+            q.outstanding.remove(batch.base_sequence)
+        except ValueError:
+            pass
+
+    def _complete(self, batch: ProducerBatch, base_offset: int, log_append_time_ms: int,
+                  error: BaseException | None) -> None:
+        batch.state = BatchState.DONE
+        batch.base_offset = base_offset
+        batch.log_append_time_ms = log_append_time_ms
+        batch.error = error
+        self.accumulator.release(batch)
+
+    def abort_incomplete(self, error: KprodError) -> list[ProducerBatch]:
+        """Fail every batch not yet completed, queued or in flight (close with a timeout, or a dead I/O task)."""
+        out: list[ProducerBatch] = []
+        for batch in self.accumulator.abort_all():
+            self._complete(batch, -1, -1, error)
+            out.append(batch)
+        for plan in self._in_flight.values():
+            for batch in plan.batches:
+                if not batch.done:
+                    # Written to a socket and never answered: the broker may have it.
+                    err = KprodError(str(error), stage=error.stage, persisted=Persisted.POSSIBLY_PERSISTED)
+                    err.__cause__ = error
+                    self._complete(batch, -1, -1, err if batch.sent else error)
+                    out.append(batch)
+        self._in_flight.clear()
+        return out
+
+    def in_flight_batches(self) -> list[ProducerBatch]:
+        """Batches in requests that were not answered yet."""
+        return [b for plan in self._in_flight.values() for b in plan.batches if not b.done]
+
+    @property
+    def in_flight_count(self) -> int:
+        return len(self._in_flight)

@@ -1,0 +1,280 @@
+"""One TCP connection to one broker, on asyncio: framing, correlation, version negotiation.
+
+Owns the socket and nothing else: it writes frames it is given, matches each
+response to its request by correlation id (``InFlightRequests``), and hands the
+response frame to the callback registered with the request. It negotiates API
+versions on connect (ApiVersions v3, falling back to v0 on UNSUPPORTED_VERSION).
+It makes no producer decision: retries, routing and timeouts of produce
+requests are the engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kprod.errors import BrokerConnectionError, KafkaError, KprodError, ProtocolError
+from kprod.protocol.framing import FrameReader, InFlightRequests, parse_response_header, response_header_version
+from kprod.protocol.messages import (
+    API_VERSIONS_FALLBACK_VERSION,
+    CLIENT_API_VERSIONS,
+    UNSUPPORTED_VERSION,
+    ApiKey,
+    api_versions_request,
+    decode_response,
+    encode_request,
+    negotiate_versions,
+    parse_api_versions_response,
+    response_type,
+)
+
+__all__ = ["BrokerConnection", "ResponseCallback"]
+
+log = logging.getLogger("kprod.connection")
+
+ResponseCallback = Callable[[memoryview | bytes | None, int, BaseException | None], None]
+"""Called with (frame, body_offset, None) for a response, or (None, 0, error) when the connection dies."""
+
+_API_VERSIONS_FIRST = 3
+
+
+class BrokerConnection(asyncio.Protocol):
+    """A connection to broker ``node_id`` (-1 for a bootstrap address) at ``host:port``."""
+
+    def __init__(
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        on_closed: Callable[[BrokerConnection, BaseException | None], None],
+        send_buffer_bytes: int = -1,
+        receive_buffer_bytes: int = -1,
+    ) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self._on_closed = on_closed
+        self._send_buffer_bytes = send_buffer_bytes
+        self._receive_buffer_bytes = receive_buffer_bytes
+        self._transport: asyncio.Transport | None = None
+        self._reader = FrameReader()
+        self._in_flight = InFlightRequests()
+        self.versions: dict[int, int] = {}
+        """Negotiated version per API key (after :meth:`connect`)."""
+        self.ready = False
+        """True once connected and versions are negotiated."""
+        self.closed = False
+        self._close_error: BaseException | None = None
+        self._write_paused = False
+
+    def __repr__(self) -> str:
+        return f"BrokerConnection(node={self.node_id}, {self.host}:{self.port}, in_flight={len(self._in_flight)})"
+
+    @property
+    def in_flight_count(self) -> int:
+        """Requests sent on this connection that await a response."""
+        return len(self._in_flight)
+
+    # -- connect ------------------------------------------------------------------------
+
+    async def connect(self, timeout_ms: int) -> None:
+        """Open the socket and negotiate API versions, within ``timeout_ms``.
+
+        Raises BrokerConnectionError on failure (the connection is then closed).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                await loop.create_connection(lambda: self, self.host, self.port)
+                await self._negotiate_versions()
+        except TimeoutError as exc:
+            error = BrokerConnectionError(
+                f"connecting to broker {self.node_id} at {self.host}:{self.port} took longer than "
+                f"socket.connection.setup.timeout.ms={timeout_ms}"
+            )
+            self.close(error)
+            raise error from exc
+        except OSError as exc:
+            error = BrokerConnectionError(f"cannot connect to broker {self.node_id} at {self.host}:{self.port}: {exc}")
+            self.close(error)
+            raise error from exc
+        except KprodError as exc:
+            self.close(exc)
+            raise
+        self.ready = True
+
+    async def _negotiate_versions(self) -> None:
+        version = _API_VERSIONS_FIRST
+        for _ in range(2):
+            frame = await self.request_raw(ApiKey.API_VERSIONS, version, api_versions_request(version, "kprod", "0.1.0"))
+            result = parse_api_versions_response(frame, version)
+            if result.error_code == UNSUPPORTED_VERSION and version != API_VERSIONS_FALLBACK_VERSION:
+                version = API_VERSIONS_FALLBACK_VERSION
+                continue
+            if result.error_code != 0:
+                raise KafkaError(result.error_code, f"ApiVersions failed on {self.host}:{self.port}", stage="connection")
+            self.versions = negotiate_versions(CLIENT_API_VERSIONS, result.api_ranges)
+            if ApiKey.PRODUCE not in self.versions:
+                raise ProtocolError(
+                    f"broker {self.host}:{self.port} supports no Produce version kprod speaks "
+                    f"({CLIENT_API_VERSIONS[ApiKey.PRODUCE]}): it needs record batch v2 (Kafka 0.11+)"
+                )
+            return
+        raise ProtocolError(f"ApiVersions negotiation with {self.host}:{self.port} failed")
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._send_buffer_bytes > 0:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer_bytes)
+                if self._receive_buffer_bytes > 0:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer_bytes)
+            except OSError:  # pragma: no cover - best effort tuning
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while True:
+                frame = reader.next_frame()
+                if frame is None:
+                    return
+                self._dispatch(frame)
+        except KprodError as exc:
+            self.close(exc)
+
+    def _dispatch(self, frame: memoryview | bytes) -> None:
+        oldest = self._in_flight.peek_oldest_expected()
+        if oldest is None:
+            raise ProtocolError(f"unexpected response from {self.host}:{self.port}: no request awaits one")
+        header_version = response_header_version(oldest.api_key, oldest.api_version)
+        correlation_id, offset = parse_response_header(frame, header_version)
+        entry = self._in_flight.pop(correlation_id)
+        callback: ResponseCallback = entry.context  # type: ignore[assignment]
+        try:
+            callback(frame, offset, None)
+        except Exception:  # a bug in a callback must not kill the connection
+            log.exception("response callback failed for api %d on %s", entry.api_key, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = self._close_error or BrokerConnectionError(
+            f"connection to broker {self.node_id} at {self.host}:{self.port} closed"
+            + (f": {exc}" if exc else ""),
+        )
+        self._finish_close(error)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+
+    # -- requests -----------------------------------------------------------------------
+
+    def send(
+        self,
+        api_key: int,
+        api_version: int,
+        correlation_id: int,
+        frame_parts: Sequence[bytes | bytearray | memoryview],
+        callback: ResponseCallback | None,
+    ) -> None:
+        """Write one request frame; ``callback`` gets its response (None: no response expected).
+
+        Raises BrokerConnectionError if the connection is closed.
+        """
+        transport = self._transport
+        if self.closed or transport is None:
+            raise BrokerConnectionError(f"connection to broker {self.node_id} at {self.host}:{self.port} is closed")
+        self._in_flight.add(correlation_id, api_key, api_version, callback is not None, callback)
+        transport.writelines(frame_parts)
+        if callback is None:
+            self._in_flight.pop_no_response()
+
+    def next_correlation_id(self) -> int:
+        return self._in_flight.next_correlation_id()
+
+    def request_raw(self, api_key: int, api_version: int, entity: Any) -> asyncio.Future[memoryview | bytes]:
+        """Send a kio request entity; the future resolves to the response frame."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[memoryview | bytes] = loop.create_future()
+
+        def on_response(frame: memoryview | bytes | None, offset: int, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert frame is not None
+                future.set_result(bytes(frame))
+
+        correlation_id = self.next_correlation_id()
+        self.send(api_key, api_version, correlation_id,
+                  [encode_request(entity, correlation_id=correlation_id, client_id=self.client_id)], on_response)
+        return future
+
+    async def request(self, api_key: int, entity_factory: Callable[[int], Any], timeout_ms: int) -> Any:
+        """Send a control-plane request at the negotiated version and return the decoded response.
+
+        ``entity_factory(version)`` builds the request. Raises KafkaTimeoutError-like
+        BrokerConnectionError after ``timeout_ms`` (and closes the connection, as the
+        Java client does, since later answers on it would be out of step).
+        """
+        version = self.versions.get(api_key)
+        if version is None:
+            raise ProtocolError(f"broker {self.node_id} does not support API {api_key} in a version kprod speaks")
+        future = self.request_raw(api_key, version, entity_factory(version))
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                frame = await future
+        except TimeoutError as exc:
+            error = BrokerConnectionError(
+                f"no answer from broker {self.node_id} to API {api_key} within request.timeout.ms={timeout_ms}"
+            )
+            self.close(error)
+            raise error from exc
+        header_version = response_header_version(api_key, version)
+        _, offset = parse_response_header(frame, header_version)
+        return decode_response(response_type(api_key, version), frame, offset)
+
+    # -- close --------------------------------------------------------------------------
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the socket; every request still awaiting an answer fails with ``error``."""
+        if self.closed:
+            return
+        self._close_error = error or BrokerConnectionError(
+            f"connection to broker {self.node_id} at {self.host}:{self.port} closed by the client"
+        )
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows and finishes the close
+            self._finish_close(self._close_error)
+        else:
+            self._finish_close(self._close_error)
+
+    def _finish_close(self, error: BaseException) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ready = False
+        for entry in self._in_flight.drain_all():
+            callback = entry.context
+            if callback is not None:
+                try:
+                    callback(None, 0, error)  # type: ignore[operator]
+                except Exception:
+                    log.exception("failure callback raised on %s", self)
+        self._on_closed(self, error)

@@ -1,0 +1,745 @@
+"""The producer engine: the pure core pumped by one asyncio task, plus the append path.
+
+Owns *when* and *over which socket*: the sender loop (``_run``) asks the core
+what to send (:meth:`SenderCore.poll`), writes produce requests, refreshes
+metadata, obtains a producer id, connects to brokers with backoff, enforces
+``request.timeout.ms``, and delivers completions (callbacks, waiters). It also
+holds the one lock that guards the core, and the append path that callers run
+in their own thread (:meth:`ProducerEngine.try_append_locked`).
+
+Threading: every core call happens under ``self.lock``. Callers (any thread)
+append under the lock and wake the loop only when a batch becomes full or a
+new batch needs its linger timer; the loop thread does everything else.
+Completions are delivered on the loop thread, outside the lock.
+
+Invariants:
+* If the sender task dies, every pending batch fails with the cause and every
+  later send raises it (``fatal_error``).
+* ``next_wakeup_ms`` is published under the lock by each poll, so a caller that
+  appends after a poll knows whether the loop will look again in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kprod._core.accumulator import BATCH_HEADER_BYTES, ProducerBatch, RecordAccumulator
+from kprod._core.metadata import ClusterMetadata
+from kprod._core.murmur2 import partition_for_key
+from kprod._core.partitioner import StickyPartitioner
+from kprod._core.sender import ProduceRequestPlan, SenderCore, SenderSettings
+from kprod._io.connection import BrokerConnection
+from kprod.config import ProducerConfig
+from kprod.errors import (
+    BrokerConnectionError,
+    ConfigError,
+    KafkaError,
+    KprodError,
+    Persisted,
+    ProducerClosedError,
+    ProtocolError,
+    is_retriable,
+)
+from kprod.protocol.messages import (
+    ApiKey,
+    init_producer_id_request,
+    metadata_request,
+    parse_init_producer_id,
+    parse_metadata,
+)
+from kprod.protocol.produce import decode_produce_response, encode_produce_request
+from kprod.records.compression import make_compressor
+from kprod.types import RecordMetadata
+
+__all__ = ["WAIT_MEMORY", "WAIT_METADATA", "ProducerEngine", "monotonic_ms", "wall_ms"]
+
+log = logging.getLogger("kprod.producer")
+
+WAIT_METADATA = 1
+"""try_append_locked: the topic's partitions are not known yet."""
+WAIT_MEMORY = 2
+"""try_append_locked: buffer.memory is full."""
+
+_MAX_INT32 = 2**31 - 1
+
+
+def monotonic_ms() -> int:
+    """The scheduling clock (ms): monotonic, for deadlines and batch ages."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def wall_ms() -> int:
+    """The record clock (ms since the epoch): default record timestamps."""
+    return time.time_ns() // 1_000_000
+
+
+class ProducerEngine:
+    """Everything a producer needs at run time, driven from one asyncio loop."""
+
+    def __init__(self, config: ProducerConfig, loop: asyncio.AbstractEventLoop) -> None:
+        if not config.bootstrap_servers:
+            raise ConfigError(
+                "bootstrap.servers is not set: give the brokers to connect to, for example "
+                "bootstrap.servers='127.0.0.1:9092' (the kprod CLI and tests start an embedded broker for you)"
+            )
+        self.config = config
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.rng = random.Random()
+        self.accumulator = RecordAccumulator(
+            batch_size=config.batch_size, linger_ms=config.linger_ms, buffer_memory=config.buffer_memory
+        )
+        self.metadata = ClusterMetadata(
+            max_age_ms=config.metadata_max_age_ms,
+            max_idle_ms=config.metadata_max_idle_ms,
+            refresh_backoff_ms=config.retry_backoff_ms,
+        )
+        self.core = SenderCore(
+            SenderSettings(
+                acks=config.acks,
+                request_timeout_ms=config.request_timeout_ms,
+                delivery_timeout_ms=config.delivery_timeout_ms,
+                max_request_size=config.max_request_size,
+                max_in_flight=config.max_in_flight_requests_per_connection,
+                retries=config.retries,
+                retry_backoff_ms=config.retry_backoff_ms,
+                retry_backoff_max_ms=config.retry_backoff_max_ms,
+                idempotent=config.enable_idempotence,
+            ),
+            self.accumulator,
+            self.metadata,
+            self.rng,
+        )
+        level = {
+            "gzip": config.compression_gzip_level,
+            "lz4": config.compression_lz4_level,
+            "zstd": config.compression_zstd_level,
+        }.get(config.compression_type)
+        self.compressor = make_compressor(config.compression_type, level)
+        self.partitioners: dict[str, StickyPartitioner] = {}
+        self.connections: dict[int, BrokerConnection] = {}
+        self._bootstrap_conn: BrokerConnection | None = None
+        self._connecting: dict[int, asyncio.Task[None]] = {}
+        self._node_backoff: dict[int, tuple[int, int]] = {}  # node -> (retry at ms, failures)
+        self._timeouts: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        self._wake_scheduled = False
+        self.next_wakeup_ms = 0
+        """When the sender loop will look again on its own (ms, monotonic); published under the lock."""
+        self._pid_pending = False
+        self._pid_retry_at_ms = 0
+        self.flush_count = 0
+        self.sync_waiters = 0
+        """Threads blocked on ``cond`` (memory, metadata, flush, results): notify them on progress."""
+        self._async_waiters: list[asyncio.Future[None]] = []
+        self.closing = False
+        self.closed = False
+        self.fatal_error: BaseException | None = None
+        self.last_metadata_error: BaseException | None = None
+        self.io_thread: threading.Thread | None = None
+        self.records_sent = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sender task (call on the loop thread)."""
+        self._task = self.loop.create_task(self._run(), name="kprod-sender")
+
+    async def shutdown(self, error: KprodError) -> int:
+        """Stop the sender, fail what is left with ``error``, close connections. Returns the records failed."""
+        with self.lock:
+            self.closing = True
+            self.accumulator.closing = True
+            failed = self.core.abort_incomplete(error)
+        count = sum(b.record_count for b in failed)
+        self.deliver(failed)
+        self.closed = True
+        self._wake()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for task in list(self._tasks) + list(self._connecting.values()):
+            task.cancel()
+        for handle in self._timeouts.values():
+            handle.cancel()
+        for conn in list(self.connections.values()):
+            conn.close(ProducerClosedError("producer closed"))
+        if self._bootstrap_conn is not None:
+            self._bootstrap_conn.close(ProducerClosedError("producer closed"))
+        self.notify_waiters()
+        return count
+
+    # -- waking the sender -----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_from_thread(self) -> None:
+        self._wake_scheduled = False
+        self._wake()
+
+    def wake_threadsafe(self) -> None:
+        """Wake the sender loop from any thread (at most one pending wake-up)."""
+        if self._wake_scheduled:
+            return
+        self._wake_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._wake_from_thread)
+        except RuntimeError:  # loop closed: nothing to wake
+            self._wake_scheduled = False
+
+    def wake(self) -> None:
+        """Wake the sender loop; from the loop thread this is a plain call."""
+        if self.io_thread is None or threading.current_thread() is self.io_thread:
+            self._wake()
+        else:
+            self.wake_threadsafe()
+
+    # -- the append path (caller's thread, under self.lock) ---------------------------------
+
+    def check_open(self) -> None:
+        """Raise if records can no longer be accepted (call under the lock)."""
+        if self.fatal_error is not None:
+            raise ProducerClosedError(
+                f"the producer failed and accepts no records: {self.fatal_error}", stage="producer"
+            ) from self.fatal_error
+        if self.closing:
+            raise ProducerClosedError("send() after close(): the producer accepts no more records")
+        fatal = self.core.fatal_error
+        if fatal is not None:
+            raise fatal
+
+    def try_append_locked(
+        self,
+        topic: str,
+        partition: int | None,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+        record_bound: int,
+        now_ms: int,
+    ) -> ProducerBatch | int:
+        """Partition and append one serialized record, or say what to wait for.
+
+        Returns the batch the record went to, or WAIT_METADATA / WAIT_MEMORY.
+        Raises KprodError for an invalid explicit partition. Caller holds the lock.
+        """
+        metadata = self.metadata
+        info = metadata.topics.get(topic)
+        if info is None or not info.leaders:
+            metadata.want_topic(topic, now_ms)
+            return WAIT_METADATA
+        count = len(info.leaders)
+        acc = self.accumulator
+        if not acc.has_room(record_bound):
+            return WAIT_MEMORY
+        config = self.config
+        sticky: StickyPartitioner | None = None
+        if partition is None:
+            custom = config.partitioner
+            if custom is not None:
+                partition = self._custom_partition(custom, topic, key, value, count)
+            elif key is not None and not config.partitioner_ignore_keys:
+                partition = partition_for_key(key, count)
+            else:
+                sticky = self.partitioners.get(topic)
+                if sticky is None:
+                    sticky = self.partitioners[topic] = StickyPartitioner(config.batch_size, self.rng)
+                partition = sticky.current
+                if partition < 0 or partition >= count:
+                    partition = sticky.partition(count, info.available, self._queue_sizes(topic, count))
+        elif partition < 0 or partition >= count:
+            raise KprodError(
+                f"partition {partition} does not exist: topic {topic!r} has {count} partition(s) "
+                f"(0..{count - 1})",
+                stage="partitioning",
+            )
+        q = acc.queue(topic, partition)
+        before = acc.used_bytes
+        batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
+        if batch.record_count == 1:
+            metadata.want_topic(topic, now_ms)
+        if sticky is not None:
+            sticky.on_append(
+                acc.used_bytes - before,
+                not q.batches[-1].accepting,
+                count,
+                info.available,
+                self._queue_sizes(topic, count) if sticky.produced_bytes >= config.batch_size else None,
+            )
+        return batch
+
+    def _queue_sizes(self, topic: str, count: int) -> list[int] | None:
+        if not self.config.partitioner_adaptive_partitioning_enable:
+            return None
+        return self.accumulator.queue_sizes(topic, count)
+
+    @staticmethod
+    def _custom_partition(
+        fn: Callable[[str, bytes | None, bytes | None, int], int],
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        count: int,
+    ) -> int:
+        try:
+            partition = fn(topic, key, value, count)
+        except Exception as exc:
+            raise KprodError(
+                f"the custom partitioner {fn!r} (setting partitioner) raised for topic {topic!r}: {exc!r}",
+                stage="partitioning",
+            ) from exc
+        if type(partition) is not int or not 0 <= partition < count:
+            raise KprodError(
+                f"the custom partitioner {fn!r} (setting partitioner) returned {partition!r} for topic "
+                f"{topic!r}; it must return an int in 0..{count - 1}",
+                stage="partitioning",
+            )
+        return partition
+
+    def needs_wake_after_append(self, batch: ProducerBatch, now_ms: int) -> bool:
+        """After an append (under the lock): must the sender loop be woken?
+
+        Yes when the batch is full, or when it is new and the loop would not look
+        again before its ``linger.ms`` runs out.
+        """
+        if not batch.accepting:
+            return True
+        if batch.record_count == 1:
+            return self.next_wakeup_ms > now_ms + self.config.linger_ms
+        return False
+
+    def wait_error(self, reason: int, topic: str, waited_ms: int) -> KprodError:
+        """The error for a send() that waited ``max.block.ms`` for metadata or memory."""
+        from kprod.errors import BufferExhaustedError, UnknownTopicError
+
+        max_block = self.config.max_block_ms
+        if reason == WAIT_MEMORY:
+            return BufferExhaustedError(
+                f"send() waited {waited_ms} ms for room in the buffer and got none: "
+                f"buffer.memory={self.config.buffer_memory} bytes are held by records not yet acknowledged "
+                f"(max.block.ms={max_block}). Raise buffer.memory or max.block.ms, or send more slowly; "
+                "nothing already accepted was dropped",
+                stage="buffering",
+            )
+        brokers = ", ".join(f"{h}:{p}" for h, p in (self.config.bootstrap_servers or ()))
+        known = ", ".join(f"{n}={h}:{p}" for n, (h, p) in sorted(self.metadata.brokers.items())) or "none"
+        code = self.metadata.topic_error(topic)
+        if code:
+            cause = f"the brokers answered {KafkaError(code)} for it"
+        elif self.last_metadata_error is not None:
+            cause = f"no metadata could be fetched: {self.last_metadata_error}"
+        else:
+            cause = "the topic may not exist and the broker may not auto-create it"
+        return UnknownTopicError(
+            f"topic {topic!r} not present in metadata after {waited_ms} ms (max.block.ms={max_block}); "
+            f"asked bootstrap.servers [{brokers}], known brokers [{known}]; likely cause: {cause}",
+        )
+
+    # -- completions ------------------------------------------------------------------------
+
+    @staticmethod
+    def record_metadata(batch: ProducerBatch, index: int) -> RecordMetadata:
+        """RecordMetadata of record ``index`` of a successfully completed batch."""
+        base = batch.base_offset
+        ts = batch.log_append_time_ms
+        return RecordMetadata(
+            batch.topic,
+            batch.partition,
+            base + index if base >= 0 else -1,
+            ts if ts >= 0 else batch.timestamps[index],
+        )
+
+    def deliver(self, batches: list[ProducerBatch]) -> None:
+        """Run callbacks and wake waiters of completed batches (loop thread, lock not held)."""
+        if not batches:
+            return
+        record_metadata = self.record_metadata
+        for batch in batches:
+            callbacks = batch.callbacks
+            if callbacks:
+                error = batch.error
+                for index, fn in callbacks:
+                    try:
+                        fn(None if error is not None else record_metadata(batch, index), error)
+                    except Exception:
+                        log.exception("a delivery callback raised (topic %s)", batch.topic)
+            waiter = batch.waiter
+            if waiter is not None:
+                waiter.set()
+        self.notify_waiters()
+
+    def notify_waiters(self) -> None:
+        """Something changed (memory freed, metadata, completions): wake blocked callers."""
+        if self.sync_waiters:
+            with self.cond:
+                self.cond.notify_all()
+        if self._async_waiters:
+            waiters, self._async_waiters = self._async_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def async_waiter(self) -> asyncio.Future[None]:
+        """A future resolved at the next :meth:`notify_waiters` (loop thread only)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._async_waiters.append(fut)
+        return fut
+
+    def incomplete_batches(self) -> list[ProducerBatch]:
+        """Every batch not yet completed: queued and in flight (under the lock)."""
+        out = list(self.accumulator.queued_batches())
+        out.extend(self.core.in_flight_batches())
+        return out
+
+    def set_flushing(self, delta: int) -> None:
+        """Count a flush starting (+1) or ending (-1); while any runs, linger.ms is ignored (under the lock)."""
+        self.flush_count += delta
+        self.accumulator.flushing = self.flush_count > 0
+
+    # -- the sender loop --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self.closed:
+                self._woken = False
+                now = monotonic_ms()
+                with self.lock:
+                    result = self.core.poll(now, self._node_slots)
+                    metadata = self.metadata
+                    refresh = metadata.should_update(now)
+                    topics: list[str] = []
+                    if refresh:
+                        topics = metadata.wanted_topics(now)
+                        metadata.on_update_started(now)
+                    init_pid = self.core.needs_producer_id and not self._pid_pending and now >= self._pid_retry_at_ms
+                    if init_pid:
+                        self._pid_pending = True
+                    next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now))
+                    if self.core.needs_producer_id and not self._pid_pending:
+                        next_ms = min(next_ms, self._pid_retry_at_ms)
+                    for retry_at, _ in self._node_backoff.values():
+                        if retry_at > now:
+                            next_ms = min(next_ms, retry_at)
+                    self.next_wakeup_ms = next_ms
+                if refresh:
+                    self._spawn(self._refresh_metadata(topics))
+                if init_pid:
+                    self._spawn(self._init_producer_id())
+                for node_id in result.connect_nodes:
+                    self._ensure_connection(node_id, now)
+                for plan in result.requests:
+                    self._send_plan(plan)
+                if result.completed:
+                    self.deliver(result.completed)
+                if not self._woken and not result.requests:
+                    await self._sleep_until(next_ms)
+                elif result.requests:
+                    await asyncio.sleep(0)  # let responses and callers in before the next round
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the sender died: fail everything, loudly
+            log.exception("the kprod sender task failed")
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        error = KprodError(f"the producer's sender task failed: {exc!r}", stage="producer")
+        error.__cause__ = exc
+        with self.lock:
+            self.fatal_error = error
+            failed = self.core.abort_incomplete(error)
+        self.deliver(failed)
+        self.notify_waiters()
+
+    async def _sleep_until(self, deadline_ms: int) -> None:
+        delay_ms = deadline_ms - monotonic_ms()
+        if delay_ms <= 0:
+            await asyncio.sleep(0)
+            return
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._waiter = waiter
+        handle = self.loop.call_later(delay_ms / 1000, _resolve, waiter)
+        try:
+            if not self._woken:
+                await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            log.error("a kprod background task failed: %r", exc)
+            self._die(exc)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _node_slots(self, node_id: int) -> int:
+        conn = self.connections.get(node_id)
+        if conn is not None and conn.ready:
+            return self.config.max_in_flight_requests_per_connection - conn.in_flight_count
+        if node_id in self._connecting:
+            return 0
+        return -1
+
+    def _ensure_connection(self, node_id: int, now_ms: int) -> None:
+        if node_id in self._connecting:
+            return
+        conn = self.connections.get(node_id)
+        if conn is not None and not conn.closed:
+            return
+        backoff = self._node_backoff.get(node_id)
+        if backoff is not None and backoff[0] > now_ms:
+            return
+        address = self.metadata.node_address(node_id)
+        if address is None:
+            self.metadata.request_update()
+            return
+        task = self.loop.create_task(self._connect_node(node_id, address[0], address[1]))
+        self._connecting[node_id] = task
+
+    async def _connect_node(self, node_id: int, host: str, port: int) -> None:
+        try:
+            conn = await self._open(node_id, host, port)
+        except KprodError as exc:
+            failures = self._node_backoff.get(node_id, (0, 0))[1] + 1
+            self._node_backoff[node_id] = (monotonic_ms() + self._reconnect_backoff_ms(failures), failures)
+            log.warning("cannot connect to broker %d at %s:%d: %s", node_id, host, port, exc)
+            with self.lock:
+                self.metadata.request_update()
+        else:
+            self._node_backoff.pop(node_id, None)
+            self.connections[node_id] = conn
+        finally:
+            self._connecting.pop(node_id, None)
+            self._wake()
+
+    def _reconnect_backoff_ms(self, failures: int) -> int:
+        base = self.config.reconnect_backoff_ms
+        cap = max(base, self.config.reconnect_backoff_max_ms)
+        raw = min(cap, base * 2 ** min(failures - 1, 20))
+        return int(raw * (0.8 + 0.4 * self.rng.random()))
+
+    async def _open(self, node_id: int, host: str, port: int) -> BrokerConnection:
+        conn = BrokerConnection(
+            node_id,
+            host,
+            port,
+            client_id=self.config.client_id,
+            on_closed=self._on_connection_closed,
+            send_buffer_bytes=self.config.send_buffer_bytes,
+            receive_buffer_bytes=self.config.receive_buffer_bytes,
+        )
+        await conn.connect(self.config.socket_connection_setup_timeout_ms)
+        return conn
+
+    def _on_connection_closed(self, conn: BrokerConnection, error: BaseException | None) -> None:
+        if self.connections.get(conn.node_id) is conn:
+            del self.connections[conn.node_id]
+            if not self.closing:
+                log.info("connection to broker %d closed: %s", conn.node_id, error)
+                with self.lock:
+                    self.metadata.request_update()
+        if self._bootstrap_conn is conn:
+            self._bootstrap_conn = None
+        self._wake()
+
+    async def _any_connection(self) -> BrokerConnection:
+        """A ready connection for control requests: an existing one, else a known broker, else bootstrap."""
+        for conn in self.connections.values():
+            if conn.ready:
+                return conn
+        if self._bootstrap_conn is not None and self._bootstrap_conn.ready:
+            return self._bootstrap_conn
+        candidates: list[tuple[int, str, int]] = [(n, h, p) for n, (h, p) in self.metadata.brokers.items()]
+        candidates += [(-1, h, p) for h, p in self.config.bootstrap_servers or ()]
+        errors: list[str] = []
+        now = monotonic_ms()
+        for node_id, host, port in candidates:
+            backoff = self._node_backoff.get(node_id) if node_id >= 0 else None
+            if backoff is not None and backoff[0] > now:
+                continue
+            try:
+                conn = await self._open(node_id, host, port)
+            except KprodError as exc:
+                errors.append(str(exc))
+                continue
+            if node_id >= 0:
+                self.connections[node_id] = conn
+            else:
+                self._bootstrap_conn = conn
+            return conn
+        raise BrokerConnectionError("no broker reachable: " + ("; ".join(errors) or "all in reconnect backoff"))
+
+    # -- control requests ----------------------------------------------------------------------
+
+    async def _refresh_metadata(self, topics: list[str]) -> None:
+        try:
+            conn = await self._any_connection()
+            response = await conn.request(
+                ApiKey.METADATA,
+                lambda v: metadata_request(v, topics, True),
+                self.config.request_timeout_ms,
+            )
+            snapshot = parse_metadata(response)
+        except KprodError as exc:
+            self.last_metadata_error = exc
+            with self.lock:
+                self.metadata.on_update_failed(monotonic_ms())
+            log.debug("metadata refresh failed: %s", exc)
+        else:
+            self.last_metadata_error = None
+            with self.lock:
+                self.metadata.on_update(snapshot, monotonic_ms())
+        self.notify_waiters()
+        self._wake()
+
+    async def _init_producer_id(self) -> None:
+        try:
+            conn = await self._any_connection()
+            if ApiKey.INIT_PRODUCER_ID not in conn.versions:
+                raise ProtocolError(
+                    f"broker {conn.host}:{conn.port} does not offer InitProducerId v3 or later, which the "
+                    "idempotent producer needs; set enable.idempotence=false to produce without it",
+                    stage="delivery",
+                )
+            response = await conn.request(
+                ApiKey.INIT_PRODUCER_ID,
+                lambda v: init_producer_id_request(v, None, _MAX_INT32),
+                self.config.request_timeout_ms,
+            )
+            code, producer_id, producer_epoch = parse_init_producer_id(response)
+            if code != 0:
+                raise KafkaError(code, "InitProducerId failed", stage="delivery")
+        except KprodError as exc:
+            retriable = exc.retriable or (isinstance(exc, KafkaError) and is_retriable(exc.code))
+            if retriable:
+                self._pid_retry_at_ms = monotonic_ms() + self.config.retry_backoff_ms
+                log.info("InitProducerId failed, will retry: %s", exc)
+            else:
+                with self.lock:
+                    failed = self.core.fail_fatally(exc)
+                self.deliver(failed)
+        else:
+            with self.lock:
+                self.core.on_producer_id(producer_id, producer_epoch)
+        finally:
+            self._pid_pending = False
+            self._wake()
+
+    # -- produce requests ------------------------------------------------------------------------
+
+    def _send_plan(self, plan: ProduceRequestPlan) -> None:
+        conn = self.connections.get(plan.node_id)
+        version = conn.versions.get(ApiKey.PRODUCE, -1) if conn is not None else -1
+        topic_data = plan.encode_batches(self.compressor)
+        if conn is None or conn.closed:
+            self._fail_plan(plan, BrokerConnectionError(f"no connection to broker {plan.node_id}"))
+            return
+        correlation_id = conn.next_correlation_id()
+        frame = encode_produce_request(
+            version=version,
+            correlation_id=correlation_id,
+            client_id=self.config.client_id,
+            transactional_id=plan.transactional_id,
+            acks=plan.acks,
+            timeout_ms=plan.timeout_ms,
+            topic_data=topic_data,
+        )
+        callback = None
+        if plan.expects_response:
+
+            def callback(frame: memoryview | bytes | None, offset: int, error: BaseException | None) -> None:
+                self._on_produce_answer(plan, version, conn, frame, offset, error)
+
+        try:
+            conn.send(ApiKey.PRODUCE, version, correlation_id, frame, callback)
+        except KprodError as exc:
+            self._fail_plan(plan, exc)
+            return
+        with self.lock:
+            completed = self.core.on_sent(plan)
+            self.records_sent += sum(b.record_count for b in plan.batches)
+        if completed:
+            self.deliver(completed)
+        if callback is not None:
+            self._timeouts[id(plan)] = self.loop.call_later(
+                plan.timeout_ms / 1000, self._on_request_timeout, plan, conn
+            )
+
+    def _fail_plan(self, plan: ProduceRequestPlan, error: KprodError) -> None:
+        with self.lock:
+            completed = self.core.on_request_failed(plan, error, monotonic_ms())
+        self.deliver(completed)
+        self._wake()
+
+    def _on_request_timeout(self, plan: ProduceRequestPlan, conn: BrokerConnection) -> None:
+        self._timeouts.pop(id(plan), None)
+        # Like the Java client: close the connection; every request on it fails and is retried.
+        conn.close(
+            BrokerConnectionError(
+                f"no answer from broker {conn.node_id} within request.timeout.ms={plan.timeout_ms}",
+                persisted=Persisted.POSSIBLY_PERSISTED,
+            )
+        )
+
+    def _on_produce_answer(
+        self,
+        plan: ProduceRequestPlan,
+        version: int,
+        conn: BrokerConnection,
+        frame: memoryview | bytes | None,
+        offset: int,
+        error: BaseException | None,
+    ) -> None:
+        handle = self._timeouts.pop(id(plan), None)
+        if handle is not None:
+            handle.cancel()
+        now = monotonic_ms()
+        if error is None and frame is not None:
+            try:
+                response = decode_produce_response(version, frame, offset)
+            except KprodError as exc:
+                conn.close(exc)
+                return  # the close fails this plan through its callback
+            with self.lock:
+                completed = self.core.on_produce_response(plan, response, now)
+        else:
+            if not isinstance(error, KprodError):
+                error = BrokerConnectionError(str(error))
+            with self.lock:
+                completed = self.core.on_request_failed(plan, error, now)
+        self.deliver(completed)
+        self._wake()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+__all__ += ["BATCH_HEADER_BYTES"]

@@ -1,0 +1,219 @@
+"""``AsyncProducer``: the same engine on the caller's own asyncio loop.
+
+Nothing crosses threads: serialization, partitioning and appends run in the
+coroutine that calls ``send``/``enqueue``; the sender task runs on the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
+from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms, wall_ms
+from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
+from kprod.config import ProducerConfig
+from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError
+from kprod.sync import DeliveryCallback
+from kprod.types import RecordMetadata
+
+__all__ = ["AsyncProducer"]
+
+log = logging.getLogger("kprod.producer")
+
+
+def _settle(future: asyncio.Future[RecordMetadata], metadata: RecordMetadata | None,
+            error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert metadata is not None
+        future.set_result(metadata)
+
+
+class AsyncProducer:
+    """A native asyncio Kafka producer with the settings of :class:`kprod.Producer`.
+
+    Start it with ``async with AsyncProducer(...) as p`` or ``await p.start()``;
+    the first ``send``/``enqueue`` starts it too. ``await send(...)`` waits for
+    delivery; ``await enqueue(...)`` only waits for buffer space and returns a
+    future of the delivery (the pipelined form for high rates).
+    """
+
+    def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
+        self.config = ProducerConfig.from_user(config, **kwargs)
+        self._preparer = RecordPreparer(self.config)
+        self._engine: ProducerEngine | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start the sender on the running loop (idempotent; does not wait for brokers)."""
+        if self._engine is None:
+            if self._closed:
+                raise ProducerClosedError("start() after close()")
+            engine = ProducerEngine(self.config, asyncio.get_running_loop())
+            engine.start()
+            self._engine = engine
+
+    async def _running_engine(self) -> ProducerEngine:
+        if self._engine is None:
+            await self.start()
+        assert self._engine is not None
+        return self._engine
+
+    async def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        *,
+        partition: int | None = None,
+        timestamp: int | None = None,
+        headers: Any = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> RecordMetadata:
+        """Send one record and wait for its acknowledgement; returns its RecordMetadata.
+
+        Raises the delivery error (KafkaError, KafkaTimeoutError, RecordTooLargeError, ...)
+        or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError.
+        """
+        future = await self.enqueue(topic, value, key, partition=partition, timestamp=timestamp,
+                                    headers=headers, on_delivery=on_delivery)
+        return await future
+
+    async def enqueue(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        *,
+        partition: int | None = None,
+        timestamp: int | None = None,
+        headers: Any = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue one record, waiting only for metadata and buffer space (up to ``max.block.ms``).
+
+        Returns a future of the record's RecordMetadata.
+        """
+        engine = await self._running_engine()
+        loop = engine.loop
+        future: asyncio.Future[RecordMetadata] = loop.create_future()
+        hdrs = normalize_headers(headers) if headers else None
+        preparer = self._preparer
+        kb, vb = preparer.serialize(topic, key, value, hdrs)
+        ts = wall_ms() if timestamp is None else check_timestamp(timestamp)
+        bound = record_size_upper_bound(kb, vb, hdrs)
+        if bound > preparer.limit_bytes:
+            error = preparer.too_large(topic, bound)
+            assert error is not None
+            if on_delivery is not None:
+                on_delivery(None, error)
+            future.set_exception(error)
+            return future
+        start = time.monotonic()
+        while True:
+            now = monotonic_ms()
+            with engine.lock:
+                engine.check_open()
+                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
+                if type(result) is not int:
+                    assert isinstance(result, ProducerBatch)
+                    index = result.record_count - 1
+                    result.add_callback(index, lambda md, err: _settle(future, md, err))
+                    if on_delivery is not None:
+                        result.add_callback(index, on_delivery)
+                    if engine.needs_wake_after_append(result, now):
+                        engine.wake()
+                    return future
+                if result == WAIT_MEMORY:
+                    engine.accumulator.memory_waiters += 1
+            remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)
+            try:
+                if remaining <= 0:
+                    raise engine.wait_error(result, topic, int((time.monotonic() - start) * 1000))
+                engine.wake()
+                waiter = engine.async_waiter()
+                try:
+                    await asyncio.wait_for(waiter, min(remaining, 0.5))
+                except TimeoutError:
+                    pass
+            finally:
+                if result == WAIT_MEMORY:
+                    with engine.lock:
+                        engine.accumulator.memory_waiters -= 1
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued now and wait until it completed (up to ``timeout`` s; None: until done).
+
+        Raises KafkaTimeoutError naming what is still pending when the timeout passes.
+        """
+        engine = self._engine
+        if engine is None:
+            return
+        with engine.lock:
+            pending = engine.incomplete_batches()
+            if not pending:
+                return
+            engine.set_flushing(+1)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            engine.wake()
+            for batch in pending:
+                while batch.state is not BatchState.DONE:
+                    if engine.fatal_error is not None:
+                        return
+                    wait_s = 0.5
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            left = [b for b in pending if b.state is not BatchState.DONE]
+                            raise KafkaTimeoutError(
+                                f"flush() timed out after {timeout} s with "
+                                f"{sum(b.record_count for b in left)} record(s) in {len(left)} batch(es) pending",
+                                stage="producer",
+                            )
+                        wait_s = min(wait_s, remaining)
+                    try:
+                        await asyncio.wait_for(engine.async_waiter(), wait_s)
+                    except TimeoutError:
+                        pass
+        finally:
+            with engine.lock:
+                engine.set_flushing(-1)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush (up to ``timeout`` s), fail what is left with ProducerClosedError, stop. Always returns."""
+        if self._closed:
+            return
+        self._closed = True
+        engine = self._engine
+        if engine is None:
+            return
+        try:
+            await self.flush(timeout)
+        except KprodError:
+            pass
+        with engine.lock:
+            engine.closing = True
+        error = ProducerClosedError(
+            f"close() was called and the record was not delivered within its timeout ({timeout} s)"
+        )
+        failed = await engine.shutdown(error)
+        if failed:
+            log.warning("close(): %d record(s) were not delivered in time and failed", failed)
+
+    async def __aenter__(self) -> AsyncProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,645 @@
+"""Producer configuration: Kafka setting names, Java 4.x defaults and validation.
+
+:data:`CONFIG_DEFS` is the single table of every setting (Kafka name, type,
+default, parser/validator, doc); :class:`ProducerConfig`'s field defaults are
+taken from it, and :meth:`ProducerConfig.from_user` parses user input with it.
+
+Settings are given either as a mapping with Kafka names
+(``{"linger.ms": 10}``) or as keywords with dots/dashes turned into underscores
+(``linger_ms=10``). Strings are accepted for numbers and booleans (``"5"``,
+``"true"``), as in a Java properties file. All durations are in milliseconds
+and all sizes in bytes, as in Kafka.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+from kprod.errors import ConfigError
+from kprod.serde.base import BUILTIN_SERIALIZER_NAMES, Serializer, resolve_serializer
+
+Partitioner: TypeAlias = Callable[[str, bytes | None, bytes | None, int], int]
+"""``partitioner(topic, key_bytes, value_bytes, num_partitions) -> partition``."""
+
+BootstrapServers: TypeAlias = tuple[tuple[str, int], ...]
+"""Parsed ``bootstrap.servers``: ``((host, port), ...)``."""
+
+INT32_MAX: Final[int] = 2**31 - 1
+INT64_MAX: Final[int] = 2**63 - 1
+
+
+class _Invalid(Exception):
+    """Raised by a parser: ``allowed`` describes what the setting accepts."""
+
+    def __init__(self, allowed: str) -> None:
+        super().__init__(allowed)
+        self.allowed = allowed
+
+
+Parser: TypeAlias = Callable[[str, object], Any]
+"""``parse(kafka_name, raw_value) -> value``; raises ``_Invalid`` or ``ConfigError``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDef:
+    """One producer setting.
+
+    ``name`` is the Kafka name (``linger.ms``), ``type`` a short type label for
+    docs (``int``, ``long``, ``bool``, ``str``, ``list``, ``callable``,
+    ``serializer``), ``default`` the Java 4.x default (already parsed),
+    ``valid`` a human description of the allowed values, ``parse`` the function
+    that coerces and validates a user value, ``doc`` the one-line description.
+    """
+
+    name: str
+    type: str
+    default: Any
+    valid: str
+    parse: Parser
+    doc: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def attr(self) -> str:
+        """The Python attribute / keyword name (dots and dashes become underscores)."""
+        return attr_name(self.name)
+
+
+def attr_name(kafka_name: str) -> str:
+    """``"linger.ms"`` → ``"linger_ms"``."""
+    return kafka_name.replace(".", "_").replace("-", "_")
+
+
+# ---------------------------------------------------------------------------- parsers
+
+
+def _int(lo: int, hi: int) -> Parser:
+    allowed = f"an integer >= {lo}" if hi == INT64_MAX else f"an integer in [{lo}, {hi}]"
+
+    def parse(name: str, raw: object) -> int:
+        if isinstance(raw, bool):
+            raise _Invalid(allowed)
+        if isinstance(raw, int):
+            value = raw
+        elif isinstance(raw, str):
+            try:
+                value = int(raw.strip(), 10)
+            except ValueError:
+                raise _Invalid(allowed) from None
+        elif isinstance(raw, float) and raw.is_integer():
+            value = int(raw)
+        else:
+            raise _Invalid(allowed)
+        if not lo <= value <= hi:
+            raise _Invalid(allowed)
+        return value
+
+    return parse
+
+
+def _gzip_level(name: str, raw: object) -> int:
+    value: int = _int(-1, 9)(name, raw)
+    if value == 0:
+        raise _Invalid("-1 (the zlib default) or an integer in [1, 9]")
+    return value
+
+
+def _bool(name: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text == "true":
+            return True
+        if text == "false":
+            return False
+    raise _Invalid('true or false (or the strings "true" / "false")')
+
+
+def _choice(*allowed: str) -> Parser:
+    desc = "one of " + ", ".join(repr(a) for a in allowed) + " (case-insensitive)"
+    lowered = {a.lower(): a for a in allowed}
+
+    def parse(name: str, raw: object) -> str:
+        if isinstance(raw, str):
+            hit = lowered.get(raw.strip().lower())
+            if hit is not None:
+                return hit
+        raise _Invalid(desc)
+
+    return parse
+
+
+def _acks(name: str, raw: object) -> int:
+    allowed = "'all', -1, 0 or 1 (as int or string); 'all' is the same as -1"
+    if isinstance(raw, bool):
+        raise _Invalid(allowed)
+    if isinstance(raw, int) and raw in (-1, 0, 1):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text == "all":
+            return -1
+        if text in ("-1", "0", "1"):
+            return int(text)
+    raise _Invalid(allowed)
+
+
+def _str(name: str, raw: object) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise _Invalid("a string")
+
+
+def _optional_nonempty_str(name: str, raw: object) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw.strip():
+        return raw
+    raise _Invalid("a non-empty string, or None for no value")
+
+
+def _parse_host_port(entry: str) -> tuple[str, int]:
+    text = entry.strip()
+    if "://" in text:  # tolerate "PLAINTEXT://host:9092" as listeners are written
+        text = text.split("://", 1)[1]
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ValueError(entry)
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(entry)
+    if not host or not port_text.isdigit():
+        raise ValueError(entry)
+    port = int(port_text)
+    if not 0 < port <= 65535:
+        raise ValueError(entry)
+    return host, port
+
+
+def _bootstrap(name: str, raw: object) -> BootstrapServers | None:
+    allowed = (
+        "'host:port' or a comma-separated string / list of them ('[::1]:9092' for IPv6, port 1..65535), "
+        "or None to use the embedded broker"
+    )
+    if raw is None:
+        return None
+    items: list[object]
+    if isinstance(raw, str):
+        items = list(raw.split(","))
+    elif isinstance(raw, (list, tuple)):
+        if len(raw) == 2 and isinstance(raw[0], str) and isinstance(raw[1], int):
+            items = [raw]  # a single (host, port) pair
+        else:
+            items = list(raw)
+    else:
+        raise _Invalid(allowed)
+    out: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip():
+                continue  # Java skips empty entries
+            try:
+                out.append(_parse_host_port(item))
+            except ValueError:
+                raise ConfigError(
+                    f"Invalid entry {item.strip()!r} in setting 'bootstrap.servers' (value {raw!r}): "
+                    f"expected {allowed}"
+                ) from None
+        elif (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and item[0]
+            and isinstance(item[1], int)
+            and not isinstance(item[1], bool)
+            and 0 < item[1] <= 65535
+        ):
+            out.append((item[0], item[1]))
+        else:
+            raise ConfigError(
+                f"Invalid entry {item!r} in setting 'bootstrap.servers' (value {raw!r}): expected {allowed}"
+            )
+    if not out:
+        raise _Invalid(allowed + "; the list is empty")
+    return tuple(out)
+
+
+def _partitioner(name: str, raw: object) -> Partitioner | None:
+    allowed = (
+        "None, or a callable (topic: str, key: bytes | None, value: bytes | None, num_partitions: int) -> int"
+    )
+    if raw is None:
+        return None
+    if not callable(raw):
+        raise _Invalid(allowed)
+    try:
+        sig = inspect.signature(raw)
+    except (TypeError, ValueError):
+        return raw
+    try:
+        sig.bind("t", None, None, 1)
+    except TypeError:
+        raise _Invalid(allowed + f"; its signature {sig} does not take those 4 arguments") from None
+    return raw
+
+
+def _serializer(name: str, raw: object) -> Serializer | None:
+    if raw is None:
+        return None
+    return resolve_serializer(raw, setting=name)
+
+
+def _security_protocol(name: str, raw: object) -> str:
+    value = _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")(name, raw)
+    if value != "PLAINTEXT":
+        raise ConfigError(
+            f"security.protocol={value!r} is not yet supported: kprod speaks PLAINTEXT only for now "
+            "(TLS/SASL are not yet supported); set security.protocol to 'PLAINTEXT' or leave it unset"
+        )
+    return str(value)
+
+
+# ---------------------------------------------------------------------------- the table
+
+_I32 = INT32_MAX
+_I64 = INT64_MAX
+
+
+def _d(name: str, type_: str, default: Any, valid: str, parse: Parser, doc: str, *aliases: str) -> ConfigDef:
+    return ConfigDef(name, type_, default, valid, parse, doc, aliases)
+
+
+# fmt: off
+_DEFS: Final[tuple[ConfigDef, ...]] = (
+    _d("bootstrap.servers", "list", None, "host:port list, or None", _bootstrap,
+       "Brokers for the first connection, as 'host:port' (comma-separated string or list). "
+       "Default None: a higher layer uses the embedded broker."),
+    _d("client.id", "str", "", "any string", _str,
+       "Sent in every request header. Default '': becomes 'kprod-producer-<n>' "
+       "(or 'kprod-producer-<transactional.id>')."),
+    _d("acks", "int", -1, "all, -1, 0, 1", _acks,
+       "Acknowledgements required: 0 none, 1 the leader, all (-1) every in-sync replica. Default all."),
+    _d("linger.ms", "long", 5, "[0, ...]", _int(0, _I64),
+       "Milliseconds to wait for more records before sending a non-full batch. Default 5 ms."),
+    _d("batch.size", "int", 16384, "[0, ...]", _int(0, _I32),
+       "Bytes per partition batch buffer. Default 16384; 0 is treated as 1 (no batching)."),
+    _d("buffer.memory", "long", 33554432, "[0, ...]", _int(0, _I64),
+       "Total bytes for records waiting to be sent. Default 33554432 (32 MiB)."),
+    _d("max.block.ms", "long", 60000, "[0, ...]", _int(0, _I64),
+       "Milliseconds send()/flush-related calls may block for metadata or buffer space. Default 60000."),
+    _d("max.request.size", "int", 1048576, "[0, ...]", _int(0, _I32),
+       "Maximum bytes of one Produce request, and of one serialized record. Default 1048576 (1 MiB)."),
+    _d("request.timeout.ms", "int", 30000, "[0, ...]", _int(0, _I32),
+       "Milliseconds to wait for a broker response before retrying/failing. Default 30000."),
+    _d("delivery.timeout.ms", "int", 120000, "[0, ...], >= linger.ms + request.timeout.ms", _int(0, _I32),
+       "Upper bound in milliseconds from send() to success/failure. Default 120000; "
+       "if left unset it is raised to linger.ms + request.timeout.ms when that is larger."),
+    _d("max.in.flight.requests.per.connection", "int", 5, "[1, ...]", _int(1, _I32),
+       "Unacknowledged requests per connection; at most 5 with idempotence. Default 5."),
+    _d("retries", "int", INT32_MAX, "[0, 2147483647]", _int(0, _I32),
+       "Retries of a batch after a retriable error (delivery.timeout.ms is the real bound). "
+       "Default 2147483647."),
+    _d("retry.backoff.ms", "long", 100, "[0, ...]", _int(0, _I64),
+       "Initial milliseconds between retries (exponential x2, 20% jitter). Default 100."),
+    _d("retry.backoff.max.ms", "long", 1000, "[0, ...]", _int(0, _I64),
+       "Maximum milliseconds between retries. Default 1000."),
+    _d("reconnect.backoff.ms", "long", 50, "[0, ...]", _int(0, _I64),
+       "Initial milliseconds before reconnecting to a broker (exponential, 20% jitter). Default 50."),
+    _d("reconnect.backoff.max.ms", "long", 1000, "[0, ...]", _int(0, _I64),
+       "Maximum reconnect backoff in milliseconds. Default 1000; if only reconnect.backoff.ms is "
+       "set, this becomes that value (no exponential growth)."),
+    _d("enable.idempotence", "bool", True, "true, false", _bool,
+       "Exactly-once, in-order writes per partition (producer id + sequence numbers). Default true; "
+       "silently disabled when acks != all or retries == 0 unless set explicitly."),
+    _d("transactional.id", "str", None, "non-empty string, or None", _optional_nonempty_str,
+       "Enables transactions under this id (implies idempotence). Default None."),
+    _d("transaction.timeout.ms", "int", 60000, "[1, ...]", _int(1, _I32),
+       "Milliseconds the coordinator waits before aborting an open transaction. Default 60000."),
+    _d("compression.type", "str", "none", "none, gzip, snappy, lz4, zstd",
+       _choice("none", "gzip", "snappy", "lz4", "zstd"),
+       "Batch compression codec. Default none."),
+    _d("compression.gzip.level", "int", -1, "-1 or [1, 9]", _gzip_level,
+       "gzip level; -1 is zlib's default (6). Default -1."),
+    _d("compression.lz4.level", "int", 9, "[1, 17]", _int(1, 17),
+       "lz4 level. Default 9."),
+    _d("compression.zstd.level", "int", 3, "[-131072, 22]", _int(-131072, 22),
+       "zstd level. Default 3."),
+    _d("partitioner", "callable", None, "None or callable(topic, key, value, num_partitions) -> int",
+       _partitioner,
+       "Custom partitioner over serialized key/value bytes. Default None: the built-in "
+       "murmur2 / uniform-sticky logic. Alias: partitioner.class.",
+       "partitioner.class"),
+    _d("partitioner.ignore.keys", "bool", False, "true, false", _bool,
+       "If true, keys are not hashed: every record uses the uniform sticky partitioner. Default false."),
+    _d("partitioner.adaptive.partitioning.enable", "bool", True, "true, false", _bool,
+       "Weight the sticky partition choice by broker queue lengths (KIP-794). Default true."),
+    _d("partitioner.availability.timeout.ms", "long", 0, "[0, ...]", _int(0, _I64),
+       "Skip partitions whose leader has not drained for this many ms; 0 disables. Default 0."),
+    _d("metadata.max.age.ms", "long", 300000, "[0, ...]", _int(0, _I64),
+       "Milliseconds after which metadata is refreshed even without errors. Default 300000."),
+    _d("metadata.max.idle.ms", "long", 300000, "[5000, ...]", _int(5000, _I64),
+       "Milliseconds after which an unused topic is dropped from metadata. Default 300000."),
+    _d("metadata.recovery.strategy", "str", "rebootstrap", "none, rebootstrap",
+       _choice("none", "rebootstrap"),
+       "What to do when no known broker is reachable: rebootstrap from bootstrap.servers, or none. "
+       "Default rebootstrap."),
+    _d("socket.connection.setup.timeout.ms", "long", 10000, "[0, ...]", _int(0, _I64),
+       "Milliseconds allowed for a TCP connect (grows exponentially per failure). Default 10000."),
+    _d("socket.connection.setup.timeout.max.ms", "long", 30000, "[0, ...]", _int(0, _I64),
+       "Cap of the connect timeout in milliseconds. Default 30000."),
+    _d("connections.max.idle.ms", "long", 540000, "-1 or [0, ...]", _int(-1, _I64),
+       "Close connections idle for this many milliseconds; -1 never. Default 540000 (9 min)."),
+    _d("send.buffer.bytes", "int", 131072, "-1 or [0, ...]", _int(-1, _I32),
+       "SO_SNDBUF in bytes; -1 uses the OS default. Default 131072."),
+    _d("receive.buffer.bytes", "int", 32768, "-1 or [0, ...]", _int(-1, _I32),
+       "SO_RCVBUF in bytes; -1 uses the OS default. Default 32768."),
+    _d("security.protocol", "str", "PLAINTEXT", "PLAINTEXT (SSL/SASL not yet supported)", _security_protocol,
+       "Protocol to talk to brokers. Default PLAINTEXT; TLS/SASL are not yet supported."),
+    _d("key.serializer", "serializer", None,
+       "None, " + "/".join(BUILTIN_SERIALIZER_NAMES) + ", callable(data) -> bytes, or object.serialize()",
+       _serializer,
+       "Turns keys into bytes. Default None: bytes-like as is, str as UTF-8."),
+    _d("value.serializer", "serializer", None,
+       "None, " + "/".join(BUILTIN_SERIALIZER_NAMES) + ", callable(data) -> bytes, or object.serialize()",
+       _serializer,
+       "Turns values into bytes. Default None: bytes-like as is, str as UTF-8."),
+)
+# fmt: on
+
+CONFIG_DEFS: Final[Mapping[str, ConfigDef]] = {d.name: d for d in _DEFS}
+"""Every producer setting by Kafka name, in documentation order."""
+
+_BY_KAFKA: Final[dict[str, str]] = {}
+"""Any accepted Kafka-style name (including aliases) → canonical Kafka name."""
+_BY_ATTR: Final[dict[str, str]] = {}
+"""Any accepted keyword name (including aliases) → canonical Kafka name."""
+for _def in _DEFS:
+    for _n in (_def.name, *_def.aliases):
+        _BY_KAFKA[_n] = _def.name
+        _BY_ATTR[attr_name(_n)] = _def.name
+
+_client_ids = itertools.count(1)
+
+
+_DEFAULTS: Final[dict[str, Any]] = {d.name: d.default for d in _DEFS}
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------- the config
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    """The producer's effective settings (Kafka names with dots as underscores).
+
+    Build it with :meth:`from_user`, which parses, validates and applies Java's
+    post-processing rules; constructing it directly skips all checks. Durations
+    are milliseconds, sizes bytes. ``explicit`` holds the Kafka names the user
+    set. Defaults are in :data:`CONFIG_DEFS`.
+    """
+
+    bootstrap_servers: BootstrapServers | None = _DEFAULTS["bootstrap.servers"]
+    client_id: str = _DEFAULTS["client.id"]
+    acks: int = _DEFAULTS["acks"]
+    linger_ms: int = _DEFAULTS["linger.ms"]
+    batch_size: int = _DEFAULTS["batch.size"]
+    buffer_memory: int = _DEFAULTS["buffer.memory"]
+    max_block_ms: int = _DEFAULTS["max.block.ms"]
+    max_request_size: int = _DEFAULTS["max.request.size"]
+    request_timeout_ms: int = _DEFAULTS["request.timeout.ms"]
+    delivery_timeout_ms: int = _DEFAULTS["delivery.timeout.ms"]
+    max_in_flight_requests_per_connection: int = _DEFAULTS["max.in.flight.requests.per.connection"]
+    retries: int = _DEFAULTS["retries"]
+    retry_backoff_ms: int = _DEFAULTS["retry.backoff.ms"]
+    retry_backoff_max_ms: int = _DEFAULTS["retry.backoff.max.ms"]
+    reconnect_backoff_ms: int = _DEFAULTS["reconnect.backoff.ms"]
+    reconnect_backoff_max_ms: int = _DEFAULTS["reconnect.backoff.max.ms"]
+    enable_idempotence: bool = _DEFAULTS["enable.idempotence"]
+    transactional_id: str | None = _DEFAULTS["transactional.id"]
+    transaction_timeout_ms: int = _DEFAULTS["transaction.timeout.ms"]
+    compression_type: str = _DEFAULTS["compression.type"]
+    compression_gzip_level: int = _DEFAULTS["compression.gzip.level"]
+    compression_lz4_level: int = _DEFAULTS["compression.lz4.level"]
+    compression_zstd_level: int = _DEFAULTS["compression.zstd.level"]
+    partitioner: Partitioner | None = _DEFAULTS["partitioner"]
+    partitioner_ignore_keys: bool = _DEFAULTS["partitioner.ignore.keys"]
+    partitioner_adaptive_partitioning_enable: bool = _DEFAULTS["partitioner.adaptive.partitioning.enable"]
+    partitioner_availability_timeout_ms: int = _DEFAULTS["partitioner.availability.timeout.ms"]
+    metadata_max_age_ms: int = _DEFAULTS["metadata.max.age.ms"]
+    metadata_max_idle_ms: int = _DEFAULTS["metadata.max.idle.ms"]
+    metadata_recovery_strategy: str = _DEFAULTS["metadata.recovery.strategy"]
+    socket_connection_setup_timeout_ms: int = _DEFAULTS["socket.connection.setup.timeout.ms"]
+    socket_connection_setup_timeout_max_ms: int = _DEFAULTS["socket.connection.setup.timeout.max.ms"]
+    connections_max_idle_ms: int = _DEFAULTS["connections.max.idle.ms"]
+    send_buffer_bytes: int = _DEFAULTS["send.buffer.bytes"]
+    receive_buffer_bytes: int = _DEFAULTS["receive.buffer.bytes"]
+    security_protocol: str = _DEFAULTS["security.protocol"]
+    key_serializer: Serializer | None = _DEFAULTS["key.serializer"]
+    value_serializer: Serializer | None = _DEFAULTS["value.serializer"]
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+    """Kafka names of the settings the user gave (aliases mapped to the canonical name)."""
+
+    @classmethod
+    def from_user(cls, config: Mapping[str, object] | None = None, **kwargs: object) -> ProducerConfig:
+        """Parse and validate user settings into a :class:`ProducerConfig`.
+
+        ``config`` uses Kafka names (``{"linger.ms": 10}``); ``kwargs`` use
+        underscores (``linger_ms=10``). Both may be given; a setting given in
+        both spellings with different values raises :class:`ConfigError`.
+        Unknown names, invalid values and conflicting settings raise
+        :class:`ConfigError` naming the setting, the value and what is allowed.
+
+        Post-processing follows the Java 4.x producer: ``acks`` is normalized
+        to -1/0/1; ``batch.size`` 0 becomes 1; ``linger.ms`` is capped at
+        2**31-1; ``delivery.timeout.ms`` left unset is raised to
+        ``linger.ms + request.timeout.ms``; ``reconnect.backoff.max.ms`` left
+        unset follows an explicit ``reconnect.backoff.ms``; the idempotence
+        rules of ``ProducerConfig.postProcessAndValidateIdempotenceConfigs``
+        apply; an empty ``client.id`` gets a generated one.
+        """
+        raw: dict[str, tuple[str, object]] = {}  # canonical name -> (spelling as given, raw value)
+        parsed: dict[str, Any] = {}
+
+        def take(spelling: str, canonical: str, value: object) -> None:
+            d = CONFIG_DEFS[canonical]
+            try:
+                parsed_value = d.parse(canonical, value)
+            except _Invalid as exc:
+                given = "" if spelling == canonical else f" (given as {spelling!r})"
+                raise ConfigError(
+                    f"Invalid value {_show(value)} for setting {canonical!r}{given}: expected {exc.allowed}"
+                ) from None
+            if canonical in raw:
+                prev_spelling, prev_value = raw[canonical]
+                if not _same(parsed[canonical], parsed_value):
+                    raise ConfigError(
+                        f"Setting {canonical!r} given twice with different values: "
+                        f"{prev_spelling}={_show(prev_value)} and {spelling}={_show(value)}; give it once"
+                    )
+                return
+            raw[canonical] = (spelling, value)
+            parsed[canonical] = parsed_value
+
+        if config is not None:
+            if not isinstance(config, Mapping):
+                raise ConfigError(
+                    "config must be a mapping of Kafka setting names to values, "
+                    f"not {type(config).__qualname__}"
+                )
+            for key, value in config.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"Setting names must be strings, got {key!r}")
+                canonical = _BY_KAFKA.get(key)
+                if canonical is None:
+                    raise ConfigError(_unknown(key, _BY_KAFKA, kw=False))
+                take(key, canonical, value)
+        for key, value in kwargs.items():
+            canonical = _BY_ATTR.get(key)
+            if canonical is None:
+                raise ConfigError(_unknown(key, _BY_ATTR, kw=True))
+            take(key, canonical, value)
+
+        explicit = frozenset(raw)
+        values: dict[str, Any] = {d.name: d.default for d in _DEFS}
+        values.update(parsed)
+
+        # KafkaProducer: batch.size 0 means 1; linger.ms is capped at Integer.MAX_VALUE.
+        values["batch.size"] = max(1, values["batch.size"])
+        values["linger.ms"] = min(values["linger.ms"], INT32_MAX)
+
+        # CommonClientConfigs.postProcessReconnectBackoffConfigs.
+        if "reconnect.backoff.ms" in explicit and "reconnect.backoff.max.ms" not in explicit:
+            values["reconnect.backoff.max.ms"] = values["reconnect.backoff.ms"]
+
+        # KafkaProducer.configureDeliveryTimeout.
+        floor = values["linger.ms"] + values["request.timeout.ms"]
+        if values["delivery.timeout.ms"] < floor:
+            if "delivery.timeout.ms" in explicit:
+                raise ConfigError(
+                    f"Invalid value {values['delivery.timeout.ms']} for setting 'delivery.timeout.ms': "
+                    "it must be "
+                    f">= linger.ms + request.timeout.ms = {values['linger.ms']} + "
+                    f"{values['request.timeout.ms']} = {floor}; raise delivery.timeout.ms or lower the others"
+                )
+            values["delivery.timeout.ms"] = min(floor, INT32_MAX)
+
+        _apply_idempotence_rules(values, explicit)
+
+        # ProducerConfig.postProcessParsedConfig: client.id "" → generated.
+        if not values["client.id"]:
+            txn = values["transactional.id"]
+            values["client.id"] = (
+                f"kprod-producer-{txn}" if txn is not None else f"kprod-producer-{next(_client_ids)}"
+            )
+
+        return cls(**{CONFIG_DEFS[k].attr: v for k, v in values.items()}, explicit=explicit)
+
+    def to_dict(self) -> dict[str, object]:
+        """The effective settings by Kafka name, for display.
+
+        ``bootstrap.servers`` is shown as a list of ``"host:port"`` strings
+        (IPv6 hosts in brackets) or ``None``; other values are as stored. The
+        result can be passed back to :meth:`from_user`.
+        """
+        out: dict[str, object] = {}
+        for d in _DEFS:
+            value = getattr(self, d.attr)
+            if d.name == "bootstrap.servers" and value is not None:
+                value = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value]
+            out[d.name] = value
+        return out
+
+    def is_explicit(self, name: str) -> bool:
+        """True when the user set ``name`` (Kafka name or keyword spelling)."""
+        canonical = _BY_KAFKA.get(name) or _BY_ATTR.get(name) or name
+        return canonical in self.explicit
+
+
+def _same(a: object, b: object) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _unknown(name: str, known: Mapping[str, str], *, kw: bool) -> str:
+    other = _BY_ATTR if not kw else _BY_KAFKA
+    if name in other:  # right setting, wrong spelling for this place
+        close = [attr_name(name) if kw else other[name]]
+    else:
+        close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    where = "keyword" if kw else "setting"
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    spelling = (
+        "keywords use underscores (linger_ms=5)" if kw else "mapping keys use Kafka names ('linger.ms')"
+    )
+    return f"Unknown producer {where} {name!r}{hint} ({spelling}; `kprod config` lists every setting)"
+
+
+def _apply_idempotence_rules(values: dict[str, Any], explicit: frozenset[str]) -> None:
+    """``ProducerConfig.postProcessAndValidateIdempotenceConfigs`` (Java 4.x), in place."""
+    user_set = "enable.idempotence" in explicit
+    enabled: bool = values["enable.idempotence"]
+    disable = False
+    how = "enable.idempotence=true" if user_set else "enable.idempotence (true by default)"
+    if enabled:
+        if values["retries"] == 0:
+            if user_set:
+                raise ConfigError(
+                    "Conflicting settings 'enable.idempotence'=true and 'retries'=0: the idempotent producer "
+                    "needs retries > 0; raise retries or set enable.idempotence=false"
+                )
+            disable = True
+        if values["acks"] != -1:
+            if user_set:
+                raise ConfigError(
+                    f"Conflicting settings 'enable.idempotence'=true and 'acks'={values['acks']}: the "
+                    "idempotent producer needs acks=all; set acks='all' or enable.idempotence=false"
+                )
+            disable = True
+        in_flight = values["max.in.flight.requests.per.connection"]
+        if in_flight > 5:
+            raise ConfigError(
+                f"Invalid value {in_flight} for setting 'max.in.flight.requests.per.connection': "
+                f"with {how} it must be set to at most 5; lower it, or set enable.idempotence=false"
+            )
+    if disable:
+        values["enable.idempotence"] = False
+        enabled = False
+    if not enabled and "transactional.id" in explicit and values["transactional.id"] is not None:
+        if user_set:
+            reason = "enable.idempotence=false"
+        else:
+            causes = [f"acks={values['acks']}"] if values["acks"] != -1 else []
+            causes += ["retries=0"] if values["retries"] == 0 else []
+            reason = f"idempotence was turned off by {' and '.join(causes)}"
+        raise ConfigError(
+            f"Conflicting settings 'transactional.id'={values['transactional.id']!r} and "
+            f"'enable.idempotence': transactions need idempotence, but {reason}; "
+            "use acks='all', retries > 0 and leave enable.idempotence at true"
+        )
+
+
+__all__ = [
+    "CONFIG_DEFS",
+    "BootstrapServers",
+    "ConfigDef",
+    "Partitioner",
+    "ProducerConfig",
+    "attr_name",
+]

@@ -1,0 +1,25 @@
+"""Serializers for record keys and values (see :mod:`kprod.serde.base`)."""
+
+from kprod.serde.base import (
+    BUILTIN_SERIALIZER_NAMES,
+    HAS_ORJSON,
+    BytesSerializer,
+    CallableSerializer,
+    DefaultSerializer,
+    JsonSerializer,
+    Serializer,
+    StringSerializer,
+    resolve_serializer,
+)
+
+__all__ = [
+    "BUILTIN_SERIALIZER_NAMES",
+    "HAS_ORJSON",
+    "BytesSerializer",
+    "CallableSerializer",
+    "DefaultSerializer",
+    "JsonSerializer",
+    "Serializer",
+    "StringSerializer",
+    "resolve_serializer",
+]

@@ -1,0 +1,363 @@
+"""The synchronous, thread-safe ``Producer``: a private asyncio loop on one daemon thread.
+
+Callers' threads serialize, partition and append records themselves under the
+engine's lock (no per-record thread hop); the I/O thread only sends batches
+and delivers completions. ``on_delivery`` callbacks and ``add_done_callback``
+functions run on the I/O thread: keep them short, and do not block in them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
+from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms, wall_ms
+from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
+from kprod.config import ProducerConfig
+from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError
+from kprod.types import RecordMetadata
+
+__all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
+
+log = logging.getLogger("kprod.producer")
+
+DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
+"""``on_delivery(metadata, error)``: exactly one of the two is None."""
+
+_START_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 10.0
+
+
+class RecordFuture:
+    """The outcome of one ``send()``: a thin view on the record's batch.
+
+    Mirrors ``concurrent.futures.Future``: ``result(timeout=None)``,
+    ``exception(timeout=None)``, ``done()``, ``add_done_callback(fn)``.
+    """
+
+    __slots__ = ("_batch", "_engine", "_error", "_index")
+
+    def __init__(self, engine: ProducerEngine | None, batch: ProducerBatch | None, index: int,
+                 error: BaseException | None = None) -> None:
+        self._engine = engine
+        self._batch = batch
+        self._index = index
+        self._error = error
+
+    @classmethod
+    def failed(cls, error: BaseException) -> RecordFuture:
+        """A future that already failed (the record never entered a batch)."""
+        return cls(None, None, -1, error)
+
+    def done(self) -> bool:
+        """True once the record was acknowledged or failed. Never blocks."""
+        batch = self._batch
+        return batch is None or batch.state is BatchState.DONE
+
+    def _wait(self, timeout: float | None) -> None:
+        batch = self._batch
+        if batch is None or batch.state is BatchState.DONE:
+            return
+        engine = self._engine
+        assert engine is not None
+        if threading.current_thread() is engine.io_thread:
+            raise KprodError(
+                "result() was called on the producer's I/O thread (from a delivery callback) for a record "
+                "that is not done: it would wait forever. Use on_delivery or add_done_callback instead",
+                stage="producer",
+            )
+        with engine.lock:
+            if batch.state is BatchState.DONE:
+                return
+            event = batch.waiter
+            if event is None:
+                event = batch.waiter = threading.Event()
+        if not event.wait(timeout):
+            raise KafkaTimeoutError(
+                f"result() timed out after {timeout} s; the record is still pending and will complete "
+                "(at the latest after delivery.timeout.ms)",
+                stage="producer",
+            )
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait up to ``timeout`` seconds (None: until done) and return where the record was written.
+
+        Raises the delivery error, or KafkaTimeoutError if ``timeout`` passes first.
+        Every record completes within ``delivery.timeout.ms``, so ``None`` is bounded.
+        """
+        self._wait(timeout)
+        error = self._error if self._batch is None else self._batch.error
+        if error is not None:
+            raise error
+        assert self._batch is not None
+        return ProducerEngine.record_metadata(self._batch, self._index)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like :meth:`result`, then return the delivery error or None."""
+        self._wait(timeout)
+        return self._error if self._batch is None else self._batch.error
+
+    def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
+        """Call ``fn(self)`` when done (at once, in this thread, if already done; else on the I/O thread)."""
+        batch = self._batch
+        engine = self._engine
+        if batch is not None and engine is not None:
+            with engine.lock:
+                if batch.state is not BatchState.DONE:
+                    batch.add_callback(self._index, lambda _md, _err: fn(self))
+                    return
+        try:
+            fn(self)
+        except Exception:
+            log.exception("a done-callback raised")
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<RecordFuture {state}>"
+
+
+class Producer:
+    """A synchronous, thread-safe Kafka producer.
+
+    ``Producer(config: dict | None = None, **kwargs)``: Kafka property names in
+    ``config`` (``"linger.ms"``), underscores as keywords (``linger_ms=``).
+    ``bootstrap.servers`` is required. Unknown or invalid settings raise
+    :class:`~kprod.errors.ConfigError`. Defaults are the Java 4.x producer's:
+    acks=all, idempotence on, linger.ms=5, batch.size=16384 bytes,
+    buffer.memory=32 MiB, max.block.ms=60000, max.request.size=1 MiB,
+    request.timeout.ms=30000, delivery.timeout.ms=120000.
+    """
+
+    def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
+        self.config = ProducerConfig.from_user(config, **kwargs)
+        self._preparer = RecordPreparer(self.config)
+        self._loop = asyncio.new_event_loop()
+        self._engine = ProducerEngine(self.config, self._loop)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._engine.start()
+            self._loop.call_soon(started.set)
+            try:
+                self._loop.run_forever()
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"kprod-io-{self.config.client_id}", daemon=True)
+        self._engine.io_thread = self._thread
+        self._thread.start()
+        if not started.wait(_START_TIMEOUT_S):  # pragma: no cover - the loop thread failed to start
+            raise KprodError("the producer's I/O thread did not start", stage="producer")
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        *,
+        partition: int | None = None,
+        timestamp: int | None = None,
+        headers: Any = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> RecordFuture:
+        """Queue one record and return its future. Thread-safe.
+
+        ``value=None`` is a tombstone. ``timestamp`` is ms since the epoch (default: now).
+        ``headers``: (str, bytes|str|None) pairs or a mapping. ``on_delivery(metadata, error)``
+        runs on the I/O thread when the record is acknowledged or fails.
+
+        Blocks up to ``max.block.ms`` while the topic's metadata is unknown or
+        ``buffer.memory`` is full, then raises UnknownTopicError / BufferExhaustedError.
+        Raises SerializationError for a value the serializer rejects, ProducerClosedError
+        after close(). A record too large for ``max.request.size`` fails alone: its
+        future fails with RecordTooLargeError.
+        """
+        hdrs = normalize_headers(headers) if headers else None
+        preparer = self._preparer
+        kb, vb = preparer.serialize(topic, key, value, hdrs)
+        ts = wall_ms() if timestamp is None else check_timestamp(timestamp)
+        bound = record_size_upper_bound(kb, vb, hdrs)
+        if bound > preparer.limit_bytes:
+            error = preparer.too_large(topic, bound)
+            assert error is not None
+            if on_delivery is not None:
+                on_delivery(None, error)
+            return RecordFuture.failed(error)
+        engine = self._engine
+        now = monotonic_ms()
+        with engine.lock:
+            engine.check_open()
+            result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
+            if type(result) is int:
+                result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
+            assert isinstance(result, ProducerBatch)
+            index = result.record_count - 1
+            if on_delivery is not None:
+                result.add_callback(index, on_delivery)
+            wake = engine.needs_wake_after_append(result, now)
+        if wake:
+            engine.wake_threadsafe()
+        return RecordFuture(engine, result, index)
+
+    def _wait_and_append(
+        self,
+        topic: str,
+        partition: int | None,
+        ts: int,
+        kb: bytes | None,
+        vb: bytes | None,
+        hdrs: list[tuple[str, bytes | None]] | None,
+        bound: int,
+        reason: int,
+    ) -> ProducerBatch:
+        """Block (lock held, released while waiting) until the record fits or max.block.ms passes."""
+        engine = self._engine
+        start = time.monotonic()
+        deadline = start + engine.config.max_block_ms / 1000
+        on_io_thread = threading.current_thread() is self._thread
+        engine.sync_waiters += 1
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or on_io_thread:
+                    raise engine.wait_error(reason, topic, int((time.monotonic() - start) * 1000))
+                if reason == WAIT_MEMORY:
+                    engine.accumulator.memory_waiters += 1
+                engine.wake_threadsafe()
+                try:
+                    engine.cond.wait(min(remaining, 0.5))
+                finally:
+                    if reason == WAIT_MEMORY:
+                        engine.accumulator.memory_waiters -= 1
+                engine.check_open()
+                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, monotonic_ms())
+                if type(result) is not int:
+                    assert isinstance(result, ProducerBatch)
+                    return result
+                reason = result
+        finally:
+            engine.sync_waiters -= 1
+
+    # -- flush and close ------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued now (ignoring linger.ms) and wait until it all completed.
+
+        Waits up to ``timeout`` seconds (None: until done, which delivery.timeout.ms
+        bounds). Raises KafkaTimeoutError naming what is still pending if the
+        timeout passes. Records that failed do not make flush() raise: their
+        futures and callbacks carry the errors.
+        """
+        engine = self._engine
+        if threading.current_thread() is self._thread:
+            raise KprodError("flush() cannot be called from a delivery callback (the I/O thread)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with engine.cond:
+            pending = engine.incomplete_batches()
+            if not pending:
+                return
+            engine.set_flushing(+1)
+            engine.sync_waiters += 1
+            try:
+                engine.wake_threadsafe()
+                i = 0
+                while i < len(pending):
+                    if pending[i].state is BatchState.DONE:
+                        i += 1
+                        continue
+                    if engine.fatal_error is not None or not self._thread.is_alive():
+                        break
+                    wait_s = 0.5
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            left = [b for b in pending[i:] if b.state is not BatchState.DONE]
+                            records = sum(b.record_count for b in left)
+                            raise KafkaTimeoutError(
+                                f"flush() timed out after {timeout} s with {records} record(s) in "
+                                f"{len(left)} batch(es) still pending",
+                                stage="producer",
+                            )
+                        wait_s = min(wait_s, remaining)
+                    engine.cond.wait(wait_s)
+            finally:
+                engine.sync_waiters -= 1
+                engine.set_flushing(-1)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop. Always returns.
+
+        Waits up to ``timeout`` seconds (None: until every record completed,
+        bounded by delivery.timeout.ms) for pending records; those still pending
+        then fail with ProducerClosedError, and a warning logs how many. Later
+        sends raise ProducerClosedError. Safe to call twice.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        engine = self._engine
+        try:
+            if self._thread.is_alive():
+                try:
+                    self.flush(timeout)
+                except KafkaTimeoutError:
+                    pass
+                except KprodError:
+                    pass
+        finally:
+            with engine.lock:
+                engine.closing = True
+            error = ProducerClosedError(
+                f"close() was called and the record was not delivered within its timeout ({timeout} s)"
+            )
+            failed = 0
+            try:
+                future = asyncio.run_coroutine_threadsafe(engine.shutdown(error), self._loop)
+                failed = future.result(_STOP_TIMEOUT_S)
+            except Exception as exc:  # the loop is gone or stuck: nothing more can be delivered
+                log.warning("kprod producer shutdown did not complete cleanly: %r", exc)
+            if failed:
+                log.warning("close(): %d record(s) were not delivered in time and failed", failed)
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            except RuntimeError:
+                pass
+            self._thread.join(_STOP_TIMEOUT_S)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- introspection --------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot of the producer's internals: buffer use, batches, in-flight requests, brokers."""
+        engine = self._engine
+        with engine.lock:
+            return {
+                "buffer-total-bytes": engine.config.buffer_memory,
+                "buffer-used-bytes": engine.accumulator.used_bytes,
+                "batches-incomplete": engine.accumulator.batch_count,
+                "requests-in-flight": engine.core.in_flight_count,
+                "record-retry-total": engine.core.retries_total,
+                "records-sent-total": engine.records_sent,
+                "producer-id": engine.core.producer_id,
+                "producer-epoch": engine.core.producer_epoch,
+                "brokers": dict(engine.metadata.brokers),
+            }

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The project's one entry point for humans and CI. Standard library only; needs Python 3.11+.
+
+    python3 tasks.py test [pytest args...]   ruff, mypy --strict and pytest (all run; fails if any fails)
+    python3 tasks.py lint                    ruff and mypy --strict only
+    python3 tasks.py main [args...]          the main job: `kprod demo` (embedded broker, 1M records)
+    python3 tasks.py bench [args...]         bench/run.py
+
+Every command first makes sure ``.venv`` exists and holds ``pip install -e '.[dev]'``. The install is
+redone when ``.venv`` is missing or broken, or when pyproject.toml is newer than the stamp file
+written after the last successful install. Everything installs from PyPI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import NoReturn
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+STAMP = VENV / ".kprod-install-stamp"
+PYPROJECT = ROOT / "pyproject.toml"
+
+
+def say(message: str) -> None:
+    print(f"[tasks] {message}", flush=True)
+
+
+def run(*argv: str | Path) -> int:
+    say("$ " + " ".join(str(a) for a in argv))
+    return subprocess.call([str(a) for a in argv], cwd=ROOT)
+
+
+def bootstrap() -> None:
+    """Create .venv and install the project into it, unless the stamp says it is up to date."""
+    if STAMP.exists() and PYTHON.exists() and STAMP.stat().st_mtime >= PYPROJECT.stat().st_mtime:
+        return
+    if not PYTHON.exists():
+        say(f"creating {VENV.name} with Python {sys.version.split()[0]}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    STAMP.unlink(missing_ok=True)
+    say("installing kprod and its dev dependencies from PyPI (a minute on a fresh machine)")
+    if run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "-e", ".[dev]") != 0:
+        sys.exit("[tasks] pip install -e '.[dev]' failed (see above)")
+    STAMP.touch()
+
+
+def lint() -> dict[str, int]:
+    return {
+        "ruff": run(BIN / "ruff", "check", "."),
+        "mypy": run(BIN / "mypy", "--strict", "src"),
+    }
+
+
+def report(results: dict[str, int]) -> int:
+    for name, rc in results.items():
+        note = " (no tests collected)" if name == "pytest" and rc == 5 else ""
+        say(f"{name}: {'ok' if rc == 0 else f'FAILED, exit {rc}{note}'}")
+    return 0 if all(rc == 0 for rc in results.values()) else 1
+
+
+def exec_in_venv(program: str | Path, *args: str) -> NoReturn:
+    """Replace this process, so Ctrl-C and SIGTERM reach the program directly."""
+    argv = [str(program), *args]
+    say("$ " + " ".join(argv))
+    os.chdir(ROOT)
+    os.execv(argv[0], argv)
+
+
+def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script is run by whatever python3 is first on PATH
+        sys.exit(f"[tasks] kprod needs Python 3.11 or newer, this is {sys.version.split()[0]}")
+    command, args = (argv[0], argv[1:]) if argv else ("help", [])
+    if command == "test":
+        bootstrap()
+        results = lint()
+        # Exit status 5 (no tests collected) counts as a failure like any other non-zero status.
+        results["pytest"] = run(PYTHON, "-m", "pytest", *args)
+        return report(results)
+    if command == "lint":
+        bootstrap()
+        return report(lint())
+    if command == "main":
+        bootstrap()
+        exec_in_venv(BIN / "kprod", "demo", *args)
+    if command == "bench":
+        if not (ROOT / "bench" / "run.py").exists():
+            sys.exit("[tasks] bench/run.py does not exist yet")
+        bootstrap()
+        exec_in_venv(PYTHON, "bench/run.py", *args)
+    print(__doc__)
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
