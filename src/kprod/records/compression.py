@@ -171,7 +171,7 @@ class Lz4Compressor:
 
     def _compress_hc(self, data: BytesLike) -> bytes:
         compressor = cramjam.lz4.Compressor(level=self.level, content_checksum=False, block_linked=False)
-        compressor.compress(data)
+        compressor.compress(data if isinstance(data, bytes) else bytes(data))  # It takes only bytes.
         return bytes(compressor.finish())
 
     def __repr__(self) -> str:
