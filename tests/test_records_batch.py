@@ -148,8 +148,14 @@ def _kio_timestamp(ms: int) -> datetime.datetime:
 
 
 def _kio_ms(ms: int) -> int:
-    # kio writes int(datetime.timestamp() * 1000), which float rounding may put 1 ms low.
-    return int(_kio_timestamp(ms).timestamp() * 1000)
+    """A timestamp near ``ms`` that kio's writer reproduces exactly.
+
+    kio writes ``int(datetime.timestamp() * 1000)``, which float rounding may put 1 ms low.
+    """
+    for candidate in range(ms, ms - 10, -1):
+        if int(_kio_timestamp(candidate).timestamp() * 1000) == candidate:
+            return candidate
+    return ms - ms % 1000  # whole seconds are always exact
 
 
 def _kio_bytes(records: list[RecordTuple], producer_id: int, producer_epoch: int, base_sequence: int,

@@ -26,8 +26,9 @@ __all__ = ["AsyncProducer"]
 log = logging.getLogger("kprod.producer")
 
 
-def _settle(future: asyncio.Future[RecordMetadata], metadata: RecordMetadata | None,
-            error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[RecordMetadata], metadata: RecordMetadata | None, error: BaseException | None
+) -> None:
     if future.done():
         return
     if error is not None:
@@ -83,8 +84,15 @@ class AsyncProducer:
         Raises the delivery error (KafkaError, KafkaTimeoutError, RecordTooLargeError, ...)
         or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError.
         """
-        future = await self.enqueue(topic, value, key, partition=partition, timestamp=timestamp,
-                                    headers=headers, on_delivery=on_delivery)
+        future = await self.enqueue(
+            topic,
+            value,
+            key,
+            partition=partition,
+            timestamp=timestamp,
+            headers=headers,
+            on_delivery=on_delivery,
+        )
         return await future
 
     async def enqueue(

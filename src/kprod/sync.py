@@ -43,8 +43,13 @@ class RecordFuture:
 
     __slots__ = ("_batch", "_engine", "_error", "_index")
 
-    def __init__(self, engine: ProducerEngine | None, batch: ProducerBatch | None, index: int,
-                 error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        engine: ProducerEngine | None,
+        batch: ProducerBatch | None,
+        index: int,
+        error: BaseException | None = None,
+    ) -> None:
         self._engine = engine
         self._batch = batch
         self._index = index
@@ -73,7 +78,7 @@ class RecordFuture:
                 stage="producer",
             )
         with engine.lock:
-            if batch.state is BatchState.DONE:
+            if batch.done:  # completed while we took the lock
                 return
             event = batch.waiter
             if event is None:

@@ -85,6 +85,7 @@ class ProducerBatch:
         "created_ms",
         "encoded",
         "error",
+        "last_error",
         "log_append_time_ms",
         "next_retry_ms",
         "partition",
@@ -95,7 +96,6 @@ class ProducerBatch:
         "timestamps",
         "topic",
         "waiter",
-        "last_error",
     )
 
     def __init__(self, topic: str, partition: int, base_timestamp_ms: int, now_ms: int) -> None:
@@ -156,7 +156,15 @@ class ProducerBatch:
 class PartitionQueue:
     """The queue of batches of one topic-partition."""
 
-    __slots__ = ("batches", "in_flight", "last_acked_sequence", "next_sequence", "outstanding", "partition", "topic")
+    __slots__ = (
+        "batches",
+        "in_flight",
+        "last_acked_sequence",
+        "next_sequence",
+        "outstanding",
+        "partition",
+        "topic",
+    )
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic

@@ -75,7 +75,9 @@ class ProduceRequestPlan:
     def expects_response(self) -> bool:
         return self.acks != 0
 
-    def encode_batches(self, compressor: Compressor | None) -> list[tuple[str, list[tuple[int, bytes | bytearray]]]]:
+    def encode_batches(
+        self, compressor: Compressor | None
+    ) -> list[tuple[str, list[tuple[int, bytes | bytearray]]]]:
         """Close every batch into its wire bytes (header, CRC, compression) and group them by topic.
 
         Safe to call outside the accumulator lock: drained batches are no longer
@@ -265,7 +267,9 @@ class SenderCore:
                 out.append(batch)
         return out
 
-    def on_produce_response(self, plan: ProduceRequestPlan, response: ProduceResponse, now_ms: int) -> list[ProducerBatch]:
+    def on_produce_response(
+        self, plan: ProduceRequestPlan, response: ProduceResponse, now_ms: int
+    ) -> list[ProducerBatch]:
         """Apply a Produce response: complete, retry or fail each batch of ``plan``."""
         self._in_flight.pop(id(plan), None)
         by_tp: dict[tuple[str, int], ProducerBatch] = {(b.topic, b.partition): b for b in plan.batches}
@@ -275,13 +279,24 @@ class SenderCore:
                 batch = by_tp.pop((topic.name, part.index), None)
                 if batch is None or batch.done:
                     continue
-                self._handle_partition(batch, part.error_code, part.base_offset, part.log_append_time_ms,
-                                       part.error_message, part.current_leader, now_ms, completed)
+                self._handle_partition(
+                    batch,
+                    part.error_code,
+                    part.base_offset,
+                    part.log_append_time_ms,
+                    part.error_message,
+                    part.current_leader,
+                    now_ms,
+                    completed,
+                )
         for batch in by_tp.values():
             # The broker did not answer for this partition: treat as a lost answer.
             if not batch.done:
-                error = KafkaError(13, "no answer for this partition in the Produce response",
-                                   persisted=Persisted.POSSIBLY_PERSISTED)
+                error = KafkaError(
+                    13,
+                    "no answer for this partition in the Produce response",
+                    persisted=Persisted.POSSIBLY_PERSISTED,
+                )
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
 
@@ -313,7 +328,7 @@ class SenderCore:
             self.metadata.update_leader(batch.topic, batch.partition, current_leader[0], current_leader[1])
         if is_invalid_metadata(code):
             self.metadata.request_update()
-        error = KafkaError(code, message or f"for {batch.topic}-{batch.partition}")
+        error: KprodError = KafkaError(code, message or f"for {batch.topic}-{batch.partition}")
         if code == _MESSAGE_TOO_LARGE:
             error = RecordTooLargeError(
                 f"The broker rejected a batch of {batch.record_count} record(s) ({batch.size_bytes} bytes) "
@@ -335,7 +350,9 @@ class SenderCore:
             self._complete(batch, -1, -1, error)
             completed.append(batch)
 
-    def on_request_failed(self, plan: ProduceRequestPlan, error: KprodError, now_ms: int) -> list[ProducerBatch]:
+    def on_request_failed(
+        self, plan: ProduceRequestPlan, error: KprodError, now_ms: int
+    ) -> list[ProducerBatch]:
         """No answer came for ``plan`` (disconnect or request timeout): retry or fail its batches."""
         self._in_flight.pop(id(plan), None)
         self.metadata.request_update()
@@ -345,7 +362,9 @@ class SenderCore:
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
 
-    def _retry_or_fail(self, batch: ProducerBatch, error: KprodError, now_ms: int, completed: list[ProducerBatch]) -> None:
+    def _retry_or_fail(
+        self, batch: ProducerBatch, error: KprodError, now_ms: int, completed: list[ProducerBatch]
+    ) -> None:
         settings = self.settings
         acc = self.accumulator
         batch.last_error = error
@@ -380,8 +399,9 @@ class SenderCore:
         except ValueError:
             pass
 
-    def _complete(self, batch: ProducerBatch, base_offset: int, log_append_time_ms: int,
-                  error: BaseException | None) -> None:
+    def _complete(
+        self, batch: ProducerBatch, base_offset: int, log_append_time_ms: int, error: BaseException | None
+    ) -> None:
         batch.state = BatchState.DONE
         batch.base_offset = base_offset
         batch.log_append_time_ms = log_append_time_ms

@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kprod.errors import BrokerConnectionError, KafkaError, KprodError, ProtocolError
-from kprod.protocol.framing import FrameReader, InFlightRequests, parse_response_header, response_header_version
+from kprod.protocol.framing import (
+    FrameReader,
+    InFlightRequests,
+    parse_response_header,
+    response_header_version,
+)
 from kprod.protocol.messages import (
     API_VERSIONS_FALLBACK_VERSION,
     CLIENT_API_VERSIONS,
@@ -101,7 +106,9 @@ class BrokerConnection(asyncio.Protocol):
             self.close(error)
             raise error from exc
         except OSError as exc:
-            error = BrokerConnectionError(f"cannot connect to broker {self.node_id} at {self.host}:{self.port}: {exc}")
+            error = BrokerConnectionError(
+                f"cannot connect to broker {self.node_id} at {self.host}:{self.port}: {exc}"
+            )
             self.close(error)
             raise error from exc
         except KprodError as exc:
@@ -112,13 +119,17 @@ class BrokerConnection(asyncio.Protocol):
     async def _negotiate_versions(self) -> None:
         version = _API_VERSIONS_FIRST
         for _ in range(2):
-            frame = await self.request_raw(ApiKey.API_VERSIONS, version, api_versions_request(version, "kprod", "0.1.0"))
+            frame = await self.request_raw(
+                ApiKey.API_VERSIONS, version, api_versions_request(version, "kprod", "0.1.0")
+            )
             result = parse_api_versions_response(frame, version)
             if result.error_code == UNSUPPORTED_VERSION and version != API_VERSIONS_FALLBACK_VERSION:
                 version = API_VERSIONS_FALLBACK_VERSION
                 continue
             if result.error_code != 0:
-                raise KafkaError(result.error_code, f"ApiVersions failed on {self.host}:{self.port}", stage="connection")
+                raise KafkaError(
+                    result.error_code, f"ApiVersions failed on {self.host}:{self.port}", stage="connection"
+                )
             self.versions = negotiate_versions(CLIENT_API_VERSIONS, result.api_ranges)
             if ApiKey.PRODUCE not in self.versions:
                 raise ProtocolError(
@@ -198,7 +209,9 @@ class BrokerConnection(asyncio.Protocol):
         """
         transport = self._transport
         if self.closed or transport is None:
-            raise BrokerConnectionError(f"connection to broker {self.node_id} at {self.host}:{self.port} is closed")
+            raise BrokerConnectionError(
+                f"connection to broker {self.node_id} at {self.host}:{self.port} is closed"
+            )
         self._in_flight.add(correlation_id, api_key, api_version, callback is not None, callback)
         transport.writelines(frame_parts)
         if callback is None:
@@ -222,8 +235,13 @@ class BrokerConnection(asyncio.Protocol):
                 future.set_result(bytes(frame))
 
         correlation_id = self.next_correlation_id()
-        self.send(api_key, api_version, correlation_id,
-                  [encode_request(entity, correlation_id=correlation_id, client_id=self.client_id)], on_response)
+        self.send(
+            api_key,
+            api_version,
+            correlation_id,
+            [encode_request(entity, correlation_id=correlation_id, client_id=self.client_id)],
+            on_response,
+        )
         return future
 
     async def request(self, api_key: int, entity_factory: Callable[[int], Any], timeout_ms: int) -> Any:
@@ -235,7 +253,9 @@ class BrokerConnection(asyncio.Protocol):
         """
         version = self.versions.get(api_key)
         if version is None:
-            raise ProtocolError(f"broker {self.node_id} does not support API {api_key} in a version kprod speaks")
+            raise ProtocolError(
+                f"broker {self.node_id} does not support API {api_key} in a version kprod speaks"
+            )
         future = self.request_raw(api_key, version, entity_factory(version))
         try:
             async with asyncio.timeout(timeout_ms / 1000):

@@ -429,7 +429,9 @@ class ProducerEngine:
                     if refresh:
                         topics = metadata.wanted_topics(now)
                         metadata.on_update_started(now)
-                    init_pid = self.core.needs_producer_id and not self._pid_pending and now >= self._pid_retry_at_ms
+                    init_pid = (
+                        self.core.needs_producer_id and not self._pid_pending and now >= self._pid_retry_at_ms
+                    )
                     if init_pid:
                         self._pid_pending = True
                     next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now))
@@ -593,7 +595,9 @@ class ProducerEngine:
             else:
                 self._bootstrap_conn = conn
             return conn
-        raise BrokerConnectionError("no broker reachable: " + ("; ".join(errors) or "all in reconnect backoff"))
+        raise BrokerConnectionError(
+            "no broker reachable: " + ("; ".join(errors) or "all in reconnect backoff")
+        )
 
     # -- control requests ----------------------------------------------------------------------
 

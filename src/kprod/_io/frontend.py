@@ -57,12 +57,21 @@ def normalize_headers(headers: Any) -> list[tuple[str, bytes | None]]:
 class RecordPreparer:
     """Serializes and checks records for one producer."""
 
-    __slots__ = ("_fast_key", "_fast_value", "key_serializer", "limit_bytes", "max_request_size", "buffer_memory",
-                 "value_serializer")
+    __slots__ = (
+        "_fast_key",
+        "_fast_value",
+        "buffer_memory",
+        "key_serializer",
+        "limit_bytes",
+        "max_request_size",
+        "value_serializer",
+    )
 
     def __init__(self, config: ProducerConfig) -> None:
         self.key_serializer: Serializer = resolve_serializer(config.key_serializer, setting="key.serializer")
-        self.value_serializer: Serializer = resolve_serializer(config.value_serializer, setting="value.serializer")
+        self.value_serializer: Serializer = resolve_serializer(
+            config.value_serializer, setting="value.serializer"
+        )
         # The default serializer passes bytes through: skip the call for the common case.
         self._fast_key = type(self.key_serializer) is DefaultSerializer
         self._fast_value = type(self.value_serializer) is DefaultSerializer
@@ -87,8 +96,13 @@ class RecordPreparer:
         return kb, vb
 
     @staticmethod
-    def _run(serializer: Serializer, setting: str, topic: str, data: Any,
-             headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
+    def _run(
+        serializer: Serializer,
+        setting: str,
+        topic: str,
+        data: Any,
+        headers: list[tuple[str, bytes | None]] | None,
+    ) -> bytes | None:
         try:
             out = serializer.serialize(topic, data, headers)
         except SerializationError:
@@ -98,8 +112,9 @@ class RecordPreparer:
                 f"{setting} {serializer!r} failed for topic {topic!r} on a {type(data).__name__}: {exc!r}"
             ) from exc
         if out is not None and type(out) is not bytes:
-            if isinstance(out, (bytearray, memoryview)):
-                return bytes(out)
+            obj: object = out
+            if isinstance(obj, (bytearray, memoryview)):
+                return bytes(obj)
             raise SerializationError(
                 f"{setting} {serializer!r} returned {type(out).__name__} for topic {topic!r}; "
                 "a serializer must return bytes or None"

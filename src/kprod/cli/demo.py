@@ -25,17 +25,21 @@ LATENCY_SAMPLE_EVERY = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", default=None,
-                        help="brokers to use (default: start the embedded Tansu broker)")
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="brokers to use (default: start the embedded Tansu broker)"
+    )
     parser.add_argument("--topic", default=None, help="topic (default: a fresh kprod-demo-<id>)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the new topic (default 6)")
-    parser.add_argument("--num-records", type=int, default=1_000_000, help="records to produce (default 1,000,000)")
+    parser.add_argument(
+        "--num-records", type=int, default=1_000_000, help="records to produce (default 1,000,000)"
+    )
     parser.add_argument("--record-size", type=int, default=100, help="value size in bytes (default 100)")
     parser.add_argument("--acks", default="all", help="acks: all, 1 or 0 (default all)")
     parser.add_argument("--linger-ms", type=int, default=5, help="linger.ms (default 5)")
     parser.add_argument("--compression", default="none", help="compression.type (default none)")
-    parser.add_argument("--producer-props", nargs="*", default=[], metavar="K=V",
-                        help="extra producer settings, Kafka names")
+    parser.add_argument(
+        "--producer-props", nargs="*", default=[], metavar="K=V", help="extra producer settings, Kafka names"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip reading the records back")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _create_topic_external(bootstrap: str, topic: str, partitions: int) -> None:
     try:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
     except ImportError:  # the producer will auto-create it if the cluster allows
         return
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -122,6 +126,7 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
                     stats.latencies_ms.append((t - send_times.pop(i)) * 1000)
                 else:
                     send_times.pop(i, None)
+
         return on_delivery
 
     def count(md: RecordMetadata | None, err: BaseException | None) -> None:
@@ -134,8 +139,10 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
                 stats.errors[name] = stats.errors.get(name, 0) + 1
 
     producer = Producer(props)
-    print(f"producing {n:,} records of {size} bytes (acks={args.acks}, linger.ms={args.linger_ms}, "
-          f"compression={args.compression}, idempotence={producer.config.enable_idempotence})")
+    print(
+        f"producing {n:,} records of {size} bytes (acks={args.acks}, linger.ms={args.linger_ms}, "
+        f"compression={args.compression}, idempotence={producer.config.enable_idempotence})"
+    )
     start = time.perf_counter()
     last_report = start
     try:
@@ -156,9 +163,11 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
                     last_report = now
                     rate = i / (now - start)
                     m = producer.metrics()
-                    print(f"  {i:>10,} sent  {stats.acked:>10,} acked  {rate:>10,.0f} rec/s  "
-                          f"buffer {m['buffer-used-bytes'] / 1e6:.1f} MB  in-flight {m['requests-in-flight']}",
-                          flush=True)
+                    print(
+                        f"  {i:>10,} sent  {stats.acked:>10,} acked  {rate:>10,.0f} rec/s  "
+                        f"buffer {m['buffer-used-bytes'] / 1e6:.1f} MB  in-flight {m['requests-in-flight']}",
+                        flush=True,
+                    )
         producer.flush()
     finally:
         producer.close(30)
@@ -176,7 +185,10 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     print()
     print("summary")
     print(f"  sent                {n:,}")
-    print(f"  acknowledged        {stats.acked:,}" + (f"  (failed {stats.failed:,}: {stats.errors})" if stats.failed else ""))
+    print(
+        f"  acknowledged        {stats.acked:,}"
+        + (f"  (failed {stats.failed:,}: {stats.errors})" if stats.failed else "")
+    )
     if not args.no_verify:
         print(f"  verified byte-exact {verified:,}")
     print(f"  throughput          {rate:,.0f} records/s, {mb:.1f} MB/s (values only, send to last ack)")
@@ -188,19 +200,22 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     return 0 if ok else 1
 
 
-def _verify(bootstrap: str, topic: str, n: int, size: int, filler: bytes, partitions: int
-            ) -> tuple[int, list[str]]:
+def _verify(
+    bootstrap: str, topic: str, n: int, size: int, filler: bytes, partitions: int
+) -> tuple[int, list[str]]:
     try:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
     except ImportError:
         return 0, ["confluent-kafka is not installed: install kprod[dev] to verify"]
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"kprod-demo-verify-{uuid.uuid4().hex[:6]}",
-        "enable.auto.commit": False,
-        "check.crcs": True,
-        "fetch.max.bytes": 52_428_800,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"kprod-demo-verify-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "check.crcs": True,
+            "fetch.max.bytes": 52_428_800,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10)
     count = len(meta.topics[topic].partitions) if topic in meta.topics else partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(count)])
@@ -218,7 +233,9 @@ def _verify(bootstrap: str, topic: str, n: int, size: int, filler: bytes, partit
                     problems.append(f"consumer error: {err}")
                     continue
                 read += 1
-                value = msg.value()
+                value = msg.value() or b""
+                partition = msg.partition() or 0
+                offset = msg.offset() or 0
                 try:
                     i = int(value[:12])
                 except (TypeError, ValueError):
@@ -231,14 +248,17 @@ def _verify(bootstrap: str, topic: str, n: int, size: int, filler: bytes, partit
                     problems.append(f"record {i} read twice")
                     continue
                 seen[i] = 1
-                prev = last_offset.get(msg.partition(), -1)
-                if msg.offset() <= prev:
-                    problems.append(f"offsets not increasing on partition {msg.partition()}")
-                last_offset[msg.partition()] = msg.offset()
+                prev = last_offset.get(partition, -1)
+                if offset <= prev:
+                    problems.append(f"offsets not increasing on partition {partition}")
+                last_offset[partition] = offset
                 headers = msg.headers()
                 expected_headers = _headers(i)
-                if (value == _value(i, size, filler) and msg.key() == _key(i)
-                        and (headers or None) == expected_headers):
+                if (
+                    value == _value(i, size, filler)
+                    and msg.key() == _key(i)
+                    and (headers or None) == expected_headers
+                ):
                     verified += 1
                 else:
                     problems.append(f"record {i} differs at {msg.partition()}:{msg.offset()}")
