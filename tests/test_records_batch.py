@@ -79,7 +79,9 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes | None, int]:
 def decode_batch(batch: bytes | bytearray) -> DecodedBatch:
     data = bytes(batch)
     fields = struct.unpack_from(">qiibIhiqqqhii", data, 0)
-    (base_offset, length, epoch, magic, crc, attributes, lod, base_ts, max_ts, pid, pepoch, seq, count) = fields
+    (base_offset, length, epoch, magic, crc, attributes, lod, base_ts, max_ts, pid, pepoch, seq, count) = (
+        fields
+    )
     assert length == len(data) - 12
     assert magic == 2
     assert crc == crc32c(data[21:])
@@ -104,8 +106,9 @@ def decode_batch(batch: bytes | bytearray) -> DecodedBatch:
         assert pos == end
         records.append((base_ts + ts_delta, offset_delta, key, value, headers))
     assert pos == len(records_section)
-    return DecodedBatch(base_offset, length, epoch, magic, crc, attributes, lod, base_ts, max_ts, pid, pepoch,
-                        seq, records)
+    return DecodedBatch(
+        base_offset, length, epoch, magic, crc, attributes, lod, base_ts, max_ts, pid, pepoch, seq, records
+    )
 
 
 # --- golden vector ---
@@ -114,8 +117,12 @@ def decode_batch(batch: bytes | bytearray) -> DecodedBatch:
 def test_java_producer_md_vector() -> None:
     vector = VECTORS["record_batch_v2"]
     records: list[RecordTuple] = [
-        (r["timestamp_ms"], _utf8(r["key_utf8"]), _utf8(r["value_utf8"]),
-         [(name, _utf8(value)) for name, value in r["headers"]])
+        (
+            r["timestamp_ms"],
+            _utf8(r["key_utf8"]),
+            _utf8(r["value_utf8"]),
+            [(name, _utf8(value)) for name, value in r["headers"]],
+        )
         for r in vector["records"]
     ]
     builder = RecordBatchBuilder(records[0][0])
@@ -142,7 +149,7 @@ _headers = st.lists(st.tuples(st.text(max_size=20), _blobs), max_size=4)
 _records = st.lists(st.tuples(_timestamps, _blobs, _blobs, _headers), min_size=1, max_size=30)
 
 
-def _kio_timestamp(ms: int) -> datetime.datetime:
+def _kio_timestamp(ms: int) -> TZAwareMicros:
     epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     return TZAwareMicros.parse(epoch + datetime.timedelta(milliseconds=ms))
 
@@ -158,8 +165,9 @@ def _kio_ms(ms: int) -> int:
     return ms - ms % 1000  # whole seconds are always exact
 
 
-def _kio_bytes(records: list[RecordTuple], producer_id: int, producer_epoch: int, base_sequence: int,
-               attributes: int) -> bytes:
+def _kio_bytes(
+    records: list[RecordTuple], producer_id: int, producer_epoch: int, base_sequence: int, attributes: int
+) -> bytes:
     batch = NewRecordBatch(
         producer_id=i64(producer_id),
         producer_epoch=i16(producer_epoch),
@@ -207,8 +215,12 @@ def test_matches_kio_writer(
         encode_record(offset, ts - records[0][0], key, value, headers)
         for offset, (ts, key, value, headers) in enumerate(records)
     )
-    batch = builder.build(producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
-                          transactional=transactional)
+    batch = builder.build(
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        transactional=transactional,
+    )
     assert len(batch) == expected_size
     assert builder.max_timestamp_ms == max(r[0] for r in records)
     attributes = 0x10 if transactional else 0
@@ -232,7 +244,9 @@ def test_matches_kio_writer(
 )
 @settings(max_examples=40, deadline=None)
 @given(records=_records)
-def test_compressed_batches_decode(compression_type: str, level: int | None, records: list[RecordTuple]) -> None:
+def test_compressed_batches_decode(
+    compression_type: str, level: int | None, records: list[RecordTuple]
+) -> None:
     compressor = make_compressor(compression_type, level)
     assert compressor is not None
     builder = RecordBatchBuilder(records[0][0])
@@ -302,15 +316,21 @@ def test_uncompressed_build_is_in_place_and_rebuildable() -> None:
     second = builder.build()
     assert second is first  # the builder's own buffer: no copy
     decoded = decode_batch(second)
-    assert (decoded.attributes, decoded.producer_id, decoded.producer_epoch, decoded.base_sequence) == (0, -1, -1, -1)
+    assert (decoded.attributes, decoded.producer_id, decoded.producer_epoch, decoded.base_sequence) == (
+        0,
+        -1,
+        -1,
+        -1,
+    )
     assert decoded.partition_leader_epoch == -1 and decoded.base_offset == 0
     assert decoded.records == [(10, 0, b"k", b"v", [("h", None)])]
 
 
 def test_attributes_codec_and_transactional_bits() -> None:
     for compression_type, codec_id in (("gzip", 1), ("snappy", 2), ("lz4", 3), ("zstd", 4)):
-        batch = _build([(1, b"k", b"v", [])], transactional=True,
-                       compression=make_compressor(compression_type, None))
+        batch = _build(
+            [(1, b"k", b"v", [])], transactional=True, compression=make_compressor(compression_type, None)
+        )
         assert struct.unpack_from(">h", batch, 21)[0] == codec_id | 0x10
 
 

@@ -34,7 +34,7 @@ def _json_payload(size: int, seed: int = 1) -> bytes:
 
 PAYLOADS = [b"", b"x", _json_payload(1000), _json_payload(200_000), random.Random(3).randbytes(100_000)]
 
-LEVELS = {
+LEVELS: dict[str, list[int | None]] = {
     "gzip": [None, -1, 1, 9],
     "snappy": [None],
     "lz4": [None, 1, 9, 10, 17],
@@ -54,7 +54,7 @@ def test_round_trip(compression_type: str, level: int | None, payload: bytes) ->
     assert isinstance(compressed, bytes)
     assert decompress(compressor.codec_id, compressed) == payload
     # Memoryviews and bytearrays are accepted too (the builder passes a memoryview).
-    assert compressor.compress(memoryview(bytearray(payload))) == compressed or compression_type == "gzip"
+    assert compressor.compress(memoryview(bytearray(payload))) == compressed
 
 
 def test_codec_ids_and_none() -> None:
@@ -70,7 +70,9 @@ def test_defaults_match_kafka() -> None:
     assert isinstance(make_compressor("snappy", None), SnappyCompressor)
 
 
-@pytest.mark.parametrize(("compression_type", "low", "high"), [("gzip", 1, 9), ("lz4", 9, 17), ("zstd", 1, 19)])
+@pytest.mark.parametrize(
+    ("compression_type", "low", "high"), [("gzip", 1, 9), ("lz4", 9, 17), ("zstd", 1, 19)]
+)
 def test_higher_level_compresses_smaller(compression_type: str, low: int, high: int) -> None:
     payload = _json_payload(200_000)
     small = make_compressor(compression_type, high).compress(payload)  # type: ignore[union-attr]

@@ -55,20 +55,16 @@ class StickyPartitioner:
             current = self.current
         return current
 
-    def on_append(
-        self,
-        appended_bytes: int,
-        last_batch_full: bool,
-        partition_count: int,
-        available: Sequence[int],
-        queue_sizes: Sequence[int] | None,
-    ) -> None:
-        """Account an append to the sticky partition; maybe switch to another."""
+    def on_append(self, appended_bytes: int, last_batch_full: bool) -> bool:
+        """Account an append to the sticky partition; True when it is time to switch.
+
+        The caller then calls :meth:`next_partition` (with queue sizes for adaptive
+        partitioning, computed only then).
+        """
         produced = self.produced_bytes + appended_bytes
         self.produced_bytes = produced
         size = self._batch_size
-        if (produced >= size and last_batch_full) or produced >= 2 * size:
-            self.next_partition(partition_count, available, queue_sizes)
+        return (produced >= size and last_batch_full) or produced >= 2 * size
 
     def next_partition(
         self,

@@ -276,14 +276,8 @@ class ProducerEngine:
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
         if batch.record_count == 1:
             metadata.want_topic(topic, now_ms)
-        if sticky is not None:
-            sticky.on_append(
-                acc.used_bytes - before,
-                not q.batches[-1].accepting,
-                count,
-                info.available,
-                self._queue_sizes(topic, count) if sticky.produced_bytes >= config.batch_size else None,
-            )
+        if sticky is not None and sticky.on_append(acc.used_bytes - before, not q.batches[-1].accepting):
+            sticky.next_partition(count, info.available, self._queue_sizes(topic, count))
         return batch
 
     def _queue_sizes(self, topic: str, count: int) -> list[int] | None:

@@ -265,9 +265,10 @@ class RecordBatchBuilder:
         :func:`single_record_batch_size`. Returns 0, appending nothing, when the
         record does not fit. Sizes are uncompressed wire sizes.
         """
-        if self._count and len(self._buffer) + self.next_record_size(
-            timestamp_ms, key, value, headers
-        ) > max_size_bytes:
+        if (
+            self._count
+            and len(self._buffer) + self.next_record_size(timestamp_ms, key, value, headers) > max_size_bytes
+        ):
             return 0
         return self.append(timestamp_ms, key, value, headers)
 
@@ -332,7 +333,11 @@ class RecordBatchBuilder:
             attributes = 0
         else:
             cached = self._compressed
-            if cached is not None and self._compressed_with is compression and self._compressed_count == count:
+            if (
+                cached is not None
+                and self._compressed_with is compression
+                and self._compressed_count == count
+            ):
                 out = cached
             else:
                 out = bytearray(BATCH_HEADER_SIZE)

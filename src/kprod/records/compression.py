@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import cramjam
 
 from kprod.errors import ConfigError
 from kprod.records.crc import BytesLike
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = [
     "CODEC_GZIP",
@@ -121,12 +124,12 @@ class SnappyCompressor:
 
     def compress(self, data: BytesLike) -> bytes:
         """Return ``data`` as a xerial snappy stream."""
-        parts: list[BytesLike] = [_XERIAL_HEADER]
+        parts: list[ReadableBuffer] = [_XERIAL_HEADER]
         view = memoryview(data)
         pack = _BE_INT32.pack
         for start in range(0, len(view), _XERIAL_BLOCK_SIZE):
             block = cramjam.snappy.compress_raw(view[start : start + _XERIAL_BLOCK_SIZE])
-            parts += (pack(len(block)), block)  # type: ignore[list-item]
+            parts += (pack(len(block)), block)
         return b"".join(parts)
 
     def __repr__(self) -> str:
@@ -156,7 +159,7 @@ class Lz4Compressor:
         """Return ``data`` as one Kafka LZ4 frame (64 KiB independent blocks, no checksums)."""
         if self.level != LZ4_DEFAULT_LEVEL:
             return _reframe_lz4(self._compress_hc(data))
-        parts: list[BytesLike] = [_LZ4_FRAME_HEADER]
+        parts: list[ReadableBuffer] = [_LZ4_FRAME_HEADER]
         view = memoryview(data)
         pack = _LE_UINT32.pack
         for start in range(0, len(view), _LZ4_BLOCK_SIZE):
@@ -165,7 +168,7 @@ class Lz4Compressor:
             if len(block) >= len(chunk):  # Incompressible: store it, as Java does.
                 parts += (pack(len(chunk) | _LZ4_STORED), chunk)
             else:
-                parts += (pack(len(block)), block)  # type: ignore[list-item]
+                parts += (pack(len(block)), block)
         parts.append(_LZ4_END_MARK)
         return b"".join(parts)
 
@@ -227,7 +230,9 @@ class ZstdCompressor:
 _COMPRESSION_TYPES: Final = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
-def _check_level(codec: str, level: int, low: int, high: int, *, minus_one_means_default: bool = False) -> None:
+def _check_level(
+    codec: str, level: int, low: int, high: int, *, minus_one_means_default: bool = False
+) -> None:
     valid = isinstance(level, int) and not isinstance(level, bool)
     valid = valid and (low <= level <= high or (minus_one_means_default and level == -1))
     if not valid:
