@@ -83,7 +83,8 @@ def test_table_and_dataclass_agree() -> None:
     for f in dataclasses.fields(ProducerConfig):
         if f.name != "explicit":
             assert f.default == by_attr[f.name].default, f.name
-    assert set(CONFIG_DEFS) == set(JAVA_DEFAULTS) | {"client.id"}
+    # allow.auto.create.topics is librdkafka's name; the Java producer always asks (true).
+    assert set(CONFIG_DEFS) == set(JAVA_DEFAULTS) | {"client.id", "allow.auto.create.topics"}
     for d in CONFIG_DEFS.values():
         assert d.doc and d.valid and d.type
         assert d.attr == attr_name(d.name)
@@ -248,6 +249,7 @@ INVALID: list[tuple[str, object, str]] = [
     ("metadata.max.age.ms", -1, ">= 0"),
     ("metadata.max.idle.ms", 4999, ">= 5000"),
     ("metadata.recovery.strategy", "always", "'rebootstrap'"),
+    ("allow.auto.create.topics", "maybe", "true or false"),
     ("socket.connection.setup.timeout.ms", -1, ">= 0"),
     ("socket.connection.setup.timeout.max.ms", -1, ">= 0"),
     ("connections.max.idle.ms", -2, ">= -1"),

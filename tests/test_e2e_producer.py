@@ -444,6 +444,10 @@ def test_close_with_timeout_against_a_dead_broker(
         errors = [f.exception(timeout=0) for f in pending]
         wrong = [e for e in errors if not isinstance(e, (ProducerClosedError, KafkaTimeoutError))]
         assert not wrong, f"{len(wrong)} pending records failed with something else, e.g. {wrong[0]!r}"
+        assert all(e is not None and e.persisted is not Persisted.PERSISTED for e in errors)
+        if fault == "frozen":
+            # Requests written to the frozen broker's socket were never answered: the broker may have them.
+            assert any(e is not None and e.persisted is Persisted.POSSIBLY_PERSISTED for e in errors)
         closed_count = sum(isinstance(e, ProducerClosedError) for e in errors)
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         counted = [int(m.group(1)) for w in warnings if (m := re.search(r"(\d+) record", w))]

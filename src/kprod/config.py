@@ -348,6 +348,9 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "Milliseconds after which metadata is refreshed even without errors. Default 300000."),
     _d("metadata.max.idle.ms", "long", 300000, "[5000, ...]", _int(5000, _I64),
        "Milliseconds after which an unused topic is dropped from metadata. Default 300000."),
+    _d("allow.auto.create.topics", "bool", True, "true, false", _bool,
+       "Ask the broker to create a topic that does not exist when its metadata is requested (the Java "
+       "producer always asks; the broker decides with auto.create.topics.enable). Default true."),
     _d("metadata.recovery.strategy", "str", "rebootstrap", "none, rebootstrap",
        _choice("none", "rebootstrap"),
        "What to do when no known broker is reachable: rebootstrap from bootstrap.servers, or none. "
@@ -440,6 +443,7 @@ class ProducerConfig:
     partitioner_availability_timeout_ms: int = _DEFAULTS["partitioner.availability.timeout.ms"]
     metadata_max_age_ms: int = _DEFAULTS["metadata.max.age.ms"]
     metadata_max_idle_ms: int = _DEFAULTS["metadata.max.idle.ms"]
+    allow_auto_create_topics: bool = _DEFAULTS["allow.auto.create.topics"]
     metadata_recovery_strategy: str = _DEFAULTS["metadata.recovery.strategy"]
     socket_connection_setup_timeout_ms: int = _DEFAULTS["socket.connection.setup.timeout.ms"]
     socket_connection_setup_timeout_max_ms: int = _DEFAULTS["socket.connection.setup.timeout.max.ms"]

@@ -97,7 +97,7 @@ class RecordFuture:
         Every record completes within ``delivery.timeout.ms``, so ``None`` is bounded.
         """
         self._wait(timeout)
-        error = self._error if self._batch is None else self._batch.error
+        error = self._error if self._batch is None else ProducerEngine.record_error(self._batch, self._index)
         if error is not None:
             raise error
         assert self._batch is not None
@@ -106,7 +106,7 @@ class RecordFuture:
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like :meth:`result`, then return the delivery error or None."""
         self._wait(timeout)
-        return self._error if self._batch is None else self._batch.error
+        return self._error if self._batch is None else ProducerEngine.record_error(self._batch, self._index)
 
     def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
         """Call ``fn(self)`` when done (at once, in this thread, if already done; else on the I/O thread)."""

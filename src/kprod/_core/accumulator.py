@@ -82,13 +82,16 @@ class ProducerBatch:
         "base_sequence",
         "builder",
         "callbacks",
+        "children",
         "created_ms",
         "encoded",
         "error",
         "last_error",
         "log_append_time_ms",
         "next_retry_ms",
+        "parent",
         "partition",
+        "pending_children",
         "producer_epoch",
         "producer_id",
         "sent",
@@ -125,6 +128,21 @@ class ProducerBatch:
         self.log_append_time_ms = -1
         self.error: BaseException | None = None
         self.last_error: BaseException | None = None
+        # Split (MESSAGE_TOO_LARGE, KIP-126): the parent keeps its callbacks and waiter and
+        # completes when all children did; records resolve to (child, index) through resolve().
+        self.children: list[tuple[ProducerBatch, int]] | None = None
+        self.parent: ProducerBatch | None = None
+        self.pending_children = 0
+
+    def resolve(self, index: int) -> tuple[ProducerBatch, int]:
+        """The batch and index that hold record ``index`` of this batch (itself unless it was split)."""
+        batch = self
+        while batch.children is not None:
+            for child, start in reversed(batch.children):
+                if index >= start:
+                    batch, index = child, index - start
+                    break
+        return batch, index
 
     @property
     def record_count(self) -> int:
@@ -371,6 +389,63 @@ class RecordAccumulator:
             batches.insert(index, batch)
         else:
             batches.appendleft(batch)
+
+    def split(self, batch: ProducerBatch, now_ms: int) -> list[ProducerBatch]:
+        """Split a rejected batch into halves-or-smaller batches at the front of its queue (KIP-126).
+
+        Each child holds at most ``batch.size`` bytes and at most half of the
+        parent's records, so repeated rejections converge on single records.
+        The parent leaves the queue's accounting; it completes when its children do.
+        """
+        q = self.queue(batch.topic, batch.partition)
+        q.in_flight -= 1
+        records = batch.builder.decode_records()
+        limit = min(self.batch_size, max(1, (batch.size_bytes - BATCH_HEADER_BYTES) // 2 + BATCH_HEADER_BYTES))
+        max_records = max(1, len(records) // 2)
+        children: list[tuple[ProducerBatch, int]] = []
+        child: ProducerBatch | None = None
+        for index, (ts, key, value, headers) in enumerate(records):
+            if (
+                child is None
+                or child.record_count >= max_records
+                or child.size_bytes + record_size_upper_bound(key, value, headers) > limit
+            ):
+                child = ProducerBatch(batch.topic, batch.partition, ts, batch.created_ms)
+                child.accepting = False
+                child.parent = batch
+                child.attempts = batch.attempts
+                child.accounted_bytes = BATCH_HEADER_BYTES
+                children.append((child, index))
+            added = child.builder.append(ts, key, value, headers or None)
+            child.timestamps.append(ts)
+            child.accounted_bytes += added
+        batch.children = children
+        batch.pending_children = len(children)
+        self.used_bytes -= batch.accounted_bytes
+        batch.accounted_bytes = 0
+        self.batch_count -= 1
+        out = [c for c, _ in children]
+        for c in out:
+            self.used_bytes += c.accounted_bytes
+            self.batch_count += 1
+        batches = q.batches
+        if not batches:
+            self._nonempty[q] = None
+        for c in reversed(out):
+            batches.appendleft(c)
+        return out
+
+    def reset_sequences(self) -> None:
+        """Forget every partition's sequence state and every queued batch's sequence (new producer id)."""
+        for parts in self._queues.values():
+            for q in parts.values():
+                q.next_sequence = 0
+                q.last_acked_sequence = -1
+                q.outstanding.clear()
+                for batch in q.batches:
+                    batch.base_sequence = -1
+                    batch.producer_id = -1
+                    batch.producer_epoch = -1
 
     def on_in_flight_done(self, batch: ProducerBatch) -> None:
         """A request carrying ``batch`` got its final answer for it."""

@@ -44,10 +44,14 @@ class ClusterMetadata:
     went wrong; ``max_idle_ms`` drops topics that no record used for that long.
     """
 
-    def __init__(self, *, max_age_ms: int, max_idle_ms: int, refresh_backoff_ms: int) -> None:
+    def __init__(
+        self, *, max_age_ms: int, max_idle_ms: int, refresh_backoff_ms: int, refresh_backoff_max_ms: int = 1000
+    ) -> None:
         self.max_age_ms = max_age_ms
         self.max_idle_ms = max_idle_ms
         self.refresh_backoff_ms = refresh_backoff_ms
+        self.refresh_backoff_max_ms = max(refresh_backoff_ms, refresh_backoff_max_ms)
+        self._failures = 0
         self.brokers: dict[int, tuple[str, int]] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.cluster_id: str | None = None
@@ -96,7 +100,9 @@ class ClusterMetadata:
         if self._last_refresh_ms < 0 and self._last_attempt_ms < 0:
             return now_ms
         if self._update_requested:
-            return max(now_ms, self._last_attempt_ms + self.refresh_backoff_ms)
+            # Exponential while refreshes fail (no broker answers), so a dead cluster is not hammered.
+            backoff: int = min(self.refresh_backoff_max_ms, self.refresh_backoff_ms << min(self._failures, 20))
+            return max(now_ms, self._last_attempt_ms + backoff)
         return max(now_ms, self._last_refresh_ms + self.max_age_ms)
 
     def should_update(self, now_ms: int) -> bool:
@@ -112,6 +118,7 @@ class ClusterMetadata:
         self._in_progress = False
         self._update_requested = True
         self._last_attempt_ms = now_ms
+        self._failures += 1
 
     def on_update(self, snapshot: MetadataSnapshot, now_ms: int) -> None:
         """Replace the view of the brokers and of every topic in ``snapshot``."""
@@ -119,6 +126,7 @@ class ClusterMetadata:
         self._last_refresh_ms = now_ms
         self._last_attempt_ms = now_ms
         self._update_requested = False
+        self._failures = 0
         if snapshot.brokers:
             self.brokers = dict(snapshot.brokers)
         self.cluster_id = snapshot.cluster_id

@@ -35,14 +35,20 @@ from kprod.errors import (
     is_invalid_metadata,
     is_retriable,
 )
-from kprod.protocol.produce import ProduceResponse
+from kprod.protocol.produce import PartitionProduceResponse, ProduceResponse
 from kprod.records.compression import Compressor
 
 __all__ = ["PollResult", "ProduceRequestPlan", "SenderCore", "SenderSettings"]
 
-_DUPLICATE_SEQUENCE_NUMBER = 46
-_OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 _MESSAGE_TOO_LARGE = 10
+_CLUSTER_AUTHORIZATION_FAILED = 31
+_OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+_DUPLICATE_SEQUENCE_NUMBER = 46
+_INVALID_PRODUCER_EPOCH = 47
+_UNKNOWN_PRODUCER_ID = 59
+_PRODUCER_FENCED = 90
+_FATAL_FOR_IDEMPOTENCE = frozenset({_CLUSTER_AUTHORIZATION_FAILED, _INVALID_PRODUCER_EPOCH, _PRODUCER_FENCED})
+"""Errors after which an idempotent producer cannot go on (Java's fatal errors)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +133,14 @@ class SenderCore:
         self._in_flight: dict[int, ProduceRequestPlan] = {}
         self.fatal_error: KprodError | None = None
         """Set when the producer can no longer send (for example a fenced producer id)."""
+        # Set when a partition's sequences can no longer continue (a sequenced batch failed, a
+        # real gap, an unknown producer id, a split): once nothing is in flight, the producer
+        # takes a new producer id and every partition restarts at sequence 0 (KIP-360's goal:
+        # one bad partition does not kill the producer).
+        self._bump_required = False
         self.retries_total = 0
+        self.producer_id_resets = 0
+        self.batch_splits = 0
 
     # -- idempotence ----------------------------------------------------------------
 
@@ -146,8 +159,7 @@ class SenderCore:
         self.fatal_error = error
         out: list[ProducerBatch] = []
         for batch in self.accumulator.abort_all():
-            self._complete(batch, -1, -1, error)
-            out.append(batch)
+            self._complete(batch, -1, -1, error, out)
         return out
 
     def _can_send(self, q: PartitionQueue) -> bool:
@@ -158,6 +170,19 @@ class SenderCore:
             if head.base_sequence >= 0 and q.outstanding and head.base_sequence != q.outstanding[0]:
                 return False
         return True
+
+    def _maybe_reset_producer_id(self) -> bool:
+        """Apply a pending producer-id reset once nothing is in flight; True while sending must wait."""
+        if not self._bump_required:
+            return False
+        if self._in_flight:
+            return True
+        self._bump_required = False
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.producer_id_resets += 1
+        self.accumulator.reset_sequences()
+        return False
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -177,7 +202,8 @@ class SenderCore:
         ready, next_ms, unknown = acc.ready(now_ms, leader_of, self._can_send)
         if unknown:
             metadata.request_update()
-        if not self.needs_producer_id and self.fatal_error is None:
+        waiting = settings.idempotent and self._maybe_reset_producer_id()
+        if not waiting and not self.needs_producer_id and self.fatal_error is None:
             for node_id in ready:
                 slots = node_slots(node_id)
                 if slots < 0:
@@ -226,8 +252,9 @@ class SenderCore:
         timeout = self.settings.delivery_timeout_ms
         for batch in self.accumulator.expired(now_ms, timeout):
             persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
-            self._complete(batch, -1, -1, self._timeout_error(batch, now_ms, persisted))
-            completed.append(batch)
+            if batch.base_sequence >= 0:
+                self._forget_sequence(self.accumulator.queue(batch.topic, batch.partition), batch)
+            self._complete(batch, -1, -1, self._timeout_error(batch, now_ms, persisted), completed)
         limit = now_ms - timeout
         for key, plan in list(self._in_flight.items()):
             if all(b.done for b in plan.batches):
@@ -235,10 +262,10 @@ class SenderCore:
                 continue
             for batch in plan.batches:
                 if not batch.done and batch.created_ms <= limit:
+                    # Its request is still unanswered: the answer will be ignored.
                     self.accumulator.on_in_flight_done(batch)
                     error = self._timeout_error(batch, now_ms, Persisted.POSSIBLY_PERSISTED)
-                    self._complete(batch, -1, -1, error)
-                    completed.append(batch)
+                    self._complete(batch, -1, -1, error, completed)
 
     def _timeout_error(self, batch: ProducerBatch, now_ms: int, persisted: Persisted) -> KafkaTimeoutError:
         cause = batch.last_error
@@ -263,8 +290,7 @@ class SenderCore:
         for batch in plan.batches:
             if not batch.done:
                 self.accumulator.on_in_flight_done(batch)
-                self._complete(batch, -1, -1, None)
-                out.append(batch)
+                self._complete(batch, -1, -1, None, out)
         return out
 
     def on_produce_response(
@@ -279,40 +305,23 @@ class SenderCore:
                 batch = by_tp.pop((topic.name, part.index), None)
                 if batch is None or batch.done:
                     continue
-                self._handle_partition(
-                    batch,
-                    part.error_code,
-                    part.base_offset,
-                    part.log_append_time_ms,
-                    part.error_message,
-                    part.current_leader,
-                    now_ms,
-                    completed,
-                )
+                self._handle_partition(batch, part, now_ms, completed)
         for batch in by_tp.values():
             # The broker did not answer for this partition: treat as a lost answer.
             if not batch.done:
                 error = KafkaError(
-                    13,
-                    "no answer for this partition in the Produce response",
-                    persisted=Persisted.POSSIBLY_PERSISTED,
+                    13, "no answer for this partition in the Produce response", persisted=Persisted.POSSIBLY_PERSISTED
                 )
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
 
     def _handle_partition(
-        self,
-        batch: ProducerBatch,
-        code: int,
-        base_offset: int,
-        log_append_time_ms: int,
-        message: str | None,
-        current_leader: tuple[int, int] | None,
-        now_ms: int,
-        completed: list[ProducerBatch],
+        self, batch: ProducerBatch, part: PartitionProduceResponse, now_ms: int, completed: list[ProducerBatch]
     ) -> None:
         acc = self.accumulator
-        if code == 0 or (code == _DUPLICATE_SEQUENCE_NUMBER and self.settings.idempotent):
+        code = part.error_code
+        idempotent = self.settings.idempotent
+        if code == 0 or (code == _DUPLICATE_SEQUENCE_NUMBER and idempotent):
             acc.on_in_flight_done(batch)
             if batch.base_sequence >= 0:
                 q = acc.queue(batch.topic, batch.partition)
@@ -321,38 +330,55 @@ class SenderCore:
                 if last > q.last_acked_sequence:
                     q.last_acked_sequence = last
             # DUPLICATE_SEQUENCE_NUMBER: already written earlier; the broker did not say where.
-            self._complete(batch, base_offset if code == 0 else -1, log_append_time_ms, None)
-            completed.append(batch)
+            base_offset = part.base_offset if code == 0 else -1
+            self._complete(batch, base_offset, part.log_append_time_ms, None, completed)
             return
-        if current_leader is not None and current_leader[0] >= 0:
-            self.metadata.update_leader(batch.topic, batch.partition, current_leader[0], current_leader[1])
+        leader = part.current_leader
+        if leader is not None and leader[0] >= 0:
+            self.metadata.update_leader(batch.topic, batch.partition, leader[0], leader[1])
         if is_invalid_metadata(code):
             self.metadata.request_update()
-        error: KprodError = KafkaError(code, message or f"for {batch.topic}-{batch.partition}")
+        where = f"{batch.topic}-{batch.partition}"
+        error: KprodError = KafkaError(code, f"{part.error_message or 'produce failed'} for {where}")
+        if code == _MESSAGE_TOO_LARGE and batch.record_count > 1:
+            # KIP-126: split and resend; attempts are not consumed, sequences start afresh.
+            self.batch_splits += 1
+            if batch.base_sequence >= 0:
+                self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
+                self._bump_required = True
+            acc.split(batch, now_ms)
+            return
         if code == _MESSAGE_TOO_LARGE:
             error = RecordTooLargeError(
-                f"The broker rejected a batch of {batch.record_count} record(s) ({batch.size_bytes} bytes) "
-                f"for {batch.topic}-{batch.partition} as too large (MESSAGE_TOO_LARGE); lower batch.size "
-                f"or max.request.size below the broker's message.max.bytes"
+                f"the broker rejected a record of {batch.size_bytes} bytes for {where} as too large "
+                "(MESSAGE_TOO_LARGE): lower max.request.size to the broker's message.max.bytes or raise that"
             )
+        if idempotent and code in _FATAL_FOR_IDEMPOTENCE:
+            # The producer id is fenced or not authorized: nothing more can be sent with it.
+            acc.on_in_flight_done(batch)
+            self._complete(batch, -1, -1, error, completed)
+            self.fail_fatally_into(error, completed)
+            return
         retriable = is_retriable(code)
-        if code == _OUT_OF_ORDER_SEQUENCE_NUMBER and self.settings.idempotent:
-            # An earlier batch of this partition failed, so the broker saw a gap: this batch is
-            # fine and goes again once the earlier one is through (Java's canRetry rule).
+        if idempotent and code in (_OUT_OF_ORDER_SEQUENCE_NUMBER, _UNKNOWN_PRODUCER_ID):
             q = acc.queue(batch.topic, batch.partition)
-            retriable = batch.base_sequence != q.last_acked_sequence + 1
+            if code == _UNKNOWN_PRODUCER_ID or batch.base_sequence == q.last_acked_sequence + 1:
+                # The broker lost our state, or a real gap: restart sequences under a new id and retry.
+                self._bump_required = True
+            # Otherwise an earlier batch failed first: this one goes again after it (Java's rule).
+            retriable = True
         if retriable:
             self._retry_or_fail(batch, error, now_ms, completed)
         else:
             acc.on_in_flight_done(batch)
             if batch.base_sequence >= 0:
                 self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
-            self._complete(batch, -1, -1, error)
-            completed.append(batch)
+            self._complete(batch, -1, -1, error, completed)
 
-    def on_request_failed(
-        self, plan: ProduceRequestPlan, error: KprodError, now_ms: int
-    ) -> list[ProducerBatch]:
+    def fail_fatally_into(self, error: KprodError, completed: list[ProducerBatch]) -> None:
+        completed.extend(self.fail_fatally(error))
+
+    def on_request_failed(self, plan: ProduceRequestPlan, error: KprodError, now_ms: int) -> list[ProducerBatch]:
         """No answer came for ``plan`` (disconnect or request timeout): retry or fail its batches."""
         self._in_flight.pop(id(plan), None)
         self.metadata.request_update()
@@ -376,13 +402,12 @@ class SenderCore:
         acc.on_in_flight_done(batch)
         if batch.base_sequence >= 0:
             self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
-        if batch.sent and error.persisted is Persisted.NOT_PERSISTED and not isinstance(error, KafkaError):
-            error.persisted = Persisted.POSSIBLY_PERSISTED
+        persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
         if now_ms >= deadline:
-            persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
             error = self._timeout_error(batch, now_ms, persisted)
-        self._complete(batch, -1, -1, error)
-        completed.append(batch)
+        elif batch.sent and not isinstance(error, KafkaError) and error.persisted is Persisted.NOT_PERSISTED:
+            error.persisted = Persisted.POSSIBLY_PERSISTED
+        self._complete(batch, -1, -1, error, completed)
 
     def backoff_ms(self, attempts: int) -> int:
         """Exponential retry backoff with ±20 % jitter (retry.backoff.ms up to retry.backoff.max.ms)."""
@@ -400,28 +425,44 @@ class SenderCore:
             pass
 
     def _complete(
-        self, batch: ProducerBatch, base_offset: int, log_append_time_ms: int, error: BaseException | None
+        self,
+        batch: ProducerBatch,
+        base_offset: int,
+        log_append_time_ms: int,
+        error: BaseException | None,
+        completed: list[ProducerBatch],
     ) -> None:
+        """Complete ``batch`` once, release its memory, and list it (and a finished split parent)."""
         batch.state = BatchState.DONE
         batch.base_offset = base_offset
         batch.log_append_time_ms = log_append_time_ms
         batch.error = error
         self.accumulator.release(batch)
+        completed.append(batch)
+        if error is not None and batch.base_sequence >= 0:
+            # Later sequences of this partition now follow a gap: start again under a new producer id.
+            self._bump_required = True
+        parent = batch.parent
+        if parent is not None:
+            parent.pending_children -= 1
+            if error is not None and parent.error is None:
+                parent.error = error
+            if parent.pending_children == 0:
+                parent.state = BatchState.DONE
+                completed.append(parent)
 
     def abort_incomplete(self, error: KprodError) -> list[ProducerBatch]:
         """Fail every batch not yet completed, queued or in flight (close with a timeout, or a dead I/O task)."""
         out: list[ProducerBatch] = []
         for batch in self.accumulator.abort_all():
-            self._complete(batch, -1, -1, error)
-            out.append(batch)
+            self._complete(batch, -1, -1, error, out)
         for plan in self._in_flight.values():
             for batch in plan.batches:
                 if not batch.done:
                     # Written to a socket and never answered: the broker may have it.
                     err = KprodError(str(error), stage=error.stage, persisted=Persisted.POSSIBLY_PERSISTED)
                     err.__cause__ = error
-                    self._complete(batch, -1, -1, err if batch.sent else error)
-                    out.append(batch)
+                    self._complete(batch, -1, -1, err if batch.sent else error, out)
         self._in_flight.clear()
         return out
 

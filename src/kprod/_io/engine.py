@@ -100,6 +100,7 @@ class ProducerEngine:
             max_age_ms=config.metadata_max_age_ms,
             max_idle_ms=config.metadata_max_idle_ms,
             refresh_backoff_ms=config.retry_backoff_ms,
+            refresh_backoff_max_ms=config.retry_backoff_max_ms,
         )
         self.core = SenderCore(
             SenderSettings(
@@ -352,6 +353,8 @@ class ProducerEngine:
     @staticmethod
     def record_metadata(batch: ProducerBatch, index: int) -> RecordMetadata:
         """RecordMetadata of record ``index`` of a successfully completed batch."""
+        if batch.children is not None:
+            batch, index = batch.resolve(index)
         base = batch.base_offset
         ts = batch.log_append_time_ms
         return RecordMetadata(
@@ -361,6 +364,13 @@ class ProducerEngine:
             ts if ts >= 0 else batch.timestamps[index],
         )
 
+    @staticmethod
+    def record_error(batch: ProducerBatch, index: int) -> BaseException | None:
+        """The error of record ``index`` of a completed batch, or None."""
+        if batch.children is not None:
+            batch, index = batch.resolve(index)
+        return batch.error
+
     def deliver(self, batches: list[ProducerBatch]) -> None:
         """Run callbacks and wake waiters of completed batches (loop thread, lock not held)."""
         if not batches:
@@ -369,8 +379,11 @@ class ProducerEngine:
         for batch in batches:
             callbacks = batch.callbacks
             if callbacks:
+                split = batch.children is not None
                 error = batch.error
                 for index, fn in callbacks:
+                    if split:
+                        error = self.record_error(batch, index)
                     try:
                         fn(None if error is not None else record_metadata(batch, index), error)
                     except Exception:
@@ -572,7 +585,9 @@ class ProducerEngine:
         if self._bootstrap_conn is not None and self._bootstrap_conn.ready:
             return self._bootstrap_conn
         candidates: list[tuple[int, str, int]] = [(n, h, p) for n, (h, p) in self.metadata.brokers.items()]
-        candidates += [(-1, h, p) for h, p in self.config.bootstrap_servers or ()]
+        if not candidates or self.config.metadata_recovery_strategy == "rebootstrap":
+            # Every known broker is unreachable: start again from bootstrap.servers.
+            candidates += [(-1, h, p) for h, p in self.config.bootstrap_servers or ()]
         errors: list[str] = []
         now = monotonic_ms()
         for node_id, host, port in candidates:
@@ -600,7 +615,7 @@ class ProducerEngine:
             conn = await self._any_connection()
             response = await conn.request(
                 ApiKey.METADATA,
-                lambda v: metadata_request(v, topics, True),
+                lambda v: metadata_request(v, topics, self.config.allow_auto_create_topics),
                 self.config.request_timeout_ms,
             )
             snapshot = parse_metadata(response)

@@ -36,7 +36,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from kprod.records.crc import crc32c
-from kprod.records.varint import ZIGZAG_TABLE, encode_varint, encode_varlong, varint_size
+from kprod.records.varint import (
+    ZIGZAG_TABLE,
+    decode_varint,
+    decode_varlong,
+    encode_varint,
+    encode_varlong,
+    varint_size,
+)
 
 if TYPE_CHECKING:
     from kprod.records.compression import Compressor
@@ -156,6 +163,13 @@ def single_record_batch_size(key: bytes | None, value: bytes | None, headers: He
     ``max.request.size`` before accepting a record (Java checks an upper bound).
     """
     return BATCH_HEADER_SIZE + record_size(0, 0, key, value, headers)
+
+
+def _read_bytes(buf: memoryview, offset: int) -> tuple[bytes | None, int]:
+    length, offset = decode_varint(buf, offset)
+    if length < 0:
+        return None, offset
+    return bytes(buf[offset : offset + length]), offset + length
 
 
 class RecordBatchBuilder:
@@ -301,6 +315,31 @@ class RecordBatchBuilder:
     def max_timestamp_ms(self) -> int:
         """The largest record timestamp appended, in ms; -1 while the batch is empty."""
         return self._max_timestamp_ms
+
+    def decode_records(self) -> list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]]:
+        """Decode every appended record as (timestamp_ms, key, value, headers).
+
+        Not on the hot path: used to split a batch the broker rejected as too large.
+        """
+        buf = memoryview(self._buffer)
+        base = self._base_timestamp_ms
+        offset = BATCH_HEADER_SIZE
+        out: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
+        for _ in range(self._count):
+            _length, offset = decode_varint(buf, offset)
+            offset += 1  # attributes
+            ts_delta, offset = decode_varlong(buf, offset)
+            _offset_delta, offset = decode_varint(buf, offset)
+            key, offset = _read_bytes(buf, offset)
+            value, offset = _read_bytes(buf, offset)
+            header_count, offset = decode_varint(buf, offset)
+            headers: list[tuple[str, bytes | None]] = []
+            for _h in range(header_count):
+                name, offset = _read_bytes(buf, offset)
+                hvalue, offset = _read_bytes(buf, offset)
+                headers.append(((name or b"").decode(), hvalue))
+            out.append((base + ts_delta, key, value, headers))
+        return out
 
     @property
     def records_bytes(self) -> bytes:
