@@ -32,6 +32,7 @@ from kprod import (
     BufferExhaustedError,
     ConfigError,
     KafkaTimeoutError,
+    KprodError,
     Persisted,
     Producer,
     ProducerClosedError,
@@ -133,7 +134,9 @@ def _expected_headers(headers: Any) -> Headers:
 
 
 @pytest.mark.timeout(240)
-def test_100k_mixed_records_are_read_back_byte_exact_once_in_order(broker: Any, make_topic: MakeTopic) -> None:
+def test_100k_mixed_records_are_read_back_byte_exact_once_in_order(
+    broker: Any, make_topic: MakeTopic
+) -> None:
     n, partitions = 100_000, 3
     topic = make_topic(partitions)
     rng = random.Random(0x6B70726F64)
@@ -160,7 +163,9 @@ def test_100k_mixed_records_are_read_back_byte_exact_once_in_order(broker: Any, 
             timestamp: int | None = None
             if rng.random() < 0.2:
                 # Older, newer and much older than "now": negative and positive deltas within a batch.
-                timestamp = rng.choice([base_ts + i, before + rng.randint(-10**9, 10**9), rng.randint(0, 10**6)])
+                timestamp = rng.choice(
+                    [base_ts + i, before + rng.randint(-(10**9), 10**9), rng.randint(0, 10**6)]
+                )
             partition = rng.randrange(partitions) if rng.random() < 0.1 else None
             futures.append(
                 producer.send(topic, value, key, partition=partition, timestamp=timestamp, headers=headers)
@@ -173,7 +178,9 @@ def test_100k_mixed_records_are_read_back_byte_exact_once_in_order(broker: Any, 
                 want_partition = confluent_kafka.murmur2(kb, partitions)
             else:
                 want_partition = None
-            expected.append((kb, vb, _expected_headers(headers) if headers else [], timestamp, want_partition))
+            expected.append(
+                (kb, vb, _expected_headers(headers) if headers else [], timestamp, want_partition)
+            )
         after = now_ms()
         producer.flush(timeout=120)
         assert all(f.done() for f in futures)
@@ -185,9 +192,14 @@ def test_100k_mixed_records_are_read_back_byte_exact_once_in_order(broker: Any, 
         assert md.topic == topic and 0 <= md.partition < partitions and md.offset >= 0, (i, md)
         index_at[(md.partition, md.offset)] = i
     assert len(index_at) == n, "two futures report the same (partition, offset)"
-    wrong_partition = [(i, md.partition, e[4]) for i, (md, e) in enumerate(zip(metadata, expected, strict=True))
-                       if e[4] is not None and md.partition != e[4]]
-    assert not wrong_partition[:10], f"{len(wrong_partition)} records on the wrong partition, e.g. (i, got, want)"
+    wrong_partition = [
+        (i, md.partition, e[4])
+        for i, (md, e) in enumerate(zip(metadata, expected, strict=True))
+        if e[4] is not None and md.partition != e[4]
+    ]
+    assert not wrong_partition[:10], (
+        f"{len(wrong_partition)} records on the wrong partition, e.g. (i, got, want)"
+    )
 
     records = consume_all(broker.bootstrap_servers, topic, partitions, n, timeout_s=120, linger_s=1.0)
     assert len(records) == n, f"read back {len(records)} records, sent {n}"
@@ -197,28 +209,35 @@ def test_100k_mixed_records_are_read_back_byte_exact_once_in_order(broker: Any, 
     seen: set[int] = set()
     last_index: dict[int, int] = defaultdict(lambda: -1)
     for rec in records:
-        i = index_at.get((rec.partition, rec.offset))
-        if i is None:
+        found = index_at.get((rec.partition, rec.offset))
+        if found is None:
             problems.append(f"{rec.partition}@{rec.offset}: no future reported this position")
             continue
+        i = found
         seen.add(i)
         kb, vb, hdrs, ts, want_partition = expected[i]
         md = metadata[i]
         if (rec.key, rec.value, rec.headers) != (kb, vb, hdrs):
-            problems.append(f"#{i} at {rec.partition}@{rec.offset}: read {(rec.key, rec.value, rec.headers)!r}, "
-                            f"sent {(kb, vb, hdrs)!r}")
+            problems.append(
+                f"#{i} at {rec.partition}@{rec.offset}: read {(rec.key, rec.value, rec.headers)!r}, "
+                f"sent {(kb, vb, hdrs)!r}"
+            )
         if ts is not None and rec.timestamp_ms != ts:
             problems.append(f"#{i}: timestamp {rec.timestamp_ms}, sent {ts}")
         if ts is None and not before <= rec.timestamp_ms <= after:
-            problems.append(f"#{i}: default timestamp {rec.timestamp_ms} outside the send window [{before}, {after}]")
+            problems.append(
+                f"#{i}: default timestamp {rec.timestamp_ms} outside the send window [{before}, {after}]"
+            )
         if md.timestamp != rec.timestamp_ms:
             problems.append(f"#{i}: RecordMetadata.timestamp {md.timestamp}, read {rec.timestamp_ms}")
         if want_partition is not None and rec.partition != want_partition:
             # explicit partition, else librdkafka's murmur2 (murmur2_random) partition of the key
             problems.append(f"#{i} read on partition {rec.partition}, expected {want_partition}")
         if i <= last_index[rec.partition]:
-            problems.append(f"#{i} read after #{last_index[rec.partition]} on partition {rec.partition}: "
-                            "send order not kept")
+            problems.append(
+                f"#{i} read after #{last_index[rec.partition]} on partition {rec.partition}: "
+                "send order not kept"
+            )
         last_index[rec.partition] = i
         if len(problems) >= 10:
             break
@@ -242,7 +261,9 @@ def test_acks_levels_deliver_everything(broker: Any, make_topic: MakeTopic, acks
     topic = make_topic(3)
     values = [f"acks-{acks}-{i}".encode() for i in range(n)]
     with producing(broker.bootstrap_servers, acks=acks) as producer:
-        futures = [producer.send(topic, v, key=(b"k%d" % (i % 17)) if i % 2 else None) for i, v in enumerate(values)]
+        futures = [
+            producer.send(topic, v, key=(b"k%d" % (i % 17)) if i % 2 else None) for i, v in enumerate(values)
+        ]
         producer.flush(timeout=60)
         metadata = [f.result(timeout=0) for f in futures]
     records = consume_all(broker.bootstrap_servers, topic, 3, n, timeout_s=60, linger_s=1.0)
@@ -285,7 +306,9 @@ def test_on_delivery_runs_exactly_once_per_record_without_poll(broker: Any, make
         big = producer.send(topic, b"x" * 20_000, on_delivery=make_cb(-1))
         futures += [producer.send(topic, b"cb-%d" % i, on_delivery=make_cb(i)) for i in range(n // 2, n)]
         # No flush(), no poll(): the I/O thread delivers on its own.
-        assert all_called.wait(60), f"only {sum(len(c) for c in calls.values())} of {expected_calls} callbacks ran"
+        assert all_called.wait(60), (
+            f"only {sum(len(c) for c in calls.values())} of {expected_calls} callbacks ran"
+        )
         time.sleep(0.5)  # room for a spurious second call
         with lock:
             snapshot = {i: list(c) for i, c in calls.items()}
@@ -321,10 +344,15 @@ def test_on_delivery_runs_exactly_once_per_record_without_poll(broker: Any, make
             md_late = pending.result(timeout=30)
             # ... and after completion: at once, in this thread.
             pending.add_done_callback(on_done("after"))
-        assert not was_done_when_added, "linger.ms=300 should keep the record pending while the callback is added"
-        assert [(t, f is pending, d) for t, f, d in done_calls] == [("before", True, True), ("after", True, True)]
+        assert not was_done_when_added, (
+            "linger.ms=300 should keep the record pending while the callback is added"
+        )
+        assert [(t, f is pending, d) for t, f, d in done_calls] == [
+            ("before", True, True),
+            ("after", True, True),
+        ]
         records = consume_all(broker.bootstrap_servers, topic, 3, n + 1, timeout_s=60, linger_s=0.5)
-        assert sorted(r.value for r in records) == sorted([b"cb-%d" % i for i in range(n)] + [b"late"])
+        assert sorted(r.value or b"" for r in records) == sorted([b"cb-%d" % i for i in range(n)] + [b"late"])
         assert md_late.offset >= 0
 
 
@@ -357,9 +385,13 @@ def test_full_buffer_blocks_then_raises_and_loses_nothing(fresh_broker: Embedded
                     error = exc
                     break
                 accepted.append((value, future))
-            assert error is not None, "20,000 records of 100 B fit in buffer.memory=64 KiB with no broker answer"
+            assert error is not None, (
+                "20,000 records of 100 B fit in buffer.memory=64 KiB with no broker answer"
+            )
             assert accepted, "not a single record was accepted before the buffer was full"
-            assert all(not f.done() for _, f in accepted[-10:]), "records completed while the broker was frozen"
+            assert all(not f.done() for _, f in accepted[-10:]), (
+                "records completed while the broker was frozen"
+            )
             # Blocked for max.block.ms, then raised (generous margin for a loaded CI box).
             assert 0.9 * max_block_ms / 1000 <= blocked_s <= max_block_ms / 1000 + 2.0, blocked_s
             text = str(error)
@@ -370,7 +402,9 @@ def test_full_buffer_blocks_then_raises_and_loses_nothing(fresh_broker: Embedded
         producer.flush(timeout=90)
         failures = [(v, f.exception(timeout=0)) for v, f in accepted if f.exception(timeout=0) is not None]
         assert not failures[:5], f"{len(failures)} accepted records failed"
-    records = consume_all(fresh_broker.bootstrap_servers, topic, 3, len(accepted) + 1, timeout_s=60, linger_s=1.0)
+    records = consume_all(
+        fresh_broker.bootstrap_servers, topic, 3, len(accepted) + 1, timeout_s=60, linger_s=1.0
+    )
     counts = Counter(r.value for r in records)
     missing = [v for v, _ in accepted if counts[v] == 0]
     duplicated = [v for v, c in counts.items() if c > 1]
@@ -416,9 +450,7 @@ def test_close_with_timeout_against_a_dead_broker(
     topic = "close-dead"
     fresh_broker.create_topic(topic, partitions=3)
     caplog.set_level(logging.WARNING, logger="kprod")
-    producer = Producer(
-        {"bootstrap.servers": fresh_broker.bootstrap_servers}, max_block_ms=5000, linger_ms=0
-    )
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers}, max_block_ms=5000, linger_ms=0)
     pid = fresh_broker.pid
     assert pid is not None
     try:
@@ -441,13 +473,14 @@ def test_close_with_timeout_against_a_dead_broker(
         took = time.monotonic() - start
         assert 1.8 <= took <= 2.0 + 1.5, f"close(timeout=2) took {took:.2f} s"
         assert all(f.done() for f in pending)
-        errors = [f.exception(timeout=0) for f in pending]
-        wrong = [e for e in errors if not isinstance(e, (ProducerClosedError, KafkaTimeoutError))]
+        raw_errors = [f.exception(timeout=0) for f in pending]
+        wrong = [e for e in raw_errors if not isinstance(e, (ProducerClosedError, KafkaTimeoutError))]
         assert not wrong, f"{len(wrong)} pending records failed with something else, e.g. {wrong[0]!r}"
-        assert all(e is not None and e.persisted is not Persisted.PERSISTED for e in errors)
+        errors = [e for e in raw_errors if isinstance(e, KprodError)]
+        assert all(e.persisted is not Persisted.PERSISTED for e in errors)
         if fault == "frozen":
             # Requests written to the frozen broker's socket were never answered: the broker may have them.
-            assert any(e is not None and e.persisted is Persisted.POSSIBLY_PERSISTED for e in errors)
+            assert any(e.persisted is Persisted.POSSIBLY_PERSISTED for e in errors)
         closed_count = sum(isinstance(e, ProducerClosedError) for e in errors)
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         counted = [int(m.group(1)) for w in warnings if (m := re.search(r"(\d+) record", w))]
@@ -482,7 +515,9 @@ def test_async_producer_send_enqueue_flush_and_async_with(broker: Any, make_topi
             futures = []
             for i in range(n):  # pipelined
                 value = b"piped-%d" % i
-                futures.append(await producer.enqueue(topic, value, key=b"p%d" % (i % 101) if i % 3 else None))
+                futures.append(
+                    await producer.enqueue(topic, value, key=b"p%d" % (i % 101) if i % 3 else None)
+                )
                 values.append(value)
             await producer.flush(timeout=90)
             assert all(f.done() for f in futures)
@@ -597,3 +632,43 @@ def test_invalid_settings_raise_config_error_naming_the_setting(broker: Any) -> 
             Producer(config, **kwargs)
         assert name in str(info.value), (config, kwargs, str(info.value))
         assert threading.active_count() == before, "a rejected Producer left a thread running"
+
+
+# ----------------------------------------------------------------------------- 11. close releases sockets
+
+
+def _established_sockets_to(port: int) -> int:
+    """TCP connections of this process to 127.0.0.1:``port`` that are ESTABLISHED (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    count = 0
+    with open("/proc/self/net/tcp") as table:
+        for line in table.read().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/net/tcp"), reason="needs Linux /proc")
+def test_close_releases_every_connection(fresh_broker: EmbeddedBroker) -> None:
+    fresh_broker.create_topic("sockets", partitions=3)
+    port = fresh_broker.port
+    assert _established_sockets_to(port) == 0
+    with producing(fresh_broker.bootstrap_servers) as producer:
+        producer.send("sockets", b"one").result(timeout=30)
+        assert _established_sockets_to(port) >= 1
+    deadline = time.monotonic() + 2.0
+    left = _established_sockets_to(port)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _established_sockets_to(port)
+    assert left == 0, f"{left} connection(s) to the broker are still open after close()"

@@ -460,8 +460,7 @@ class SenderCore:
             for batch in plan.batches:
                 if not batch.done:
                     # Written to a socket and never answered: the broker may have it.
-                    err = KprodError(str(error), stage=error.stage, persisted=Persisted.POSSIBLY_PERSISTED)
-                    err.__cause__ = error
+                    err = _possibly_persisted(error)
                     self._complete(batch, -1, -1, err if batch.sent else error, out)
         self._in_flight.clear()
         return out
@@ -473,3 +472,13 @@ class SenderCore:
     @property
     def in_flight_count(self) -> int:
         return len(self._in_flight)
+
+
+def _possibly_persisted(error: KprodError) -> KprodError:
+    """A copy of ``error`` (same class, message and attributes) marked POSSIBLY_PERSISTED."""
+    err = error.__class__.__new__(error.__class__)
+    err.args = error.args
+    err.__dict__.update(error.__dict__)
+    err.persisted = Persisted.POSSIBLY_PERSISTED
+    err.__cause__ = error
+    return err

@@ -127,6 +127,10 @@ class ProducerEngine:
         self.partitioners: dict[str, StickyPartitioner] = {}
         self.connections: dict[int, BrokerConnection] = {}
         self._bootstrap_conn: BrokerConnection | None = None
+        self._open_conns: set[BrokerConnection] = set()
+        """Every connection opened and not yet closed, whatever slot holds it (closed on shutdown)."""
+        self._control_conn_lock = asyncio.Lock()
+        """Serializes _any_connection so concurrent control requests share one new connection."""
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._node_backoff: dict[int, tuple[int, int]] = {}  # node -> (retry at ms, failures)
         self._timeouts: dict[int, asyncio.TimerHandle] = {}
@@ -180,6 +184,8 @@ class ProducerEngine:
             conn.close(ProducerClosedError("producer closed"))
         if self._bootstrap_conn is not None:
             self._bootstrap_conn.close(ProducerClosedError("producer closed"))
+        for conn in list(self._open_conns):
+            conn.close(ProducerClosedError("producer closed"))
         self.notify_waiters()
         return count
 
@@ -537,12 +543,16 @@ class ProducerEngine:
         except KprodError as exc:
             failures = self._node_backoff.get(node_id, (0, 0))[1] + 1
             self._node_backoff[node_id] = (monotonic_ms() + self._reconnect_backoff_ms(failures), failures)
-            log.warning("cannot connect to broker %d at %s:%d: %s", node_id, host, port, exc)
+            log.warning("%s", exc)
             with self.lock:
                 self.metadata.request_update()
         else:
             self._node_backoff.pop(node_id, None)
-            self.connections[node_id] = conn
+            existing = self.connections.get(node_id)
+            if existing is not None and not existing.closed:  # _any_connection connected it meanwhile
+                conn.close()
+            else:
+                self.connections[node_id] = conn
         finally:
             self._connecting.pop(node_id, None)
             self._wake()
@@ -564,9 +574,11 @@ class ProducerEngine:
             receive_buffer_bytes=self.config.receive_buffer_bytes,
         )
         await conn.connect(self.config.socket_connection_setup_timeout_ms)
+        self._open_conns.add(conn)
         return conn
 
     def _on_connection_closed(self, conn: BrokerConnection, error: BaseException | None) -> None:
+        self._open_conns.discard(conn)
         if self.connections.get(conn.node_id) is conn:
             del self.connections[conn.node_id]
             if not self.closing:
@@ -579,6 +591,10 @@ class ProducerEngine:
 
     async def _any_connection(self) -> BrokerConnection:
         """A ready connection for control requests: an existing one, else a known broker, else bootstrap."""
+        async with self._control_conn_lock:
+            return await self._any_connection_locked()
+
+    async def _any_connection_locked(self) -> BrokerConnection:
         for conn in self.connections.values():
             if conn.ready:
                 return conn
@@ -599,6 +615,11 @@ class ProducerEngine:
             except KprodError as exc:
                 errors.append(str(exc))
                 continue
+            # Another control request may have connected while we awaited: keep one, close ours.
+            existing = self.connections.get(node_id) if node_id >= 0 else self._bootstrap_conn
+            if existing is not None and existing.ready:
+                conn.close()
+                return existing
             if node_id >= 0:
                 self.connections[node_id] = conn
             else:

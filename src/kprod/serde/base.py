@@ -9,9 +9,12 @@ What ``key.serializer`` / ``value.serializer`` accept (see :func:`resolve_serial
 
 * ``None`` (the default): :class:`DefaultSerializer`, which takes bytes-like
   objects and ``str`` (UTF-8);
-* a built-in name: ``"bytes"``, ``"str"`` / ``"string"``, ``"json"``, ``"default"``
-  (case-insensitive; the Java class names ``ByteArraySerializer``,
-  ``BytesSerializer`` and ``StringSerializer`` are accepted too);
+* a built-in name: ``"bytes"``, ``"str"`` / ``"string"``, ``"json"``, ``"default"``,
+  and the Java-compatible ``"int"`` / ``"integer"``, ``"long"``, ``"float"``,
+  ``"double"``, ``"uuid"`` (see :mod:`kprod.serde.numeric`) (case-insensitive; the
+  Java class names ``ByteArraySerializer``, ``BytesSerializer``, ``StringSerializer``,
+  ``IntegerSerializer``, ``LongSerializer``, ``FloatSerializer``, ``DoubleSerializer``
+  and ``UUIDSerializer`` are accepted too);
 * an object with a ``serialize(topic, data, headers)`` method (used as is), or a
   class with such a method and a no-argument constructor (instantiated once);
 * a plain callable ``f(data) -> bytes | None`` (wrapped; its result is checked).
@@ -247,6 +250,16 @@ def _name(obj: object) -> str:
     return str(getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj))
 
 
+def _numeric(class_name: str) -> Callable[[str], Serializer]:
+    def make(setting: str) -> Serializer:
+        from kprod.serde import numeric  # imported here: numeric imports nothing from base
+
+        cls: Callable[..., Serializer] = getattr(numeric, class_name)
+        return cls(setting=setting)
+
+    return make
+
+
 _BUILTINS: Final[dict[str, Callable[[str], Serializer]]] = {
     "bytes": lambda s: BytesSerializer(setting=s),
     "bytearray": lambda s: BytesSerializer(setting=s),
@@ -258,9 +271,33 @@ _BUILTINS: Final[dict[str, Callable[[str], Serializer]]] = {
     "bytearrayserializer": lambda s: BytesSerializer(setting=s),
     "bytesserializer": lambda s: BytesSerializer(setting=s),
     "stringserializer": lambda s: StringSerializer(setting=s),
+    # Java's fixed-width and UUID serializers (kprod.serde.numeric).
+    "int": _numeric("IntegerSerializer"),
+    "integer": _numeric("IntegerSerializer"),
+    "long": _numeric("LongSerializer"),
+    "float": _numeric("FloatSerializer"),
+    "double": _numeric("DoubleSerializer"),
+    "uuid": _numeric("UUIDSerializer"),
+    "integerserializer": _numeric("IntegerSerializer"),
+    "longserializer": _numeric("LongSerializer"),
+    "floatserializer": _numeric("FloatSerializer"),
+    "doubleserializer": _numeric("DoubleSerializer"),
+    "uuidserializer": _numeric("UUIDSerializer"),
 }
 
-BUILTIN_SERIALIZER_NAMES: Final[tuple[str, ...]] = ("bytes", "str", "string", "json", "default")
+BUILTIN_SERIALIZER_NAMES: Final[tuple[str, ...]] = (
+    "bytes",
+    "str",
+    "string",
+    "json",
+    "default",
+    "int",
+    "integer",
+    "long",
+    "float",
+    "double",
+    "uuid",
+)
 """The documented built-in names accepted by ``key.serializer`` / ``value.serializer``."""
 
 

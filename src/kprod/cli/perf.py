@@ -1,0 +1,699 @@
+"""``kprod perf``: Kafka's ``kafka-producer-perf-test`` for kprod.
+
+Same flags and the same output lines as ``ProducerPerformance.java``, so scripts
+that parse the Java tool's output parse this one. It uses only the public API
+(``kprod.Producer``, or ``kprod.AsyncProducer`` with ``--async``).
+
+* Records have no key; values are ``--record-size`` random uppercase letters
+  (seeded, drawn from a pool of at most 4096 distinct payloads), a random line
+  of ``--payload-file``, or the record's index (``--payload-monotonic``).
+* Latency is ack time minus send time, taken in the ``on_delivery`` callback
+  for every acknowledged record. The callback only appends the latency (ns) to
+  a list; once a second the list is folded into an HDR histogram (1 µs to 1 h,
+  3 significant digits) and, every 5 s, a window line is printed.
+* ``--throughput`` throttles like Java's ``ThroughputThrottler``: once the rate
+  so far exceeds the target, each record owes ``1/target`` s of sleep and the
+  debt is paid when it reaches 2 ms.
+* Without ``--bootstrap-servers`` (and no ``bootstrap.servers`` property) it
+  starts the embedded Tansu broker and creates the topic with ``--partitions``.
+
+MB is MiB (2**20 bytes), as in the Java tool; only payload bytes count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+REPORT_INTERVAL_NS = 5_000_000_000
+"""Window lines every 5 s, as in the Java tool."""
+DRAIN_INTERVAL_NS = 1_000_000_000
+"""Pending latencies are folded into the histogram this often (bounds the list's memory)."""
+PAYLOAD_POOL_BYTES = 16 << 20
+PAYLOAD_POOL_MAX = 4096
+FILE_PICKS = 65536
+MIN_SLEEP_NS = 2_000_000
+"""ThroughputThrottler.MIN_SLEEP_NS: sleep once this much is owed."""
+HIST_LOWEST_NS = 1_000
+HIST_HIGHEST_NS = 3_600_000_000_000
+HIST_DIGITS = 3
+MAX_ERRORS_SHOWN = 5
+DEFAULT_CLIENT_ID = "perf-producer-client"
+UPPERCASE_TABLE = bytes(65 + i % 26 for i in range(256))
+
+AckFn = Callable[[int, int, Any, BaseException | None], None]
+"""``on_ack(send_ns, nbytes, metadata, error)``: bound into each record's on_delivery with partial()."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Measure producer throughput and latency, with the flags and output of Kafka's "
+        "kafka-producer-perf-test. Without --bootstrap-servers it starts the embedded broker."
+    )
+    parser.add_argument("--topic", required=True, metavar="TOPIC", help="produce messages to this topic")
+    parser.add_argument(
+        "--num-records", required=True, type=int, metavar="NUM-RECORDS", help="number of messages to produce"
+    )
+    payload = parser.add_mutually_exclusive_group(required=True)
+    payload.add_argument(
+        "--record-size",
+        type=int,
+        metavar="RECORD-SIZE",
+        help="message size in bytes (random uppercase letters)",
+    )
+    payload.add_argument(
+        "--payload-file",
+        metavar="PAYLOAD-FILE",
+        help="file of UTF-8 payloads split by --payload-delimiter; one is picked at random per record",
+    )
+    payload.add_argument(
+        "--payload-monotonic", action="store_true", help="payload is the record's index as a decimal string"
+    )
+    parser.add_argument(
+        "--payload-delimiter",
+        default="\\n",
+        metavar="PAYLOAD-DELIMITER",
+        help="delimiter of --payload-file; backslash escapes are understood (default: \\n)",
+    )
+    parser.add_argument(
+        "--throughput",
+        required=True,
+        type=float,
+        metavar="THROUGHPUT",
+        help="throttle to about this many messages/sec; -1 (any negative) = no throttling",
+    )
+    parser.add_argument(
+        "--producer-props",
+        nargs="+",
+        default=[],
+        metavar="PROP-NAME=PROP-VALUE",
+        help="producer settings (Kafka names); they override --producer.config",
+    )
+    parser.add_argument(
+        "--producer.config",
+        dest="producer_config",
+        metavar="CONFIG-FILE",
+        help="producer settings in a Java properties file",
+    )
+    parser.add_argument(
+        "--print-metrics", action="store_true", help="print the producer's metrics at the end of the test"
+    )
+    parser.add_argument(
+        "--warmup-records",
+        type=int,
+        default=0,
+        metavar="WARMUP-RECORDS",
+        help="records excluded from a second, steady-state summary (must be < --num-records)",
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        metavar="HOST:PORT",
+        help="brokers (overrides a bootstrap.servers property); default: start the embedded broker",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=6,
+        metavar="N",
+        help="partitions of the topic created on the embedded broker (default 6)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final summary as one JSON object on stdout (window lines go to stderr)",
+    )
+    parser.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="use AsyncProducer.enqueue in an asyncio loop instead of Producer.send",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the payload generator (default 0)")
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """Parse a Java ``.properties`` text: ``k=v``, ``k:v`` or ``k v``; ``#``/``!`` comments; ``\\`` continuations."""
+    out: dict[str, str] = {}
+    logical: list[str] = []
+    for raw in text.splitlines():
+        line = raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:  # an odd number of backslashes: the line continues
+            logical.append(line[:-1])
+            continue
+        logical.append(line)
+        entry = "".join(logical)
+        logical = []
+        key, value = _split_property(entry)
+        if key:
+            out[key] = value
+    if logical:
+        key, value = _split_property("".join(logical))
+        if key:
+            out[key] = value
+    return out
+
+
+def _split_property(entry: str) -> tuple[str, str]:
+    i = 0
+    n = len(entry)
+    while i < n:
+        c = entry[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "=: \t\f":
+            break
+        i += 1
+    key = entry[:i]
+    rest = entry[i:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":") and (i < n and entry[i] in " \t\f"):
+        rest = rest[1:].lstrip(" \t\f")
+    elif i < n and entry[i] in "=:":
+        rest = entry[i + 1 :].lstrip(" \t\f")
+    return _unescape(key), _unescape(rest)
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    escapes = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "u" and i + 6 <= len(text):
+                try:
+                    out.append(chr(int(text[i + 2 : i + 6], 16)))
+                    i += 6
+                    continue
+                except ValueError:
+                    pass
+            out.append(escapes.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def producer_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The producer settings: the properties file, then ``--producer-props``, then ``--bootstrap-servers``."""
+    props: dict[str, str] = {}
+    if args.producer_config:
+        props.update(parse_properties(Path(args.producer_config).read_text(encoding="utf-8")))
+    for item in args.producer_props:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"invalid --producer-props item {item!r}: expected PROP-NAME=PROP-VALUE")
+        props[name.strip()] = value.strip()
+    if args.bootstrap_servers:
+        props["bootstrap.servers"] = args.bootstrap_servers
+    props.setdefault("client.id", DEFAULT_CLIENT_ID)
+    return props
+
+
+# ------------------------------------------------------------------------------ payloads
+
+
+def payload_sequence(args: argparse.Namespace) -> list[bytes] | None:
+    """The payloads to cycle through (record i gets ``seq[i % len(seq)]``); None for monotonic payloads."""
+    rng = random.Random(args.seed)
+    if args.record_size is not None:
+        size = args.record_size
+        count = max(1, min(PAYLOAD_POOL_MAX, PAYLOAD_POOL_BYTES // max(1, size), args.num_records))
+        letters = rng.randbytes(size * count).translate(UPPERCASE_TABLE)
+        return [letters[j * size : (j + 1) * size] for j in range(count)]
+    if args.payload_file is not None:
+        delimiter = args.payload_delimiter.encode("utf-8").decode("unicode_escape")
+        if not delimiter:
+            raise ValueError("--payload-delimiter must not be empty")
+        text = Path(args.payload_file).read_text(encoding="utf-8")
+        items = text.split(delimiter)
+        while items and items[-1] == "":  # like Java's String.split: trailing empty strings are dropped
+            items.pop()
+        if not items:
+            raise ValueError(f"--payload-file {args.payload_file} holds no payloads")
+        payloads = [item.encode("utf-8") for item in items]
+        picks = min(FILE_PICKS, args.num_records)
+        return [payloads[rng.randrange(len(payloads))] for _ in range(picks)]
+    return None
+
+
+# ------------------------------------------------------------------------------ throttling
+
+
+class Throttler:
+    """Java's ThroughputThrottler: sleep, on average, 1/target s per record once ahead of the target."""
+
+    __slots__ = ("deficit_ns", "sleep_ns", "start_ns", "target")
+
+    def __init__(self, target: float, start_ns: int) -> None:
+        self.target = target
+        self.start_ns = start_ns
+        self.sleep_ns = int(1e9 / target) if target > 0 else 0
+        self.deficit_ns = 0
+
+    def owed_seconds(self, sent: int, now_ns: int) -> float:
+        """Seconds to sleep now (0.0 most of the time)."""
+        elapsed = (now_ns - self.start_ns) / 1e9
+        if elapsed <= 0 or sent / elapsed <= self.target:
+            return 0.0
+        self.deficit_ns += self.sleep_ns
+        if self.deficit_ns < MIN_SLEEP_NS:
+            return 0.0
+        owed = self.deficit_ns / 1e9
+        self.deficit_ns = 0
+        return owed
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def _new_histogram() -> Any:
+    from hdrh.histogram import HdrHistogram
+
+    return HdrHistogram(HIST_LOWEST_NS, HIST_HIGHEST_NS, HIST_DIGITS)
+
+
+def record_sorted(hist: Any, values: list[int]) -> None:
+    """Record sorted ns values: one ``record_value`` per occupied HDR bucket, not per value."""
+    i = 0
+    n = len(values)
+    highest = hist.get_highest_equivalent_value
+    while i < n:
+        value = min(max(values[i], 1), HIST_HIGHEST_NS)
+        j = bisect.bisect_right(values, highest(value), i)
+        hist.record_value(value, j - i)
+        i = j
+
+
+class Stats:
+    """Counts, bytes and latencies of acknowledged records.
+
+    Only the thread that runs delivery callbacks touches it while records are in
+    flight (the I/O thread, or the event loop with --async); the caller reads it
+    after close(). ``on_ack`` is bound into each record's callback with
+    ``functools.partial(on_ack, send_ns, nbytes)``.
+    """
+
+    def __init__(self, start_ns: int, out: TextIO, label: str = "") -> None:
+        self.start_ns = start_ns
+        self.out = out
+        self.label = label
+        self.print_windows = True
+        self.pending: list[int] = []
+        self.hist = _new_histogram()
+        self.count = 0
+        self.bytes = 0
+        self.latency_sum_ns = 0
+        self.latency_max_ns = 0
+        self.failed = 0
+        self.errors: dict[str, int] = {}
+        self.next_drain_ns = start_ns + DRAIN_INTERVAL_NS
+        self.window_start_ns = start_ns
+        self.window_count = 0
+        self.window_bytes = 0
+        self.window_sum_ns = 0
+        self.window_max_ns = 0
+        self.also: Stats | None = None
+
+    def on_ack(self, send_ns: int, nbytes: int, metadata: Any, error: BaseException | None) -> None:
+        now = time.perf_counter_ns()
+        if error is None:
+            self.pending.append(now - send_ns)
+            self.bytes += nbytes
+            if now >= self.next_drain_ns:
+                self.drain(now)
+        else:
+            self.on_error(error)
+
+    def on_ack_steady(self, send_ns: int, nbytes: int, metadata: Any, error: BaseException | None) -> None:
+        """For records after the warm-up: counted here and in ``self.also`` (the steady-state stats)."""
+        now = time.perf_counter_ns()
+        also = self.also
+        assert also is not None
+        if error is None:
+            latency = now - send_ns
+            self.pending.append(latency)
+            self.bytes += nbytes
+            also.pending.append(latency)
+            also.bytes += nbytes
+            if now >= self.next_drain_ns:
+                self.drain(now)
+            if now >= also.next_drain_ns:
+                also.drain(now)
+        else:
+            self.on_error(error)
+
+    def on_error(self, error: BaseException) -> None:
+        self.failed += 1
+        name = type(error).__name__
+        self.errors[name] = self.errors.get(name, 0) + 1
+        if self.failed <= MAX_ERRORS_SHOWN:
+            print(f"kprod perf: record failed: {error!r}", file=sys.stderr, flush=True)
+        elif self.failed == MAX_ERRORS_SHOWN + 1:
+            print("kprod perf: more records failed (counted, not shown)", file=sys.stderr, flush=True)
+
+    def drain(self, now_ns: int) -> None:
+        """Fold pending latencies into the histogram and the window; print the window when it is 5 s old."""
+        values = self.pending
+        self.pending = []
+        if values:
+            values.sort()
+            n = len(values)
+            total = sum(values)
+            self.count += n
+            self.latency_sum_ns += total
+            self.latency_max_ns = max(self.latency_max_ns, values[-1])
+            self.window_count += n
+            self.window_sum_ns += total
+            self.window_max_ns = max(self.window_max_ns, values[-1])
+            record_sorted(self.hist, values)
+        self.next_drain_ns = now_ns + DRAIN_INTERVAL_NS
+        if now_ns - self.window_start_ns >= REPORT_INTERVAL_NS:
+            self.print_window(now_ns)
+
+    def print_window(self, now_ns: int) -> None:
+        elapsed_ms = (now_ns - self.window_start_ns) / 1e6
+        window_bytes = self.bytes - self.window_bytes
+        if self.print_windows and self.window_count:
+            print(
+                # Java's format string, verbatim.
+                "%d records sent, %.1f records/sec (%.2f MB/sec), %.1f ms avg latency, %.1f ms max latency."  # noqa: UP031
+                % (
+                    self.window_count,
+                    1000.0 * self.window_count / elapsed_ms,
+                    1000.0 * window_bytes / elapsed_ms / (1024.0 * 1024.0),
+                    self.window_sum_ns / self.window_count / 1e6,
+                    self.window_max_ns / 1e6,
+                ),
+                file=self.out,
+                flush=True,
+            )
+        self.window_start_ns = now_ns
+        self.window_count = 0
+        self.window_bytes = self.bytes
+        self.window_sum_ns = 0
+        self.window_max_ns = 0
+
+    def summary(self, end_ns: int) -> dict[str, Any]:
+        """The final figures (drains what is pending first)."""
+        if self.pending:
+            saved = self.print_windows
+            self.print_windows = False  # the last partial window is not printed, as in Java
+            self.drain(end_ns)
+            self.print_windows = saved
+        elapsed_ms = max((end_ns - self.start_ns) / 1e6, 1e-9)
+        count = self.count
+        hist = self.hist
+
+        def pct(p: float) -> float:
+            return float(hist.get_value_at_percentile(p)) / 1e6 if count else 0.0
+
+        return {
+            "records": count,
+            "failed": self.failed,
+            "errors": dict(self.errors),
+            "bytes": self.bytes,
+            "elapsed_s": round(elapsed_ms / 1000, 6),
+            "records_per_sec": 1000.0 * count / elapsed_ms,
+            "mb_per_sec": 1000.0 * self.bytes / elapsed_ms / (1024.0 * 1024.0),
+            "avg_latency_ms": self.latency_sum_ns / count / 1e6 if count else 0.0,
+            "max_latency_ms": self.latency_max_ns / 1e6,
+            "p50_ms": pct(50.0),
+            "p95_ms": pct(95.0),
+            "p99_ms": pct(99.0),
+            "p999_ms": pct(99.9),
+        }
+
+
+def total_line(s: dict[str, Any], label: str = "") -> str:
+    """Java's final line; percentiles truncated to whole ms like Java's ints."""
+    return (
+        # Java's format string, verbatim.
+        "%d%s records sent, %f records/sec (%.2f MB/sec), %.2f ms avg latency, %.2f ms max latency, "  # noqa: UP031
+        "%d ms 50th, %d ms 95th, %d ms 99th, %d ms 99.9th."
+        % (
+            s["records"],
+            label,
+            s["records_per_sec"],
+            s["mb_per_sec"],
+            s["avg_latency_ms"],
+            s["max_latency_ms"],
+            int(s["p50_ms"]),
+            int(s["p95_ms"]),
+            int(s["p99_ms"]),
+            int(s["p999_ms"]),
+        )
+    )
+
+
+def metrics_lines(metrics: dict[str, Any]) -> Iterator[str]:
+    """``ToolsUtils.printMetrics`` layout: a header, then ``name : value`` sorted by name."""
+    flat: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{name}:{sub}"] = subvalue
+        else:
+            flat[name] = value
+    width = max([len("Metric Name"), *(len(k) for k in flat)])
+    yield ""
+    yield f"{'Metric Name':<{width}}   Value"
+    for name in sorted(flat):
+        value = flat[name]
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        yield f"{name:<{width}} : {text}"
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+class _Run:
+    """One test: settings, payloads and stats shared by the sync and async drivers."""
+
+    def __init__(self, args: argparse.Namespace, props: dict[str, str], seq: list[bytes] | None) -> None:
+        self.args = args
+        self.props = props
+        self.seq = seq
+        self.progress: TextIO = sys.stderr if args.json else sys.stdout
+        self.stats: Stats | None = None
+        self.steady: Stats | None = None
+        self.metrics: dict[str, Any] | None = None
+        self.send_error: BaseException | None = None
+        self.sent = 0
+
+    def begin(self) -> Stats:
+        self.stats = Stats(time.perf_counter_ns(), self.progress)
+        return self.stats
+
+    def begin_steady(self) -> AckFn:
+        """At record ``warmup``: start the steady-state stats; later records report to both."""
+        stats = self.stats
+        assert stats is not None
+        steady = Stats(time.perf_counter_ns(), self.progress, " steady state")
+        stats.print_windows = False
+        stats.also = steady
+        self.steady = steady
+        return stats.on_ack_steady
+
+    def ranges(self) -> list[tuple[int, int, bool]]:
+        """(first, end, steady) index ranges to send."""
+        n = self.args.num_records
+        w = self.args.warmup_records
+        return [(0, w, False), (w, n, True)] if w > 0 else [(0, n, False)]
+
+
+def _send_sync(run: _Run, producer: Any) -> None:
+    args = run.args
+    topic = args.topic
+    seq = run.seq
+    stats = run.begin()
+    throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
+    send = producer.send
+    clock = time.perf_counter_ns
+    for first, end, steady in run.ranges():
+        ack: AckFn = run.begin_steady() if steady else stats.on_ack
+        if seq is not None and throttler is None:  # the hot loop
+            seq_len = len(seq)
+            i = first - 1
+            try:
+                for i in range(first, end):
+                    payload = seq[i % seq_len]
+                    send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+            finally:
+                run.sent = i + 1
+            continue
+        for i in range(first, end):
+            payload = seq[i % len(seq)] if seq is not None else str(i).encode()
+            send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+            run.sent = i + 1
+            if throttler is not None:
+                owed = throttler.owed_seconds(i + 1, clock())
+                if owed:
+                    time.sleep(owed)
+
+
+def _run_sync(run: _Run) -> None:
+    from kprod import KprodError, Producer
+
+    producer = Producer(run.props)
+    try:
+        try:
+            _send_sync(run, producer)
+        except KprodError as exc:
+            run.send_error = exc
+        if run.args.print_metrics:
+            producer.flush()
+            run.metrics = producer.metrics()
+    finally:
+        producer.close()
+
+
+async def _run_async(run: _Run) -> None:
+    from kprod import AsyncProducer, KprodError
+
+    args = run.args
+    topic = args.topic
+    seq = run.seq
+    producer = AsyncProducer(run.props)
+    await producer.start()
+    try:
+        stats = run.begin()
+        throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
+        enqueue = producer.enqueue
+        clock = time.perf_counter_ns
+        try:
+            for first, end, steady in run.ranges():
+                ack: AckFn = run.begin_steady() if steady else stats.on_ack
+                for i in range(first, end):
+                    payload = seq[i % len(seq)] if seq is not None else str(i).encode()
+                    await enqueue(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+                    run.sent = i + 1
+                    if throttler is not None:
+                        owed = throttler.owed_seconds(i + 1, clock())
+                        if owed:
+                            await asyncio.sleep(owed)
+        except KprodError as exc:
+            run.send_error = exc
+        if args.print_metrics:
+            await producer.flush()
+            metrics = getattr(producer, "metrics", None)
+            run.metrics = metrics() if callable(metrics) else {"note": "AsyncProducer has no metrics()"}
+    finally:
+        await producer.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.num_records <= 0:
+        print("kprod perf: --num-records must be > 0", file=sys.stderr)
+        return 2
+    if args.record_size is not None and args.record_size < 0:
+        print("kprod perf: --record-size must be >= 0", file=sys.stderr)
+        return 2
+    if args.throughput == 0:
+        print("kprod perf: --throughput must be > 0, or -1 for no throttling", file=sys.stderr)
+        return 2
+    if not 0 <= args.warmup_records < args.num_records:
+        print("kprod perf: --warmup-records must be >= 0 and < --num-records", file=sys.stderr)
+        return 2
+    try:
+        props = producer_settings(args)
+        seq = payload_sequence(args)
+    except (OSError, ValueError) as exc:
+        print(f"kprod perf: {exc}", file=sys.stderr)
+        return 2
+
+    from kprod import ConfigError, KprodError
+
+    broker: Any = None
+    try:
+        if "bootstrap.servers" not in props:
+            from kprod.broker import EmbeddedBroker
+
+            broker = EmbeddedBroker()
+            broker.start()
+            broker.create_topic(args.topic, partitions=args.partitions)
+            props["bootstrap.servers"] = broker.bootstrap_servers
+            print(
+                f"# embedded broker (Tansu) on {broker.bootstrap_servers}, topic {args.topic} "
+                f"with {args.partitions} partitions",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.warmup_records > 0 and not args.json:
+            print(
+                f"Warmup first {args.warmup_records} records. "
+                "Steady state results will print after the complete test summary.",
+                flush=True,
+            )
+        perf_run = _Run(args, props, seq)
+        if args.use_async:
+            asyncio.run(_run_async(perf_run))
+        else:
+            _run_sync(perf_run)
+        end_ns = time.perf_counter_ns()
+    except ConfigError as exc:
+        print(f"kprod perf: invalid producer settings: {exc}", file=sys.stderr)
+        return 2
+    except KprodError as exc:
+        print(f"kprod perf: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if broker is not None:
+            broker.stop()
+
+    stats = perf_run.stats
+    assert stats is not None
+    total = stats.summary(end_ns)
+    steady = perf_run.steady.summary(end_ns) if perf_run.steady is not None else None
+    if perf_run.send_error is not None:
+        print(
+            f"kprod perf: send() failed after {perf_run.sent} records: {perf_run.send_error}",
+            file=sys.stderr,
+        )
+    if args.json:
+        doc: dict[str, Any] = {
+            **total,
+            "num_records": args.num_records,
+            "api": "AsyncProducer.enqueue" if args.use_async else "Producer.send",
+            "throughput_target": args.throughput,
+            "producer_props": {k: v for k, v in props.items()},
+            "embedded_broker": broker is not None,
+            "pid": os.getpid(),
+        }
+        if steady is not None:
+            doc["steady_state"] = steady
+        if perf_run.send_error is not None:
+            doc["send_error"] = str(perf_run.send_error)
+        if perf_run.metrics is not None:
+            doc["metrics"] = perf_run.metrics
+        print(json.dumps(doc, default=str), flush=True)
+    else:
+        print(total_line(total), flush=True)
+        if steady is not None:
+            print(total_line(steady, " steady state"), flush=True)
+        if perf_run.metrics is not None:
+            for line in metrics_lines(perf_run.metrics):
+                print(line)
+    ok = perf_run.send_error is None and total["failed"] == 0 and total["records"] == args.num_records
+    return 0 if ok else 1
