@@ -381,7 +381,9 @@ def run_aiokafka(w: Workload, bootstrap: str, every: int, broker_pid: int) -> No
                 await producer.flush()
                 await asyncio.sleep(0)  # let the last done-callbacks run
             m.stop()
-            emit({"client": "aiokafka", "version": aiokafka.__version__, "workload": w.name, **m.result(w, n)})
+            emit(
+                {"client": "aiokafka", "version": aiokafka.__version__, "workload": w.name, **m.result(w, n)}
+            )
         finally:
             await producer.stop()
 
@@ -424,7 +426,9 @@ def run_kafka_python(w: Workload, bootstrap: str, every: int, broker_pid: int) -
             if i % every:
                 send(TOPIC, values[i % nv], key=keys[i % nk])
             else:
-                send(TOPIC, values[i % nv], key=keys[i % nk]).add_callback(on_ok, clock()).add_errback(m.error)
+                send(TOPIC, values[i % nv], key=keys[i % nk]).add_callback(on_ok, clock()).add_errback(
+                    m.error
+                )
         producer.flush()
     m.stop()
     emit({"client": "kafka-python", "version": kafka.__version__, "workload": w.name, **m.result(w, n)})

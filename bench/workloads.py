@@ -43,7 +43,9 @@ class Workload:
         records = max(1, round(self.records * scale))
         if self.mode == "memory":
             records = max(records, W5_MIN_RECORDS)
-        return Workload(**{**asdict(self), "records": records, "clients": self.clients, "skipped": self.skipped})
+        return Workload(
+            **{**asdict(self), "records": records, "clients": self.clients, "skipped": self.skipped}
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -111,10 +113,33 @@ def letter_values(size: int, count: int = POOL, seed: int = 0) -> list[bytes]:
 
 _EVENTS = ("page_view", "add_to_cart", "checkout", "search", "login", "logout", "click", "scroll")
 _COUNTRIES = ("DE", "FR", "US", "GB", "JP", "BR", "IN", "NL", "SE", "ES")
-_WORDS = (
-    "alpha beta gamma delta epsilon kafka record batch broker producer consumer topic partition "
-    "offset leader replica latency throughput buffer linger compression payload header key value"
-).split()
+_WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "kafka",
+    "record",
+    "batch",
+    "broker",
+    "producer",
+    "consumer",
+    "topic",
+    "partition",
+    "offset",
+    "leader",
+    "replica",
+    "latency",
+    "throughput",
+    "buffer",
+    "linger",
+    "compression",
+    "payload",
+    "header",
+    "key",
+    "value",
+]
 
 
 def json_values(size: int, count: int = POOL, seed: int = 0) -> list[bytes]:

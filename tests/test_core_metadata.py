@@ -107,11 +107,6 @@ def test_a_successful_update_clears_the_request() -> None:
     assert md.next_update_ms(BACKOFF + 5) == BACKOFF + 5 + MAX_AGE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: on_update_failed counts the failure before the backoff is computed, so the first retry "
-    "waits 2 * retry.backoff.ms; Java's Metadata.timeToAllowUpdate uses backoff(attempts - 1)",
-)
 def test_a_failed_update_is_retried_after_the_backoff() -> None:
     md = make_md()
     md.want_topic("a", 0)
@@ -159,22 +154,12 @@ def test_a_success_resets_the_failure_backoff() -> None:
     assert md.should_update(4_000 + BACKOFF)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src deviation from Java: a topic first wanted shortly after a refresh waits retry.backoff.ms; "
-    "Java's requestUpdateForNewTopics zeroes lastRefreshMs so new topics are fetched immediately",
-)
 def test_a_new_topic_is_fetched_at_once_even_right_after_a_refresh() -> None:
     md = refreshed(1_000)
     md.want_topic("b", 1_010)
     assert md.should_update(1_010)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: on_update clears the update request although a topic wanted while the request was in "
-    "flight is missing from the response; that topic then waits metadata.max.age.ms (send() times out)",
-)
 def test_a_topic_wanted_while_an_update_is_in_flight_is_fetched_next() -> None:
     md = refreshed(0)
     md.on_update_started(MAX_AGE)  # periodic refresh of "a"

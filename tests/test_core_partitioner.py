@@ -179,11 +179,6 @@ def test_equal_queue_sizes_mean_uniform_choice() -> None:
     assert chi_square(seen, {p: n / 3 for p in range(3)}) < CHI2_999[2], seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: the adaptive (weighted) pick ignores `available`, so a leaderless partition with a "
-    "short queue is the most likely choice; Java excludes leaderless partitions from the table",
-)
 def test_adaptive_choice_skips_partitions_without_a_leader() -> None:
     part = StickyPartitioner(BATCH_SIZE, random.Random(3))
     seen = switches(part, 2_000, 3, [1, 2], [0, 3, 1])

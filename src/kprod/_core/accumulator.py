@@ -88,6 +88,7 @@ class ProducerBatch:
         "error",
         "last_error",
         "log_append_time_ms",
+        "maybe_written",
         "next_retry_ms",
         "parent",
         "partition",
@@ -115,6 +116,9 @@ class ProducerBatch:
         # True once any request carrying this batch was written to a socket: from then on a
         # failure without an answer means the records are POSSIBLY persisted, never "not persisted".
         self.sent = False
+        # True once a request carrying this batch went unanswered (disconnect, timeout): the
+        # broker may have written it, so a later failure is POSSIBLY persisted.
+        self.maybe_written = False
         self.producer_id = -1
         self.producer_epoch = -1
         self.base_sequence = -1

@@ -52,6 +52,9 @@ class ClusterMetadata:
         self.refresh_backoff_ms = refresh_backoff_ms
         self.refresh_backoff_max_ms = max(refresh_backoff_ms, refresh_backoff_max_ms)
         self._failures = 0
+        # A topic nobody knows was asked for: fetch at once, without the refresh backoff (Java's
+        # requestUpdateForNewTopics), since a send() is blocked on it.
+        self._new_topic_wanted = False
         self.brokers: dict[int, tuple[str, int]] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.cluster_id: str | None = None
@@ -72,6 +75,7 @@ class ClusterMetadata:
             self._wanted[topic] = now_ms
             if topic not in self.topics:
                 self._update_requested = True
+                self._new_topic_wanted = True
         else:
             self._wanted[topic] = now_ms
 
@@ -99,9 +103,13 @@ class ClusterMetadata:
             return now_ms + self.max_age_ms
         if self._last_refresh_ms < 0 and self._last_attempt_ms < 0:
             return now_ms
+        if self._new_topic_wanted and self._failures == 0:
+            return now_ms
         if self._update_requested:
             # Exponential while refreshes fail (no broker answers), so a dead cluster is not hammered.
-            backoff: int = min(self.refresh_backoff_max_ms, self.refresh_backoff_ms << min(self._failures, 20))
+            backoff: int = min(
+                self.refresh_backoff_max_ms, self.refresh_backoff_ms << min(max(self._failures - 1, 0), 20)
+            )
             return max(now_ms, self._last_attempt_ms + backoff)
         return max(now_ms, self._last_refresh_ms + self.max_age_ms)
 
@@ -112,6 +120,7 @@ class ClusterMetadata:
     def on_update_started(self, now_ms: int) -> None:
         self._in_progress = True
         self._last_attempt_ms = now_ms
+        self._new_topic_wanted = False
 
     def on_update_failed(self, now_ms: int) -> None:
         """The request failed (no broker answered): retry after the backoff."""
@@ -151,6 +160,10 @@ class ClusterMetadata:
             self.topics[name] = TopicInfo(
                 name=name, error_code=0, leaders=leaders, leader_epochs=epochs, available=available
             )
+        # A topic wanted while this request was in flight is not in it: ask again at once.
+        if any(t not in snapshot.topics and t not in self.topics for t in self._wanted):
+            self._update_requested = True
+            self._new_topic_wanted = True
         self.version += 1
 
     # -- queries -------------------------------------------------------------------

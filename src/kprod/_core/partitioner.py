@@ -81,17 +81,19 @@ class StickyPartitioner:
         """
         self.produced_bytes = 0
         rng = self._rng
-        if queue_sizes is not None and len(queue_sizes) == partition_count and partition_count > 1:
-            smallest = min(queue_sizes)
-            largest = max(queue_sizes)
+        if queue_sizes is not None and len(queue_sizes) == partition_count and len(available) > 1:
+            # Java's cumulative frequency table over partitions with a leader only.
+            sizes = [queue_sizes[p] for p in available]
+            smallest = min(sizes)
+            largest = max(sizes)
             if smallest != largest:
                 cumulative: list[int] = []
                 total = 0
-                for size in queue_sizes:
+                for size in sizes:
                     total += largest + 1 - size
                     cumulative.append(total)
                 pick = rng.randrange(total)
-                self.current = bisect.bisect_right(cumulative, pick)
+                self.current = available[bisect.bisect_right(cumulative, pick)]
                 return
         if available:
             self.current = available[rng.randrange(len(available))] if len(available) > 1 else available[0]

@@ -230,9 +230,11 @@ class SenderCore:
         if expiry is not None and expiry < next_ms:
             next_ms = expiry
         for plan in self._in_flight.values():
-            deadline = plan.batches[0].created_ms + settings.delivery_timeout_ms
-            if deadline < next_ms:
-                next_ms = deadline
+            for batch in plan.batches:
+                if not batch.done:
+                    deadline = batch.created_ms + settings.delivery_timeout_ms
+                    if deadline < next_ms:
+                        next_ms = deadline
         result.next_wakeup_ms = max(next_ms, now_ms)
         return result
 
@@ -251,7 +253,7 @@ class SenderCore:
     def _expire(self, now_ms: int, completed: list[ProducerBatch]) -> None:
         timeout = self.settings.delivery_timeout_ms
         for batch in self.accumulator.expired(now_ms, timeout):
-            persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
+            persisted = Persisted.POSSIBLY_PERSISTED if batch.maybe_written else Persisted.NOT_PERSISTED
             if batch.base_sequence >= 0:
                 self._forget_sequence(self.accumulator.queue(batch.topic, batch.partition), batch)
             self._complete(batch, -1, -1, self._timeout_error(batch, now_ms, persisted), completed)
@@ -385,6 +387,8 @@ class SenderCore:
         completed: list[ProducerBatch] = []
         for batch in plan.batches:
             if not batch.done:
+                if batch.sent:
+                    batch.maybe_written = True
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
 
@@ -402,10 +406,12 @@ class SenderCore:
         acc.on_in_flight_done(batch)
         if batch.base_sequence >= 0:
             self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
-        persisted = Persisted.POSSIBLY_PERSISTED if batch.sent else Persisted.NOT_PERSISTED
+        # A broker error answer means that attempt was not written; an earlier unanswered one may have been.
+        maybe = batch.maybe_written or (batch.sent and not isinstance(error, KafkaError))
+        persisted = Persisted.POSSIBLY_PERSISTED if maybe else Persisted.NOT_PERSISTED
         if now_ms >= deadline:
             error = self._timeout_error(batch, now_ms, persisted)
-        elif batch.sent and not isinstance(error, KafkaError) and error.persisted is Persisted.NOT_PERSISTED:
+        elif maybe and error.persisted is Persisted.NOT_PERSISTED:
             error.persisted = Persisted.POSSIBLY_PERSISTED
         self._complete(batch, -1, -1, error, completed)
 
@@ -443,13 +449,15 @@ class SenderCore:
             # Later sequences of this partition now follow a gap: start again under a new producer id.
             self._bump_required = True
         parent = batch.parent
-        if parent is not None:
+        while parent is not None:  # a split batch completes when all its children did (recursively)
             parent.pending_children -= 1
             if error is not None and parent.error is None:
                 parent.error = error
-            if parent.pending_children == 0:
-                parent.state = BatchState.DONE
-                completed.append(parent)
+            if parent.pending_children:
+                break
+            parent.state = BatchState.DONE
+            completed.append(parent)
+            parent = parent.parent
 
     def abort_incomplete(self, error: KprodError) -> list[ProducerBatch]:
         """Fail every batch not yet completed, queued or in flight (close with a timeout, or a dead I/O task)."""
