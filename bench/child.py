@@ -5,7 +5,7 @@
 The measured section starts after the client is connected (one warm-up record sent and
 acknowledged) and the values are generated; it ends when every record is acknowledged
 (flush). CPU is this process's user+sys time over that section (every thread: kprod's I/O
-thread, librdkafka's threads, ...); peak RSS is this process's ru_maxrss. Latency (ack time
+thread, librdkafka's threads, ...); peak RSS is this process's VmHWM. Latency (ack time
 minus send time) is taken for one record in ``--sample-every`` through each client's
 delivery callback, and for every record in the one-at-a-time workload.
 """
@@ -48,7 +48,9 @@ def proc_status_mb(name: str) -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a
+    child would inherit the parent's peak."""
+    return proc_status_mb("VmHWM")
 
 
 def cpu_s() -> float:
@@ -203,7 +205,7 @@ def run_kprod(w: Workload, bootstrap: str, every: int, broker_pid: int) -> None:
 def _memory_result(
     m: Meter, w: Workload, accepted: int, blocked_s: list[float], limit_bytes: int
 ) -> dict[str, Any]:
-    peak = proc_status_mb("VmHWM")
+    peak = peak_rss_mb()
     return {
         "records": w.records,
         "accepted": accepted,
@@ -247,7 +249,7 @@ def run_confluent(w: Workload, bootstrap: str, every: int, broker_pid: int) -> N
     m = Meter()
     base = {
         "client": "confluent-kafka",
-        "version": f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})",
+        "version": f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})",
         "workload": w.name,
     }
     produce = producer.produce

@@ -8,7 +8,7 @@
 Each (workload, client) pair runs in its own process (bench/child.py) against its own freshly
 started embedded Tansu broker (topic ``bench``, 6 partitions), which this script stops (SIGKILL
 if need be) as soon as the child exits or times out. Children print their figures as JSON; this
-script checks the records arrived (sum of the partitions' high watermarks, read with
+script checks the records arrived (sum of the partitions' end offsets, read with
 confluent-kafka), then writes ``bench/results/<date>-<commit>[-scaleX].{md,json,png}`` and prints
 the table. See docs/performance.md. Needs bench/requirements.txt (matplotlib only for the chart).
 """
@@ -97,19 +97,40 @@ def proc_cpu_s(pid: int | None) -> float | None:
 # ----------------------------------------------------------------------------- one run
 
 
-def high_watermarks(bootstrap: str) -> int | None:
-    """Records stored in the topic (sum over partitions of high - low watermark)."""
+def stored_records(bootstrap: str) -> int | None:
+    """Records stored in the topic: sum over partitions of (end offset - low watermark).
+
+    Tansu 0.6 reports as high watermark the *base* offset of the partition's last batch + 1, not
+    its last offset + 1, so the end offset is found by reading that last batch.
+    """
     try:
         from confluent_kafka import Consumer, TopicPartition
     except ImportError:
         return None
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-verify", "log_level": 3})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-verify",
+            "enable.auto.commit": False,
+            "log_level": 3,
+        }
+    )
     try:
-        total = 0
+        low: dict[int, int] = {}
+        end: dict[int, int] = {}
         for p in range(PARTITIONS):
-            low, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)
-            total += high - low
-        return total
+            low[p], end[p] = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)
+        consumer.assign([TopicPartition(TOPIC, p, end[p] - 1) for p in range(PARTITIONS) if end[p] > low[p]])
+        deadline = time.monotonic() + 15
+        quiet = 0
+        while quiet < 3 and time.monotonic() < deadline:
+            messages = consumer.consume(10_000, timeout=0.3)
+            quiet = 0 if messages else quiet + 1
+            for m in messages:
+                if m.error() is None:
+                    p = m.partition() or 0
+                    end[p] = max(end[p], (m.offset() or 0) + 1)
+        return sum(end[p] - low[p] for p in range(PARTITIONS))
     except Exception:
         return None
     finally:
@@ -174,7 +195,7 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
                 except ProcessLookupError:
                     pass
         elif "records_per_s" in row:
-            stored = high_watermarks(broker.bootstrap_servers)
+            stored = stored_records(broker.bootstrap_servers)
             expected = w.records + 1  # + the warm-up record
             row["stored"] = stored
             row["check"] = (
@@ -298,9 +319,9 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         "Notes: records/s and MB/s (MiB, values only) run from the first send to the last "
         "acknowledgement (flush), after a warm-up record. CPU is the client process's user+sys time "
         "over that span (all its threads), divided by records. Peak RSS is the client process's "
-        "ru_maxrss (interpreter and imports included). p50/p99 are ack time minus send time, as the "
+        "VmHWM (interpreter and imports included). p50/p99 are ack time minus send time, as the "
         "application sees it (confluent-kafka reports deliveries from poll(), called every "
-        "1000 records). 'stored' compares the topic's high watermarks with the records sent + 1 warm-up."
+        "1000 records). 'stored' compares the records in the topic (end offsets, read with confluent-kafka) with the records sent + 1 warm-up."
     )
     return "\n".join(lines) + "\n"
 
@@ -365,7 +386,7 @@ def chart(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace, info
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return f"chart: {path.relative_to(ROOT)}"
+    return f"chart: {path}"
 
 
 # ----------------------------------------------------------------------------- main
@@ -455,7 +476,7 @@ def main() -> int:
         md.write_text(text)
     print()
     print(text)
-    print(f"written: {md.relative_to(ROOT) if md.is_relative_to(ROOT) else md}; {chart_note}")
+    print(f"written: {md}; {chart_note}")
     print(f"total {time.perf_counter() - started:.0f} s")
     failed = [r for r in rows if "failure" in r]
     return 1 if failed else 0

@@ -36,7 +36,9 @@ def always(q: PartitionQueue) -> bool:
     return True
 
 
-def make_acc(*, batch_size: int = 16384, linger_ms: int = 100, buffer_memory: int = 1 << 24) -> RecordAccumulator:
+def make_acc(
+    *, batch_size: int = 16384, linger_ms: int = 100, buffer_memory: int = 1 << 24
+) -> RecordAccumulator:
     return RecordAccumulator(batch_size=batch_size, linger_ms=linger_ms, buffer_memory=buffer_memory)
 
 

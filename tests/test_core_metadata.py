@@ -21,7 +21,10 @@ BROKERS = {1: ("b1", 9092), 2: ("b2", 9092)}
 
 def make_md() -> ClusterMetadata:
     return ClusterMetadata(
-        max_age_ms=MAX_AGE, max_idle_ms=MAX_IDLE, refresh_backoff_ms=BACKOFF, refresh_backoff_max_ms=BACKOFF_MAX
+        max_age_ms=MAX_AGE,
+        max_idle_ms=MAX_IDLE,
+        refresh_backoff_ms=BACKOFF,
+        refresh_backoff_max_ms=BACKOFF_MAX,
     )
 
 

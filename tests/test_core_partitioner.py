@@ -29,7 +29,7 @@ class CyclingRandom(random.Random):
         super().__init__(0)
         self.calls = 0
 
-    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:  # type: ignore[override]
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
         n = start if stop is None else stop - start
         value = self.calls % n
         self.calls += 1
@@ -160,7 +160,7 @@ def test_adaptive_weights_match_the_cumulative_table_exactly() -> None:
             super().__init__(0)
             self.draws = iter(draws)
 
-        def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:  # type: ignore[override]
+        def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
             assert stop is None and start == 8, "the draw must range over the total weight"
             return next(self.draws)
 

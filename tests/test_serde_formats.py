@@ -455,6 +455,9 @@ def test_avro_bad_values(registry: ConfluentSchemaRegistry) -> None:
         s.serialize("users", {**USER, "address": {"zip": "nope"}}, None)
     with pytest.raises(SerializationError, match=r"field 'color'.*enum com\.example\.Color"):
         s.serialize("users", {**USER, "color": "BLUE"}, None)
+    # fastavro's writer alone would write these silently (1.5 as 1, 2 as true)
+    with pytest.raises(SerializationError, match=r"field 'age' .*expected int, got float 1\.5"):
+        s.serialize("users", {**USER, "age": 1.5}, None)
     with pytest.raises(SerializationError, match="the value itself"):
         s.serialize("users", ["not", "a", "record"], None)
     assert s.serialize("users", None, None) is None

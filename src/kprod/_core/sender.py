@@ -169,14 +169,20 @@ class SenderCore:
             head = q.batches[0]
             if head.base_sequence >= 0 and q.outstanding and head.base_sequence != q.outstanding[0]:
                 return False
+            if self._bump_required and not (head.base_sequence >= 0 and head.maybe_written):
+                # A new producer id is pending: only batches in doubt go again first, under the old
+                # id and sequence, so the broker can still recognise them as duplicates.
+                return False
         return True
 
     def _maybe_reset_producer_id(self) -> bool:
         """Apply a pending producer-id reset once nothing is in flight; True while sending must wait."""
         if not self._bump_required:
             return False
-        if self._in_flight:
-            return True
+        if self._in_flight or any(
+            b.base_sequence >= 0 and b.maybe_written for b in self.accumulator.queued_batches()
+        ):
+            return False  # batches in doubt resolve first (see _can_send)
         self._bump_required = False
         self.producer_id = -1
         self.producer_epoch = -1
@@ -202,8 +208,9 @@ class SenderCore:
         ready, next_ms, unknown = acc.ready(now_ms, leader_of, self._can_send)
         if unknown:
             metadata.request_update()
-        waiting = settings.idempotent and self._maybe_reset_producer_id()
-        if not waiting and not self.needs_producer_id and self.fatal_error is None:
+        if settings.idempotent:
+            self._maybe_reset_producer_id()
+        if not self.needs_producer_id and self.fatal_error is None:
             for node_id in ready:
                 slots = node_slots(node_id)
                 if slots < 0:
@@ -363,6 +370,9 @@ class SenderCore:
             return
         retriable = is_retriable(code)
         if idempotent and code in (_OUT_OF_ORDER_SEQUENCE_NUMBER, _UNKNOWN_PRODUCER_ID):
+            # A sequence answer settles any doubt: a written earlier attempt would have been
+            # answered DUPLICATE_SEQUENCE_NUMBER (or, for an unknown id, cannot be detected anyway).
+            batch.maybe_written = False
             q = acc.queue(batch.topic, batch.partition)
             if code == _UNKNOWN_PRODUCER_ID or batch.base_sequence == q.last_acked_sequence + 1:
                 # The broker lost our state, or a real gap: restart sequences under a new id and retry.

@@ -137,10 +137,11 @@ class AvroSerializer:
     * ``is_key``: True for a key serializer (subject ``<topic>-key``, errors name
       ``key.serializer``).
     * ``validate`` (default True): check each value against the schema before writing.
-      fastavro's writer does not range-check ``int`` (a value beyond 32 bits is written as a
-      ``long`` that readers reject), so this is on by default; it costs about as much as the
-      write itself. With ``validate=False`` a value the writer rejects is still reported with
-      the field at fault.
+      fastavro's writer lets some mismatches through silently (an ``int`` beyond 32 bits is
+      written as a ``long`` that readers reject, ``1.5`` in an ``int`` field becomes ``1``,
+      ``2`` in a ``boolean`` becomes ``true``), so this is on by default; it costs about as
+      much as the write itself. With ``validate=False`` a value the writer rejects is still
+      reported with the field at fault.
     * ``to_dict``: ``f(value) -> dict`` applied first (for dataclasses, pydantic models...).
     * ``strict``: reject records with fields the schema does not have (fastavro ``strict``).
 
@@ -300,7 +301,9 @@ class AvroSerializer:
             if isinstance(value, str):
                 out.write(value.encode())
                 return out.getvalue()
-        if self.validate:
+        # raise_errors=False is the fast check: with True, fastavro builds (and json-dumps) an
+        # exception for every union branch it tries, valid values included.
+        if self.validate and not _avro_validate(value, parsed, raise_errors=False, strict=self.strict):
             try:
                 _avro_validate(value, parsed, raise_errors=True, strict=self.strict)
             except _AvroValidationError as exc:
