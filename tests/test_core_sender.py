@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -387,6 +388,29 @@ def test_a_failed_sequenced_batch_resets_the_producer_id_once_nothing_is_in_flig
     assert (waiting.producer_id, waiting.base_sequence) == (8, 0)
 
 
+def test_a_batch_in_doubt_is_resent_under_its_old_producer_id_before_a_reset() -> None:
+    h = Harness(idempotent=True)
+    h.core.on_producer_id(7, 0)
+    doubt = h.append(0, 0)
+    refused = h.append(1, 0)
+    plans = {plan.node_id: plan for plan in h.send(LINGER)}
+    h.core.on_request_failed(plans[1], disconnect(), 200)  # the broker may have written seq 0 of p0
+    h.core.on_produce_response(plans[2], respond(plans[2], TOPIC_AUTHORIZATION_FAILED), 200)
+    assert refused.done  # a sequenced batch failed: a new producer id is due
+    retry = only_plan(h.send(200 + 2 * BACKOFF))
+    assert retry.batches == [doubt]
+    assert (doubt.producer_id, doubt.base_sequence) == (7, 0), "a new id would let the broker write it twice"
+    h.core.on_produce_response(retry, respond(retry, DUPLICATE_SEQUENCE), 400)
+    assert doubt.done and doubt.error is None
+    fresh = h.append(0, 400)
+    h.poll(400 + LINGER)
+    assert h.core.needs_producer_id
+    h.core.on_producer_id(8, 0)
+    plan = only_plan(h.send(401 + LINGER))
+    assert plan.batches == [fresh]
+    assert (fresh.producer_id, fresh.base_sequence) == (8, 0)
+
+
 def test_producer_fenced_is_fatal() -> None:
     h = Harness(idempotent=True)
     h.core.on_producer_id(7, 0)
@@ -518,6 +542,17 @@ def test_a_batch_never_sent_expires_as_not_persisted() -> None:
     assert batch.error.last_cause is None
 
 
+def test_a_batch_whose_every_attempt_was_refused_expires_as_not_persisted() -> None:
+    h = Harness()
+    batch = h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    h.core.on_produce_response(plan, respond(plan, NOT_LEADER), 200)
+    assert h.poll(DELIVERY_TIMEOUT, -1).completed == [batch]
+    assert isinstance(batch.error, KafkaTimeoutError)
+    assert batch.error.persisted is Persisted.NOT_PERSISTED, "the broker answered every attempt with an error"
+    assert isinstance(batch.error.last_cause, KafkaError) and batch.error.last_cause.code == NOT_LEADER
+
+
 def test_a_retry_after_the_delivery_timeout_fails_instead() -> None:
     h = Harness()
     batch = h.append(0, 0)
@@ -535,6 +570,30 @@ def test_a_failure_after_an_unanswered_attempt_is_possibly_persisted() -> None:
     retry = only_plan(h.send(200 + 2 * BACKOFF))
     assert h.core.on_produce_response(retry, respond(retry, NOT_ENOUGH_REPLICAS), 500) == [batch]
     assert isinstance(batch.error, KprodError)
+    assert batch.error.persisted is Persisted.POSSIBLY_PERSISTED
+
+
+def test_a_partition_missing_from_the_answer_counts_as_unanswered() -> None:
+    h = Harness()
+    h.append(0, 0)
+    missing = h.append(2, 0)
+    plan = only_plan(h.send(LINGER))
+    response = respond(plan)
+    response.topics[0].partitions[:] = [p for p in response.topics[0].partitions if p.index == 0]
+    h.core.on_produce_response(plan, response, 200)
+    assert h.poll(DELIVERY_TIMEOUT, -1).completed == [missing]
+    assert isinstance(missing.error, KafkaTimeoutError)
+    assert missing.error.persisted is Persisted.POSSIBLY_PERSISTED
+
+
+def test_abort_reports_a_queued_retry_in_doubt_as_possibly_persisted() -> None:
+    h = Harness()
+    batch = h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    h.core.on_request_failed(plan, disconnect(), 200)
+    assert not batch.done
+    assert h.core.abort_incomplete(ProducerClosedError("closed with a timeout")) == [batch]
+    assert isinstance(batch.error, ProducerClosedError)
     assert batch.error.persisted is Persisted.POSSIBLY_PERSISTED
 
 

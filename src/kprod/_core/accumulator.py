@@ -333,12 +333,15 @@ class RecordAccumulator:
         max_request_bytes: int,
         leader_of: Callable[[str, int], int],
         can_send: Callable[[PartitionQueue], bool],
+        wire_size: Callable[[str, int], int] | None = None,
     ) -> list[ProducerBatch]:
         """Take at most one batch per partition led by ``node_id`` into one request.
 
         Partitions are visited round-robin from where the last drain for this
         node stopped, so no partition starves. The request holds batches up to
-        ``max_request_bytes`` (uncompressed sizes), but always at least one.
+        ``max_request_bytes`` (by ``wire_size(topic, uncompressed_bytes)``, the
+        estimated size after compression; uncompressed sizes without it), but
+        always at least one.
         Drained batches stop accepting appends and leave their queue.
         """
         queues = [q for q in self._nonempty if leader_of(q.topic, q.partition) == node_id]
@@ -356,6 +359,8 @@ class RecordAccumulator:
             if not can_send(q):
                 continue
             batch_bytes = head.builder.size_bytes
+            if wire_size is not None:
+                batch_bytes = wire_size(head.topic, batch_bytes)
             if taken and size + batch_bytes > max_request_bytes:
                 self._drain_start[node_id] = start + i
                 break

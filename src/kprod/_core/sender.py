@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from kprod._core.accumulator import BatchState, PartitionQueue, ProducerBatch, RecordAccumulator
 from kprod._core.metadata import ClusterMetadata
+from kprod._core.ratio import CompressionRatioEstimator
 from kprod.errors import (
     KafkaError,
     KafkaTimeoutError,
@@ -76,6 +77,8 @@ class ProduceRequestPlan:
     timeout_ms: int
     created_ms: int
     transactional_id: str | None = None
+    compressed: bool = False
+    """Set by :meth:`encode_batches` when a codec was applied."""
 
     @property
     def expects_response(self) -> bool:
@@ -90,6 +93,7 @@ class ProduceRequestPlan:
         reachable by appenders.
         """
         by_topic: dict[str, list[tuple[int, bytes | bytearray]]] = {}
+        self.compressed = compressor is not None
         for batch in self.batches:
             encoded = batch.builder.build(
                 producer_id=batch.producer_id,
@@ -138,6 +142,9 @@ class SenderCore:
         # takes a new producer id and every partition restarts at sequence 0 (KIP-360's goal:
         # one bad partition does not kill the producer).
         self._bump_required = False
+        self.compression_ratio = CompressionRatioEstimator()
+        """Observed compressed/uncompressed ratio per topic (only fed when compression is on)."""
+        self._compressed = False
         self.retries_total = 0
         self.producer_id_resets = 0
         self.batch_splits = 0
@@ -159,7 +166,7 @@ class SenderCore:
         self.fatal_error = error
         out: list[ProducerBatch] = []
         for batch in self.accumulator.abort_all():
-            self._complete(batch, -1, -1, error, out)
+            self._complete(batch, -1, -1, _possibly_persisted(error) if batch.maybe_written else error, out)
         return out
 
     def _can_send(self, q: PartitionQueue) -> bool:
@@ -217,7 +224,14 @@ class SenderCore:
                     result.connect_nodes.add(node_id)
                     continue
                 while slots > 0:
-                    batches = acc.drain(node_id, now_ms, settings.max_request_size, leader_of, self._can_send)
+                    batches = acc.drain(
+                        node_id,
+                        now_ms,
+                        settings.max_request_size,
+                        leader_of,
+                        self._can_send,
+                        self.compression_ratio.estimated_size if self._compressed else None,
+                    )
                     if not batches:
                         break
                     if settings.idempotent:
@@ -291,8 +305,12 @@ class SenderCore:
 
     def on_sent(self, plan: ProduceRequestPlan) -> list[ProducerBatch]:
         """The request was written to the socket. With acks=0 its batches are done now."""
+        compressed = plan.compressed
         for batch in plan.batches:
             batch.sent = True
+            if compressed and batch.encoded is not None:
+                self._compressed = True
+                self.compression_ratio.observe(batch.topic, batch.size_bytes, len(batch.encoded))
         if plan.expects_response:
             return []
         out: list[ProducerBatch] = []
@@ -318,6 +336,7 @@ class SenderCore:
         for batch in by_tp.values():
             # The broker did not answer for this partition: treat as a lost answer.
             if not batch.done:
+                batch.maybe_written = True
                 error = KafkaError(
                     13, "no answer for this partition in the Produce response", persisted=Persisted.POSSIBLY_PERSISTED
                 )
@@ -473,7 +492,7 @@ class SenderCore:
         """Fail every batch not yet completed, queued or in flight (close with a timeout, or a dead I/O task)."""
         out: list[ProducerBatch] = []
         for batch in self.accumulator.abort_all():
-            self._complete(batch, -1, -1, error, out)
+            self._complete(batch, -1, -1, _possibly_persisted(error) if batch.maybe_written else error, out)
         for plan in self._in_flight.values():
             for batch in plan.batches:
                 if not batch.done:
