@@ -81,6 +81,7 @@ def machine() -> dict[str, Any]:
         "commit": commit,
         "dirty": dirty,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "loadavg_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -235,8 +236,9 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
     scale_note = "full sizes" if args.scale == 1 else f"**scaled run: record counts × {args.scale}**"
     add(
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem_gb']} GB RAM, Linux {info['kernel']}, "
-        f"{info['implementation']} {info['python']}. {scale_note}. Latency sampled 1 in {args.sample_every} "
-        "(every record in W4)."
+        f"{info['implementation']} {info['python']}; 1-min load average {info['loadavg_at_start']} at the "
+        f"start (other work on the machine skews the figures). {scale_note}. Latency sampled 1 in "
+        f"{args.sample_every} (every record in W4)."
     )
     versions = sorted({f"{r['client']} {r['version']}" for r in rows if r.get("version")})
     if versions:

@@ -12,18 +12,57 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
-from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms, wall_ms
+from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms
 from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
 from kprod.config import ProducerConfig
-from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError
+from kprod.errors import (
+    BufferExhaustedError,
+    KafkaTimeoutError,
+    KprodError,
+    ProducerClosedError,
+    UnknownTopicError,
+)
 from kprod.types import RecordMetadata
 
 __all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
+
+_RECORD_OVERHEAD_BOUND = record_size_upper_bound(None, None, None)
+
+_BATCH_CHUNK = 2048
+"""send_batch holds the lock for at most this many records, so the I/O thread keeps up."""
+
+
+def _unpack_record(record: Any) -> tuple[Any, Any, Any, int | None, int | None]:
+    """(value, key, headers, partition, timestamp) of one send_batch item."""
+    if isinstance(record, tuple):
+        n = len(record)
+        if not 1 <= n <= 5:
+            raise KprodError(
+                f"a send_batch tuple has 1 to 5 items (value, key, headers, partition, timestamp), got {n}",
+                stage="record creation",
+            )
+        padded = record + (None,) * (5 - n)
+        return padded[0], padded[1], padded[2], padded[3], padded[4]
+    if isinstance(record, Mapping):
+        unknown = set(record) - {"value", "key", "headers", "partition", "timestamp"}
+        if unknown:
+            raise KprodError(f"unknown send_batch record field(s) {sorted(unknown)}", stage="record creation")
+        return (
+            record.get("value"),
+            record.get("key"),
+            record.get("headers"),
+            record.get("partition"),
+            record.get("timestamp"),
+        )
+    return record, None, None, None, None
+
+
+"""record_size_upper_bound() of a record without headers, less its key and value bytes."""
 
 log = logging.getLogger("kprod.producer")
 
@@ -142,6 +181,7 @@ class Producer:
     def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
         self.config = ProducerConfig.from_user(config, **kwargs)
         self._preparer = RecordPreparer(self.config)
+        self._linger_ms = self.config.linger_ms
         self._loop = asyncio.new_event_loop()
         self._engine = ProducerEngine(self.config, self._loop)
         self._closed = False
@@ -190,9 +230,23 @@ class Producer:
         """
         hdrs = normalize_headers(headers) if headers else None
         preparer = self._preparer
-        kb, vb = preparer.serialize(topic, key, value, hdrs)
-        ts = wall_ms() if timestamp is None else check_timestamp(timestamp)
-        bound = record_size_upper_bound(kb, vb, hdrs)
+        # The common case, bytes in with the default serializers, skips the serializer calls.
+        if (
+            preparer.fast
+            and (value is None or type(value) is bytes)
+            and (key is None or type(key) is bytes)
+            and type(topic) is str
+            and topic
+        ):
+            kb: bytes | None = key
+            vb: bytes | None = value
+        else:
+            kb, vb = preparer.serialize(topic, key, value, hdrs)
+        ts = time.time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
+        if hdrs is None:
+            bound = _RECORD_OVERHEAD_BOUND + (0 if kb is None else len(kb)) + (0 if vb is None else len(vb))
+        else:
+            bound = record_size_upper_bound(kb, vb, hdrs)
         if bound > preparer.limit_bytes:
             error = preparer.too_large(topic, bound)
             assert error is not None
@@ -200,20 +254,133 @@ class Producer:
                 on_delivery(None, error)
             return RecordFuture.failed(error)
         engine = self._engine
-        now = monotonic_ms()
+        now = time.monotonic_ns() // 1_000_000
         with engine.lock:
-            engine.check_open()
+            if not engine.accepting:
+                engine.check_open()
             result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
             if type(result) is int:
                 result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
             assert isinstance(result, ProducerBatch)
-            index = result.record_count - 1
+            builder = result.builder
+            index = builder.record_count - 1
             if on_delivery is not None:
                 result.add_callback(index, on_delivery)
-            wake = engine.needs_wake_after_append(result, now)
+            # Wake the sender only for a full batch, or a new one it would not look at in time.
+            wake = not result.accepting or (index == 0 and engine.next_wakeup_ms > now + self._linger_ms)
         if wake:
             engine.wake_threadsafe()
         return RecordFuture(engine, result, index)
+
+    def send_batch(
+        self,
+        topic: str,
+        records: Iterable[Any],
+        *,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> list[RecordFuture]:
+        """Queue many records for one topic at once; return one future per record, in order.
+
+        Each record is a value (bytes, str or what ``value.serializer`` takes), a tuple
+        ``(value, key[, headers[, partition[, timestamp]]])``, or a mapping with any of
+        ``value``, ``key``, ``headers``, ``partition``, ``timestamp``. Much cheaper per record
+        than :meth:`send`: the lock, clocks and metadata are taken once per chunk.
+
+        Errors are per record: a record that fails serialization, is too large or names a
+        partition that does not exist gets a failed future (and its ``on_delivery`` call);
+        the others go on. If ``buffer.memory`` stays full for ``max.block.ms``, that record
+        and every record after it get a failed future with BufferExhaustedError (nothing
+        after it is queued, so order is kept); records before it are queued and unaffected.
+        Raises only ProducerClosedError (and UnknownTopicError after ``max.block.ms``
+        when the topic never appears, before anything is queued).
+        """
+        preparer = self._preparer
+        engine = self._engine
+        items: list[
+            tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None, int | None, int, int]
+            | RecordFuture
+        ] = []
+        ts_now = time.time_ns() // 1_000_000
+        limit = preparer.limit_bytes
+        fast = preparer.fast
+        overhead = _RECORD_OVERHEAD_BOUND
+        for record in records:
+            if fast and type(record) is bytes:  # the common case: a bare value
+                bound = overhead + len(record)
+                if bound <= limit:
+                    items.append((None, record, None, None, ts_now, bound))
+                    continue
+            try:
+                value, key, headers, partition, timestamp = _unpack_record(record)
+                hdrs = normalize_headers(headers) if headers else None
+                if (
+                    preparer.fast
+                    and (value is None or type(value) is bytes)
+                    and (key is None or type(key) is bytes)
+                ):
+                    kb, vb = key, value
+                else:
+                    kb, vb = preparer.serialize(topic, key, value, hdrs)
+                ts = ts_now if timestamp is None else check_timestamp(timestamp)
+                bound = record_size_upper_bound(kb, vb, hdrs)
+                if bound > limit:
+                    raise preparer.too_large(topic, bound) or KprodError("record too large")
+            except KprodError as exc:
+                if on_delivery is not None:
+                    on_delivery(None, exc)
+                items.append(RecordFuture.failed(exc))
+                continue
+            items.append((kb, vb, hdrs, partition, ts, bound))
+        futures: list[RecordFuture] = []
+        linger = self._linger_ms
+        position = 0
+        total = len(items)
+        while position < total:
+            wake = False
+            now = time.monotonic_ns() // 1_000_000
+            with engine.lock:
+                if not engine.accepting:
+                    engine.check_open()
+                stop = min(total, position + _BATCH_CHUNK)
+                while position < stop:
+                    item = items[position]
+                    if type(item) is RecordFuture:
+                        futures.append(item)
+                        position += 1
+                        continue
+                    kb, vb, hdrs, partition, ts, bound = item  # type: ignore[misc]
+                    try:
+                        result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
+                        if type(result) is int:
+                            result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
+                    except UnknownTopicError:
+                        raise
+                    except BufferExhaustedError as exc:
+                        for _ in range(position, total):
+                            if on_delivery is not None:
+                                on_delivery(None, exc)
+                            futures.append(RecordFuture.failed(exc))
+                        position = total
+                        break
+                    except ProducerClosedError:
+                        raise
+                    except KprodError as exc:  # a bad explicit partition, a failing custom partitioner
+                        if on_delivery is not None:
+                            on_delivery(None, exc)
+                        futures.append(RecordFuture.failed(exc))
+                        position += 1
+                        continue
+                    batch: ProducerBatch = result  # type: ignore[assignment]
+                    index = batch.builder.record_count - 1
+                    if on_delivery is not None:
+                        batch.add_callback(index, on_delivery)
+                    if not batch.accepting or (index == 0 and engine.next_wakeup_ms > now + linger):
+                        wake = True
+                    futures.append(RecordFuture(engine, batch, index))
+                    position += 1
+            if wake:
+                engine.wake_threadsafe()
+        return futures
 
     def _wait_and_append(
         self,

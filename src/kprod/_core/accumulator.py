@@ -263,10 +263,11 @@ class RecordAccumulator:
         """
         batches = q.batches
         batch: ProducerBatch | None = None
+        batch_size = self.batch_size
         if batches:
             last = batches[-1]
             if last.accepting:
-                if last.builder.size_bytes + record_bound <= self.batch_size:
+                if last.builder.size_bytes + record_bound <= batch_size:
                     batch = last
                 else:
                     last.accepting = False
@@ -278,11 +279,12 @@ class RecordAccumulator:
             batch.accounted_bytes = BATCH_HEADER_BYTES
             self.used_bytes += BATCH_HEADER_BYTES
             self.batch_count += 1
-        added = batch.builder.append(timestamp_ms, key, value, headers)
+        builder = batch.builder
+        added = builder.append(timestamp_ms, key, value, headers)
         batch.timestamps.append(timestamp_ms)
         batch.accounted_bytes += added
         self.used_bytes += added
-        if batch.builder.size_bytes >= self.batch_size:
+        if builder.size_bytes >= batch_size:
             batch.accepting = False
         return batch
 

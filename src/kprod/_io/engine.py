@@ -125,6 +125,10 @@ class ProducerEngine:
         }.get(config.compression_type)
         self.compressor = make_compressor(config.compression_type, level)
         self.partitioners: dict[str, StickyPartitioner] = {}
+        self._custom_partitioner = config.partitioner
+        self._ignore_keys = config.partitioner_ignore_keys
+        self.accepting = True
+        """False once closing or failed: send() then goes the slow way through check_open()."""
         self.connections: dict[int, BrokerConnection] = {}
         self._bootstrap_conn: BrokerConnection | None = None
         self._open_conns: set[BrokerConnection] = set()
@@ -164,6 +168,7 @@ class ProducerEngine:
         """Stop the sender, fail what is left with ``error``, close connections. Returns the records failed."""
         with self.lock:
             self.closing = True
+            self.accepting = False
             self.accumulator.closing = True
             failed = self.core.abort_incomplete(error)
         count = sum(b.record_count for b in failed)
@@ -255,20 +260,19 @@ class ProducerEngine:
             return WAIT_METADATA
         count = len(info.leaders)
         acc = self.accumulator
-        if not acc.has_room(record_bound):
+        if acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory:
             return WAIT_MEMORY
-        config = self.config
         sticky: StickyPartitioner | None = None
         if partition is None:
-            custom = config.partitioner
+            custom = self._custom_partitioner
             if custom is not None:
                 partition = self._custom_partition(custom, topic, key, value, count)
-            elif key is not None and not config.partitioner_ignore_keys:
+            elif key is not None and not self._ignore_keys:
                 partition = partition_for_key(key, count)
             else:
                 sticky = self.partitioners.get(topic)
                 if sticky is None:
-                    sticky = self.partitioners[topic] = StickyPartitioner(config.batch_size, self.rng)
+                    sticky = self.partitioners[topic] = StickyPartitioner(self.config.batch_size, self.rng)
                 partition = sticky.current
                 if partition < 0 or partition >= count:
                     partition = sticky.partition(count, info.available, self._queue_sizes(topic, count))
@@ -281,7 +285,7 @@ class ProducerEngine:
         q = acc.queue(topic, partition)
         before = acc.used_bytes
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
-        if batch.record_count == 1:
+        if batch.builder.record_count == 1:
             metadata.want_topic(topic, now_ms)
         if sticky is not None and sticky.on_append(acc.used_bytes - before, not q.batches[-1].accepting):
             sticky.next_partition(count, info.available, self._queue_sizes(topic, count))
@@ -323,7 +327,7 @@ class ProducerEngine:
         """
         if not batch.accepting:
             return True
-        if batch.record_count == 1:
+        if batch.builder.record_count == 1:
             return self.next_wakeup_ms > now_ms + self.config.linger_ms
         return False
 
@@ -479,6 +483,7 @@ class ProducerEngine:
         error.__cause__ = exc
         with self.lock:
             self.fatal_error = error
+            self.accepting = False
             failed = self.core.abort_incomplete(error)
         self.deliver(failed)
         self.notify_waiters()
@@ -677,6 +682,7 @@ class ProducerEngine:
             else:
                 with self.lock:
                     failed = self.core.fail_fatally(exc)
+                    self.accepting = False
                 self.deliver(failed)
         else:
             with self.lock:

@@ -61,6 +61,7 @@ class RecordPreparer:
         "_fast_key",
         "_fast_value",
         "buffer_memory",
+        "fast",
         "key_serializer",
         "limit_bytes",
         "max_request_size",
@@ -75,6 +76,8 @@ class RecordPreparer:
         # The default serializer passes bytes through: skip the call for the common case.
         self._fast_key = type(self.key_serializer) is DefaultSerializer
         self._fast_value = type(self.value_serializer) is DefaultSerializer
+        self.fast = self._fast_key and self._fast_value
+        """Both serializers are the default: bytes pass through untouched."""
         self.max_request_size = config.max_request_size
         self.buffer_memory = config.buffer_memory
         self.limit_bytes = min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES

@@ -535,13 +535,15 @@ def _send_sync(run: _Run, producer: Any) -> None:
         ack: AckFn = run.begin_steady() if steady else stats.on_ack
         if seq is not None and throttler is None:  # the hot loop
             seq_len = len(seq)
-            i = first - 1
+            i = first
             try:
                 for i in range(first, end):
                     payload = seq[i % seq_len]
                     send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
-            finally:
-                run.sent = i + 1
+            except BaseException:
+                run.sent = i  # record i was not accepted
+                raise
+            run.sent = end
             continue
         for i in range(first, end):
             payload = seq[i % len(seq)] if seq is not None else str(i).encode()
@@ -623,7 +625,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"kprod perf: {exc}", file=sys.stderr)
         return 2
 
-    from kprod import ConfigError, KprodError
+    from kprod import ConfigError, KprodError, ProducerConfig
+
+    try:
+        ProducerConfig.from_user(props)  # fail before starting a broker
+    except ConfigError as exc:
+        print(f"kprod perf: invalid producer settings: {exc}", file=sys.stderr)
+        return 2
 
     broker: Any = None
     try:

@@ -192,15 +192,19 @@ class RecordBatchBuilder:
         "_compressed",
         "_compressed_count",
         "_compressed_with",
-        "_count",
         "_max_timestamp_ms",
+        "record_count",
+        "size_bytes",
     )
 
     def __init__(self, base_timestamp_ms: int) -> None:
         """Start an empty batch whose BaseTimestamp is ``base_timestamp_ms`` (ms since the epoch)."""
         self._base_timestamp_ms = base_timestamp_ms
         self._buffer = bytearray(BATCH_HEADER_SIZE)
-        self._count = 0
+        self.record_count = 0
+        """Number of records appended so far (a plain attribute: read per record)."""
+        self.size_bytes = BATCH_HEADER_SIZE
+        """Uncompressed wire size of the batch in bytes: 61 + the encoded records."""
         self._max_timestamp_ms = -1
         # The last compressed batch and what it was built from; see build().
         self._compressed: bytearray | None = None
@@ -224,7 +228,7 @@ class RecordBatchBuilder:
         """
         # Hot path: the steps of encode_record() inlined, with varints read from _T
         # after a range check, and a single += into the buffer.
-        count = self._count
+        count = self.record_count
         delta = timestamp_ms - self._base_timestamp_ms
         if key is None:
             key_length = _NULL
@@ -259,10 +263,12 @@ class RecordBatchBuilder:
         n = len(body)
         record = (_T[n] if n <= 8191 else encode_varint(n)) + body
         self._buffer += record
-        self._count = count + 1
+        self.record_count = count + 1
+        n = len(record)
+        self.size_bytes += n
         if timestamp_ms > self._max_timestamp_ms:
             self._max_timestamp_ms = timestamp_ms
-        return len(record)
+        return n
 
     def try_append(
         self,
@@ -280,7 +286,7 @@ class RecordBatchBuilder:
         record does not fit. Sizes are uncompressed wire sizes.
         """
         if (
-            self._count
+            self.record_count
             and len(self._buffer) + self.next_record_size(timestamp_ms, key, value, headers) > max_size_bytes
         ):
             return 0
@@ -294,17 +300,8 @@ class RecordBatchBuilder:
         headers: Headers | None,
     ) -> int:
         """Return the exact number of bytes :meth:`append` would add for this record now."""
-        return record_size(self._count, timestamp_ms - self._base_timestamp_ms, key, value, headers)
+        return record_size(self.record_count, timestamp_ms - self._base_timestamp_ms, key, value, headers)
 
-    @property
-    def record_count(self) -> int:
-        """Number of records appended so far."""
-        return self._count
-
-    @property
-    def size_bytes(self) -> int:
-        """Uncompressed wire size of the batch in bytes: 61 + the encoded records."""
-        return len(self._buffer)
 
     @property
     def base_timestamp_ms(self) -> int:
@@ -325,7 +322,7 @@ class RecordBatchBuilder:
         base = self._base_timestamp_ms
         offset = BATCH_HEADER_SIZE
         out: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
-        for _ in range(self._count):
+        for _ in range(self.record_count):
             _length, offset = decode_varint(buf, offset)
             offset += 1  # attributes
             ts_delta, offset = decode_varlong(buf, offset)
@@ -364,7 +361,7 @@ class RecordBatchBuilder:
         no new records (say after an epoch bump) only rewrites the header and CRC.
         Raises ValueError for an empty batch, struct.error for a field out of range.
         """
-        count = self._count
+        count = self.record_count
         if count == 0:
             raise ValueError("cannot build a record batch with no records")
         if compression is None:
