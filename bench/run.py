@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -136,6 +137,25 @@ def stored_records(bootstrap: str) -> int | None:
         return None
     finally:
         consumer.close()
+
+
+MODULES = {
+    "kprod": "kprod",
+    "confluent-kafka": "confluent_kafka",
+    "aiokafka": "aiokafka",
+    "kafka-python": "kafka",
+}
+KAFKA_PYTHON_CODECS = {"lz4": "lz4", "zstd": "zstandard"}
+
+
+def missing_requirement(client: str, w: Workload) -> str | None:
+    """Why this pair cannot run here (a package is not installed), or None."""
+    if importlib.util.find_spec(MODULES[client]) is None:
+        return f"{MODULES[client]} is not installed (pip install -r bench/requirements.txt)"
+    codec = KAFKA_PYTHON_CODECS.get(w.compression)
+    if client == "kafka-python" and codec and importlib.util.find_spec(codec) is None:
+        return f"kafka-python needs the {codec} package for {w.compression} (pip install -r bench/requirements.txt)"
+    return None
 
 
 def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -262,6 +282,9 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
             r = by.get((w.name, client))
             if r is None:
                 continue
+            if "skipped" in r:
+                skipped.append(f"- {w.name} {client}: not run. {r['skipped']}.")
+                continue
             if "records_per_s" not in r:
                 add(f"| {w.name} | {client} | failed: {r.get('failure', '?')} |||||||||")
                 continue
@@ -298,6 +321,9 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
             if r is None:
                 if client in w.skipped:
                     skipped.append(f"- {w.name} {client}: not run. {w.skipped[client]}.")
+                continue
+            if "skipped" in r:
+                skipped.append(f"- {w.name} {client}: not run. {r['skipped']}.")
                 continue
             if "accepted" not in r:
                 add(f"| {client} | failed: {r.get('failure', '?')} |||||||||")
@@ -444,6 +470,11 @@ def main() -> int:
             if client not in w.clients:
                 continue
             print(f"  {w.name:8s} {client:16s} {w.records:>10,} records ... ", end="", flush=True)
+            reason = missing_requirement(client, w)
+            if reason:
+                rows.append({"client": client, "workload": w.name, "skipped": reason})
+                print(f"not run: {reason}", flush=True)
+                continue
             row = run_one(w, client, args)
             rows.append(row)
             if "records_per_s" in row:

@@ -4,9 +4,9 @@ Tansu stores produced batches verbatim, so a raw Fetch shows what kprod put on t
 bits of the attributes, the CRC, the compressed size. confluent-kafka's consumer hides all of that
 (it decompresses and checks for us); this helper does not.
 
-The request is a hand-rolled Fetch built from kio's entities and framed with kprod's own
-``encode_request``/``decode_response``, sent over a plain blocking socket, one request at a time. The
-batch headers are parsed here with ``struct`` (not with kprod's builder), and the CRC is checked with
+The requests (Metadata to find the leader, then Fetch) are hand-rolled from kio's entities, framed
+with kprod's own ``encode_request``/``decode_response`` and sent over a plain blocking socket, one at
+a time. The batch headers are parsed here with ``struct`` (not with kprod's builder), and the CRC is checked with
 the ``crc32c`` package directly, so a kprod bug cannot hide itself.
 
 Batch header (v2, big-endian), as parsed by :func:`parse_batches`::
@@ -32,7 +32,7 @@ from kio.index import load_payload_module, load_response_schema
 from kio.static.constants import EntityType
 from kio.static.primitive import i8, i32, i32Timedelta, i64
 
-from kprod.protocol.messages import decode_response, encode_request
+from kprod.protocol.messages import decode_response, encode_request, metadata_request, parse_metadata
 from kprod.records.compression import decompress
 
 __all__ = ["FETCH_API_KEY", "FETCH_VERSION", "FetchError", "RawBatch", "fetch_raw_batches", "parse_batches"]
@@ -41,6 +41,10 @@ FETCH_API_KEY = 1
 FETCH_VERSION = 4
 """Fetch v4: the first version with record batches v2 and isolation level, not flexible (request
 header v1, response header v0). Tansu advertises Fetch 0-17, Apache Kafka 4.x 4-17."""
+
+METADATA_API_KEY = 3
+METADATA_VERSION = 1
+"""Metadata v1 (not flexible): enough to find a partition's leader."""
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 _HEADER_SIZE = 61
@@ -153,20 +157,39 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _fetch_once(
-    sock: socket.socket, topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int
-) -> tuple[int, bytes]:
-    """One Fetch round trip; returns (high watermark, records bytes)."""
+def _round_trip(sock: socket.socket, request: Any, api_key: int, version: int) -> Any:
+    """Send one non-flexible request (header v1) and decode its answer (response header v0)."""
     correlation_id = next(_correlation_ids)
-    request = _request_entity(topic, partition, offset, max_bytes, max_wait_ms)
     sock.sendall(encode_request(request, correlation_id=correlation_id, client_id="kprod-fetch-raw"))
     (size,) = struct.unpack(">i", _recv_exact(sock, 4))
     frame = _recv_exact(sock, size)
     (got,) = struct.unpack_from(">i", frame)
     if got != correlation_id:
-        raise FetchError(f"Fetch answer has correlation id {got}, expected {correlation_id}")
-    # Response header v0 (Fetch v4 is not flexible): the body starts right after the correlation id.
-    response: Any = decode_response(load_response_schema(FETCH_API_KEY, FETCH_VERSION), frame, 4)
+        raise FetchError(f"answer has correlation id {got}, expected {correlation_id}")
+    # Response header v0: the body starts right after the correlation id.
+    return decode_response(load_response_schema(api_key, version), frame, 4)
+
+
+def _leader_address(sock: socket.socket, topic: str, partition: int) -> tuple[str, int]:
+    """Where ``topic[partition]``'s leader listens, from a Metadata v1 request on ``sock``."""
+    request = metadata_request(METADATA_VERSION, [topic], allow_auto_topic_creation=False)
+    snapshot = parse_metadata(_round_trip(sock, request, METADATA_API_KEY, METADATA_VERSION))
+    info = snapshot.topics.get(topic)
+    if info is None or info.error_code != 0 or partition not in info.partitions:
+        code = None if info is None else info.error_code
+        raise FetchError(f"Metadata has no {topic}[{partition}] (topic error code {code})")
+    leader = info.partitions[partition].leader_id
+    if leader not in snapshot.brokers:
+        raise FetchError(f"{topic}[{partition}] has no reachable leader (leader id {leader})")
+    return snapshot.brokers[leader]
+
+
+def _fetch_once(
+    sock: socket.socket, topic: str, partition: int, offset: int, max_bytes: int, max_wait_ms: int
+) -> tuple[int, bytes]:
+    """One Fetch round trip; returns (high watermark, records bytes)."""
+    request = _request_entity(topic, partition, offset, max_bytes, max_wait_ms)
+    response = _round_trip(sock, request, FETCH_API_KEY, FETCH_VERSION)
     for topic_data in response.responses:
         for part in topic_data.partitions:
             if topic_data.topic == topic and int(part.partition_index) == partition:
@@ -188,17 +211,20 @@ def fetch_raw_batches(
 ) -> list[RawBatch]:
     """Every batch of ``topic[partition]`` from ``start_offset`` up to the high watermark, in order.
 
-    ``bootstrap`` is ``"host:port"`` of the partition's leader (the only Tansu node). Blocks up to
-    ``timeout_s`` seconds in all.
+    ``bootstrap`` is a ``bootstrap.servers`` string; the first address is asked for the partition's
+    leader (Metadata v1), which is then fetched from (Fetch v4, up to ``max_bytes`` per round trip,
+    more if one batch is larger). Blocks up to ``timeout_s`` seconds in all.
 
-    :raises FetchError: on a Fetch error code or malformed batches.
+    :raises FetchError: on an error code or malformed batches.
     :raises TimeoutError: if the high watermark is not reached in time.
     """
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     deadline = time.monotonic() + timeout_s
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+        leader = _leader_address(sock, topic, partition)
     batches: list[RawBatch] = []
     offset = start_offset
-    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+    with socket.create_connection(leader, timeout=timeout_s) as sock:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
