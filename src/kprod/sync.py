@@ -33,6 +33,9 @@ __all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
 
 _RECORD_OVERHEAD_BOUND = record_size_upper_bound(None, None, None)
 
+_time_ns = time.time_ns
+_monotonic_ns = time.monotonic_ns
+
 _BATCH_CHUNK = 2048
 """send_batch holds the lock for at most this many records, so the I/O thread keeps up."""
 
@@ -242,7 +245,7 @@ class Producer:
             vb: bytes | None = value
         else:
             kb, vb = preparer.serialize(topic, key, value, hdrs)
-        ts = time.time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
+        ts = _time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
         if hdrs is None:
             bound = _RECORD_OVERHEAD_BOUND + (0 if kb is None else len(kb)) + (0 if vb is None else len(vb))
         else:
@@ -254,23 +257,23 @@ class Producer:
                 on_delivery(None, error)
             return RecordFuture.failed(error)
         engine = self._engine
-        now = time.monotonic_ns() // 1_000_000
+        now = _monotonic_ns() // 1_000_000
         with engine.lock:
             if not engine.accepting:
                 engine.check_open()
             result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
             if type(result) is int:
                 result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
-            assert isinstance(result, ProducerBatch)
-            builder = result.builder
-            index = builder.record_count - 1
+            index = result.builder.record_count - 1  # type: ignore[union-attr]
             if on_delivery is not None:
-                result.add_callback(index, on_delivery)
+                result.add_callback(index, on_delivery)  # type: ignore[union-attr]
             # Wake the sender only for a full batch, or a new one it would not look at in time.
-            wake = not result.accepting or (index == 0 and engine.next_wakeup_ms > now + self._linger_ms)
+            wake = not result.accepting or (  # type: ignore[union-attr]
+                index == 0 and engine.next_wakeup_ms > now + self._linger_ms
+            )
         if wake:
             engine.wake_threadsafe()
-        return RecordFuture(engine, result, index)
+        return RecordFuture(engine, result, index)  # type: ignore[arg-type]
 
     def send_batch(
         self,

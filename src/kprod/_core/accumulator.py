@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -123,7 +124,8 @@ class ProducerBatch:
         self.producer_epoch = -1
         self.base_sequence = -1
         self.encoded: bytes | bytearray | None = None
-        self.timestamps: list[int] = []
+        # Create times of the records, for RecordMetadata: 8 bytes each, no int object per record.
+        self.timestamps = array("q")
         # (record index, fn(metadata_or_None, error_or_None)) registered by the user or the facade.
         self.callbacks: list[tuple[int, Callable[[Any, BaseException | None], None]]] | None = None
         # Opaque slot for the I/O layer (an Event to wake sync waiters).

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kprod._core.accumulator import BATCH_HEADER_BYTES, ProducerBatch, RecordAccumulator
-from kprod._core.metadata import ClusterMetadata
+from kprod._core.accumulator import BATCH_HEADER_BYTES, PartitionQueue, ProducerBatch, RecordAccumulator
+from kprod._core.metadata import ClusterMetadata, TopicInfo
 from kprod._core.murmur2 import partition_for_key
 from kprod._core.partitioner import StickyPartitioner
 from kprod._core.sender import ProduceRequestPlan, SenderCore, SenderSettings
@@ -125,6 +125,7 @@ class ProducerEngine:
         }.get(config.compression_type)
         self.compressor = make_compressor(config.compression_type, level)
         self.partitioners: dict[str, StickyPartitioner] = {}
+        self._appenders: dict[str, _TopicAppender] = {}
         self._custom_partitioner = config.partitioner
         self._ignore_keys = config.partitioner_ignore_keys
         self.accepting = True
@@ -252,16 +253,19 @@ class ProducerEngine:
 
         Returns the batch the record went to, or WAIT_METADATA / WAIT_MEMORY.
         Raises KprodError for an invalid explicit partition. Caller holds the lock.
+        This is the per-record hot path: per-topic state is cached in a
+        :class:`_TopicAppender` until the metadata changes.
         """
-        metadata = self.metadata
-        info = metadata.topics.get(topic)
-        if info is None or not info.leaders:
-            metadata.want_topic(topic, now_ms)
-            return WAIT_METADATA
-        count = len(info.leaders)
+        appender = self._appenders.get(topic)
+        if appender is None or appender.version != self.metadata.version:
+            appender = self._appender(topic, now_ms)
+            if appender is None:
+                return WAIT_METADATA
         acc = self.accumulator
         if acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory:
             return WAIT_MEMORY
+        queues = appender.queues
+        count = len(queues)
         sticky: StickyPartitioner | None = None
         if partition is None:
             custom = self._custom_partitioner
@@ -270,26 +274,40 @@ class ProducerEngine:
             elif key is not None and not self._ignore_keys:
                 partition = partition_for_key(key, count)
             else:
-                sticky = self.partitioners.get(topic)
-                if sticky is None:
-                    sticky = self.partitioners[topic] = StickyPartitioner(self.config.batch_size, self.rng)
+                sticky = appender.sticky
                 partition = sticky.current
                 if partition < 0 or partition >= count:
-                    partition = sticky.partition(count, info.available, self._queue_sizes(topic, count))
+                    partition = sticky.partition(count, appender.info.available, self._queue_sizes(topic, count))
         elif partition < 0 or partition >= count:
             raise KprodError(
                 f"partition {partition} does not exist: topic {topic!r} has {count} partition(s) "
                 f"(0..{count - 1})",
                 stage="partitioning",
             )
-        q = acc.queue(topic, partition)
+        q = queues[partition]
         before = acc.used_bytes
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
         if batch.builder.record_count == 1:
-            metadata.want_topic(topic, now_ms)
+            self.metadata.want_topic(topic, now_ms)
         if sticky is not None and sticky.on_append(acc.used_bytes - before, not q.batches[-1].accepting):
-            sticky.next_partition(count, info.available, self._queue_sizes(topic, count))
+            sticky.next_partition(count, appender.info.available, self._queue_sizes(topic, count))
         return batch
+
+    def _appender(self, topic: str, now_ms: int) -> _TopicAppender | None:
+        """Build (or rebuild after a metadata change) the cached append state of ``topic``."""
+        metadata = self.metadata
+        info = metadata.topics.get(topic)
+        if info is None or not info.leaders:
+            metadata.want_topic(topic, now_ms)
+            self._appenders.pop(topic, None)
+            return None
+        sticky = self.partitioners.get(topic)
+        if sticky is None:
+            sticky = self.partitioners[topic] = StickyPartitioner(self.config.batch_size, self.rng)
+        queues = [self.accumulator.queue(topic, p) for p in range(len(info.leaders))]
+        appender = _TopicAppender(metadata.version, info, queues, sticky)
+        self._appenders[topic] = appender
+        return appender
 
     def _queue_sizes(self, topic: str, count: int) -> list[int] | None:
         if not self.config.partitioner_adaptive_partitioning_enable:
@@ -775,6 +793,18 @@ class ProducerEngine:
                 completed = self.core.on_request_failed(plan, error, now)
         self.deliver(completed)
         self._wake()
+
+
+class _TopicAppender:
+    """What the append path needs of one topic, valid while ``ClusterMetadata.version`` is unchanged."""
+
+    __slots__ = ("info", "queues", "sticky", "version")
+
+    def __init__(self, version: int, info: TopicInfo, queues: list[PartitionQueue], sticky: StickyPartitioner) -> None:
+        self.version = version
+        self.info = info
+        self.queues = queues
+        self.sticky = sticky
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -8,9 +8,13 @@ that parse the Java tool's output parse this one. It uses only the public API
   (seeded, drawn from a pool of at most 4096 distinct payloads), a random line
   of ``--payload-file``, or the record's index (``--payload-monotonic``).
 * Latency is ack time minus send time, taken in the ``on_delivery`` callback
-  for every acknowledged record. The callback only appends the latency (ns) to
-  a list; once a second the list is folded into an HDR histogram (1 µs to 1 h,
-  3 significant digits) and, every 5 s, a window line is printed.
+  for every acknowledged record. By default one shared callback computes it in
+  whole ms from the record's create timestamp (kprod stamps it in ``send()``),
+  as Java does; ``--precise-latency`` binds a ns send time to each record
+  instead (ns resolution, but one ``partial`` object per record, which costs
+  throughput). The callback only appends the latency to a list; once a second
+  the list is folded into an HDR histogram (3 significant digits, up to 1 h)
+  and, every 5 s, a window line is printed.
 * ``--throughput`` throttles like Java's ``ThroughputThrottler``: once the rate
   so far exceeds the target, each record owes ``1/target`` s of sleep and the
   debt is paid when it reaches 2 ms.
@@ -50,9 +54,6 @@ HIST_DIGITS = 3
 MAX_ERRORS_SHOWN = 5
 DEFAULT_CLIENT_ID = "perf-producer-client"
 UPPERCASE_TABLE = bytes(65 + i % 26 for i in range(256))
-
-AckFn = Callable[[int, int, Any, BaseException | None], None]
-"""``on_ack(send_ns, nbytes, metadata, error)``: bound into each record's on_delivery with partial()."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +139,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="use_async",
         action="store_true",
         help="use AsyncProducer.enqueue in an asyncio loop instead of Producer.send",
+    )
+    parser.add_argument(
+        "--precise-latency",
+        action="store_true",
+        help="time each record with its own callback (ns resolution, exact bytes); the default takes "
+        "whole ms from the record's timestamp, like the Java tool, and costs less per record",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the payload generator (default 0)")
 
@@ -288,22 +295,35 @@ class Throttler:
 # ------------------------------------------------------------------------------ statistics
 
 
-def _new_histogram() -> Any:
+def _new_histogram(unit_ns: int) -> Any:
     from hdrh.histogram import HdrHistogram
 
-    return HdrHistogram(HIST_LOWEST_NS, HIST_HIGHEST_NS, HIST_DIGITS)
+    return HdrHistogram(max(1, HIST_LOWEST_NS // unit_ns), HIST_HIGHEST_NS // unit_ns, HIST_DIGITS)
 
 
-def record_sorted(hist: Any, values: list[int]) -> None:
-    """Record sorted ns values: one ``record_value`` per occupied HDR bucket, not per value."""
+def record_sorted(hist: Any, values: list[int], highest: int) -> None:
+    """Record sorted values: one ``record_value`` per occupied HDR bucket, not per value."""
     i = 0
     n = len(values)
-    highest = hist.get_highest_equivalent_value
+    equivalent = hist.get_highest_equivalent_value
     while i < n:
-        value = min(max(values[i], 1), HIST_HIGHEST_NS)
-        j = bisect.bisect_right(values, highest(value), i)
+        value = min(max(values[i], 1), highest)
+        j = bisect.bisect_right(values, equivalent(value), i)
         hist.record_value(value, j - i)
         i = j
+
+
+def sent_bytes(seq: list[bytes] | None, sent: int) -> int:
+    """Payload bytes of records 0..sent-1 (record i carries ``seq[i % len(seq)]`` or ``str(i)``)."""
+    if seq is None:
+        total, digits, low = 0, 1, 0
+        while low < sent:
+            high = min(sent, 10**digits)
+            total += (high - low) * digits
+            low, digits = high, digits + 1
+        return total
+    full, rest = divmod(sent, len(seq))
+    return full * sum(map(len, seq)) + sum(map(len, seq[:rest]))
 
 
 class Stats:
@@ -311,33 +331,74 @@ class Stats:
 
     Only the thread that runs delivery callbacks touches it while records are in
     flight (the I/O thread, or the event loop with --async); the caller reads it
-    after close(). ``on_ack`` is bound into each record's callback with
-    ``functools.partial(on_ack, send_ns, nbytes)``.
+    after close(). Times are wall-clock ns (``time.time_ns``), like the Java tool's.
+
+    Two ways to take latency:
+
+    * ``on_ack(metadata, error)`` (default), one shared callback for every record:
+      latency = now (ms) - ``metadata.timestamp``, the create time kprod stamped in
+      ``send()`` from the same clock. Whole milliseconds, exactly like Java's
+      ``now - sendStartMs``, and no per-record object. Wrong for a topic with
+      ``message.timestamp.type=LogAppendTime`` (the timestamp is then the broker's).
+    * ``on_ack_precise(send_ns, nbytes, metadata, error)`` (``--precise-latency``),
+      bound per record with ``functools.partial``: ns resolution and exact
+      bytes, at the price of one partial object per record.
     """
 
-    def __init__(self, start_ns: int, out: TextIO, label: str = "") -> None:
+    def __init__(self, start_ns: int, out: TextIO, precise: bool, record_bytes: float) -> None:
         self.start_ns = start_ns
         self.out = out
-        self.label = label
+        self.unit_ns = 1 if precise else 1_000_000
+        self.highest = HIST_HIGHEST_NS // self.unit_ns
+        self.record_bytes = record_bytes
+        """Bytes per record for the default callback (exact with --record-size, else the mean)."""
+        self.precise = precise
         self.print_windows = True
         self.pending: list[int] = []
-        self.hist = _new_histogram()
+        self.hist = _new_histogram(self.unit_ns)
         self.count = 0
         self.bytes = 0
-        self.latency_sum_ns = 0
-        self.latency_max_ns = 0
+        self.latency_sum = 0
+        self.latency_max = 0
         self.failed = 0
         self.errors: dict[str, int] = {}
         self.next_drain_ns = start_ns + DRAIN_INTERVAL_NS
         self.window_start_ns = start_ns
         self.window_count = 0
         self.window_bytes = 0
-        self.window_sum_ns = 0
-        self.window_max_ns = 0
+        self.window_sum = 0
+        self.window_max = 0
         self.also: Stats | None = None
+        """The steady-state stats, once the warm-up records are sent."""
 
-    def on_ack(self, send_ns: int, nbytes: int, metadata: Any, error: BaseException | None) -> None:
-        now = time.perf_counter_ns()
+    # -- callbacks (hot) --------------------------------------------------------------------
+
+    def on_ack(self, metadata: Any, error: BaseException | None) -> None:
+        now = time.time_ns()
+        if error is None:
+            self.pending.append(now // 1_000_000 - metadata.timestamp)
+            if now >= self.next_drain_ns:
+                self.drain(now)
+        else:
+            self.on_error(error)
+
+    def on_ack_steady(self, metadata: Any, error: BaseException | None) -> None:
+        now = time.time_ns()
+        if error is None:
+            also = self.also
+            assert also is not None
+            latency = now // 1_000_000 - metadata.timestamp
+            self.pending.append(latency)
+            also.pending.append(latency)
+            if now >= self.next_drain_ns:
+                self.drain(now)
+            if now >= also.next_drain_ns:
+                also.drain(now)
+        else:
+            self.on_error(error)
+
+    def on_ack_precise(self, send_ns: int, nbytes: int, metadata: Any, error: BaseException | None) -> None:
+        now = time.time_ns()
         if error is None:
             self.pending.append(now - send_ns)
             self.bytes += nbytes
@@ -346,12 +407,13 @@ class Stats:
         else:
             self.on_error(error)
 
-    def on_ack_steady(self, send_ns: int, nbytes: int, metadata: Any, error: BaseException | None) -> None:
-        """For records after the warm-up: counted here and in ``self.also`` (the steady-state stats)."""
-        now = time.perf_counter_ns()
-        also = self.also
-        assert also is not None
+    def on_ack_precise_steady(
+        self, send_ns: int, nbytes: int, metadata: Any, error: BaseException | None
+    ) -> None:
+        now = time.time_ns()
         if error is None:
+            also = self.also
+            assert also is not None
             latency = now - send_ns
             self.pending.append(latency)
             self.bytes += nbytes
@@ -363,6 +425,8 @@ class Stats:
                 also.drain(now)
         else:
             self.on_error(error)
+
+    # -- bookkeeping (once a second) ---------------------------------------------------------
 
     def on_error(self, error: BaseException) -> None:
         self.failed += 1
@@ -379,15 +443,19 @@ class Stats:
         self.pending = []
         if values:
             values.sort()
+            if values[0] < 0:  # the wall clock stepped back: count those as 0
+                values = [max(0, v) for v in values]
             n = len(values)
             total = sum(values)
             self.count += n
-            self.latency_sum_ns += total
-            self.latency_max_ns = max(self.latency_max_ns, values[-1])
+            if not self.precise:
+                self.bytes = round(self.count * self.record_bytes)
+            self.latency_sum += total
+            self.latency_max = max(self.latency_max, values[-1])
             self.window_count += n
-            self.window_sum_ns += total
-            self.window_max_ns = max(self.window_max_ns, values[-1])
-            record_sorted(self.hist, values)
+            self.window_sum += total
+            self.window_max = max(self.window_max, values[-1])
+            record_sorted(self.hist, values, self.highest)
         self.next_drain_ns = now_ns + DRAIN_INTERVAL_NS
         if now_ns - self.window_start_ns >= REPORT_INTERVAL_NS:
             self.print_window(now_ns)
@@ -395,6 +463,7 @@ class Stats:
     def print_window(self, now_ns: int) -> None:
         elapsed_ms = (now_ns - self.window_start_ns) / 1e6
         window_bytes = self.bytes - self.window_bytes
+        ms = self.unit_ns / 1e6
         if self.print_windows and self.window_count:
             print(
                 # Java's format string, verbatim.
@@ -403,8 +472,8 @@ class Stats:
                     self.window_count,
                     1000.0 * self.window_count / elapsed_ms,
                     1000.0 * window_bytes / elapsed_ms / (1024.0 * 1024.0),
-                    self.window_sum_ns / self.window_count / 1e6,
-                    self.window_max_ns / 1e6,
+                    self.window_sum * ms / self.window_count,
+                    self.window_max * ms,
                 ),
                 file=self.out,
                 flush=True,
@@ -412,22 +481,30 @@ class Stats:
         self.window_start_ns = now_ns
         self.window_count = 0
         self.window_bytes = self.bytes
-        self.window_sum_ns = 0
-        self.window_max_ns = 0
+        self.window_sum = 0
+        self.window_max = 0
 
-    def summary(self, end_ns: int) -> dict[str, Any]:
-        """The final figures (drains what is pending first)."""
+    def summary(self, end_ns: int, exact_bytes: int | None = None) -> dict[str, Any]:
+        """The final figures (drains what is pending first).
+
+        ``exact_bytes``: the payload bytes of every record sent, used when none failed
+        (with the default callback and payloads of varying size, bytes are otherwise
+        estimated from the mean payload size).
+        """
         if self.pending:
             saved = self.print_windows
             self.print_windows = False  # the last partial window is not printed, as in Java
             self.drain(end_ns)
             self.print_windows = saved
+        if exact_bytes is not None and not self.precise and self.failed == 0:
+            self.bytes = exact_bytes
         elapsed_ms = max((end_ns - self.start_ns) / 1e6, 1e-9)
         count = self.count
         hist = self.hist
+        ms = self.unit_ns / 1e6
 
         def pct(p: float) -> float:
-            return float(hist.get_value_at_percentile(p)) / 1e6 if count else 0.0
+            return float(hist.get_value_at_percentile(p)) * ms if count else 0.0
 
         return {
             "records": count,
@@ -437,12 +514,13 @@ class Stats:
             "elapsed_s": round(elapsed_ms / 1000, 6),
             "records_per_sec": 1000.0 * count / elapsed_ms,
             "mb_per_sec": 1000.0 * self.bytes / elapsed_ms / (1024.0 * 1024.0),
-            "avg_latency_ms": self.latency_sum_ns / count / 1e6 if count else 0.0,
-            "max_latency_ms": self.latency_max_ns / 1e6,
+            "avg_latency_ms": self.latency_sum * ms / count if count else 0.0,
+            "max_latency_ms": self.latency_max * ms,
             "p50_ms": pct(50.0),
             "p95_ms": pct(95.0),
             "p99_ms": pct(99.0),
             "p999_ms": pct(99.9),
+            "latency_resolution": "ns" if self.precise else "ms",
         }
 
 
@@ -495,32 +573,46 @@ class _Run:
         self.args = args
         self.props = props
         self.seq = seq
+        self.precise: bool = args.precise_latency
         self.progress: TextIO = sys.stderr if args.json else sys.stdout
+        if args.record_size is not None:
+            self.record_bytes: float = args.record_size
+        elif seq is not None:
+            self.record_bytes = sum(map(len, seq)) / len(seq)
+        else:
+            self.record_bytes = sent_bytes(None, args.num_records) / args.num_records
         self.stats: Stats | None = None
         self.steady: Stats | None = None
+        self.steady_first = 0
         self.metrics: dict[str, Any] | None = None
         self.send_error: BaseException | None = None
         self.sent = 0
 
     def begin(self) -> Stats:
-        self.stats = Stats(time.perf_counter_ns(), self.progress)
+        self.stats = Stats(time.time_ns(), self.progress, self.precise, self.record_bytes)
         return self.stats
 
-    def begin_steady(self) -> AckFn:
-        """At record ``warmup``: start the steady-state stats; later records report to both."""
+    def callback(self, steady: bool) -> Callable[..., None]:
+        """The callback for the next records; at the first steady record, start the steady-state stats."""
         stats = self.stats
         assert stats is not None
-        steady = Stats(time.perf_counter_ns(), self.progress, " steady state")
-        stats.print_windows = False
-        stats.also = steady
-        self.steady = steady
-        return stats.on_ack_steady
+        if steady:
+            self.steady = Stats(time.time_ns(), self.progress, self.precise, self.record_bytes)
+            self.steady_first = self.args.warmup_records
+            stats.print_windows = False  # the steady-state stats print the windows from now on
+            stats.also = self.steady
+            return stats.on_ack_precise_steady if self.precise else stats.on_ack_steady
+        return stats.on_ack_precise if self.precise else stats.on_ack
 
     def ranges(self) -> list[tuple[int, int, bool]]:
         """(first, end, steady) index ranges to send."""
         n = self.args.num_records
         w = self.args.warmup_records
         return [(0, w, False), (w, n, True)] if w > 0 else [(0, n, False)]
+
+    def payload(self, i: int) -> bytes:
+        seq = self.seq
+        return seq[i % len(seq)] if seq is not None else str(i).encode()
 
 
 def _send_sync(run: _Run, producer: Any) -> None:
@@ -530,24 +622,31 @@ def _send_sync(run: _Run, producer: Any) -> None:
     stats = run.begin()
     throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
     send = producer.send
-    clock = time.perf_counter_ns
+    clock = time.time_ns
     for first, end, steady in run.ranges():
-        ack: AckFn = run.begin_steady() if steady else stats.on_ack
-        if seq is not None and throttler is None:  # the hot loop
+        ack = run.callback(steady)
+        if seq is not None and throttler is None:  # the hot loops: nothing per record but send()
             seq_len = len(seq)
             i = first
             try:
-                for i in range(first, end):
-                    payload = seq[i % seq_len]
-                    send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+                if run.precise:
+                    for i in range(first, end):
+                        payload = seq[i % seq_len]
+                        send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+                else:
+                    for i in range(first, end):
+                        send(topic, seq[i % seq_len], on_delivery=ack)
             except BaseException:
                 run.sent = i  # record i was not accepted
                 raise
             run.sent = end
             continue
         for i in range(first, end):
-            payload = seq[i % len(seq)] if seq is not None else str(i).encode()
-            send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+            payload = run.payload(i)
+            if run.precise:
+                send(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+            else:
+                send(topic, payload, on_delivery=ack)
             run.sent = i + 1
             if throttler is not None:
                 owed = throttler.owed_seconds(i + 1, clock())
@@ -567,8 +666,10 @@ def _run_sync(run: _Run) -> None:
         if run.args.print_metrics:
             producer.flush()
             run.metrics = producer.metrics()
-    finally:
-        producer.close()
+    except BaseException:  # Ctrl-C: do not wait for delivery.timeout.ms
+        producer.close(1.0)
+        raise
+    producer.close()
 
 
 async def _run_async(run: _Run) -> None:
@@ -576,20 +677,22 @@ async def _run_async(run: _Run) -> None:
 
     args = run.args
     topic = args.topic
-    seq = run.seq
     producer = AsyncProducer(run.props)
     await producer.start()
     try:
         stats = run.begin()
         throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
         enqueue = producer.enqueue
-        clock = time.perf_counter_ns
+        clock = time.time_ns
         try:
             for first, end, steady in run.ranges():
-                ack: AckFn = run.begin_steady() if steady else stats.on_ack
+                ack = run.callback(steady)
                 for i in range(first, end):
-                    payload = seq[i % len(seq)] if seq is not None else str(i).encode()
-                    await enqueue(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+                    payload = run.payload(i)
+                    if run.precise:
+                        await enqueue(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+                    else:
+                        await enqueue(topic, payload, on_delivery=ack)
                     run.sent = i + 1
                     if throttler is not None:
                         owed = throttler.owed_seconds(i + 1, clock())
@@ -601,8 +704,10 @@ async def _run_async(run: _Run) -> None:
             await producer.flush()
             metrics = getattr(producer, "metrics", None)
             run.metrics = metrics() if callable(metrics) else {"note": "AsyncProducer has no metrics()"}
-    finally:
-        await producer.close()
+    except BaseException:  # Ctrl-C or cancelled: do not wait for delivery.timeout.ms
+        await producer.close(1.0)
+        raise
+    await producer.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -659,21 +764,28 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(_run_async(perf_run))
         else:
             _run_sync(perf_run)
-        end_ns = time.perf_counter_ns()
+        end_ns = time.time_ns()
     except ConfigError as exc:
         print(f"kprod perf: invalid producer settings: {exc}", file=sys.stderr)
         return 2
     except KprodError as exc:
         print(f"kprod perf: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("kprod perf: interrupted", file=sys.stderr)
+        return 130
     finally:
         if broker is not None:
             broker.stop()
 
     stats = perf_run.stats
     assert stats is not None
-    total = stats.summary(end_ns)
-    steady = perf_run.steady.summary(end_ns) if perf_run.steady is not None else None
+    sent = perf_run.sent
+    total = stats.summary(end_ns, sent_bytes(seq, sent))
+    steady = None
+    if perf_run.steady is not None:
+        first = perf_run.steady_first
+        steady = perf_run.steady.summary(end_ns, sent_bytes(seq, sent) - sent_bytes(seq, min(first, sent)))
     if perf_run.send_error is not None:
         print(
             f"kprod perf: send() failed after {perf_run.sent} records: {perf_run.send_error}",
