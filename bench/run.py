@@ -71,7 +71,8 @@ def machine() -> dict[str, Any]:
     except (OSError, IndexError, ValueError):
         mem_gb = float("nan")
     commit = git("rev-parse", "--short=10", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    # kprod's source (the CLI aside) differs from the commit: the commit does not name the code measured
+    dirty = bool(git("status", "--porcelain", "--", "src", ":(exclude)src/kprod/cli"))
     return {
         "nproc": os.cpu_count(),
         "cpu": model,
@@ -250,7 +251,7 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
     lines: list[str] = []
     add = lines.append
     add(
-        f"# kprod benchmark, {info['date'][:10]}, commit {info['commit']}{' (dirty tree)' if info['dirty'] else ''}"
+        f"# kprod benchmark, {info['date'][:10]}, commit {info['commit']}{' (src/ has uncommitted changes)' if info['dirty'] else ''}"
     )
     add("")
     scale_note = "full sizes" if args.scale == 1 else f"**scaled run: record counts × {args.scale}**"
@@ -339,6 +340,15 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
                 f"{r.get('raised') or 'never full'} | {wait} |"
             )
         add("")
+        r = by.get((w.name, "kprod"), {})
+        if r.get("buffer_used_at_full", -1) >= 0:
+            add(
+                f"kprod: metrics()['buffer-used-bytes'] at the first BufferExhaustedError was "
+                f"{r['buffer_used_at_full']:,} of {int(r['buffer_limit_mb'] * (1 << 20)):,}; "
+                f"close(1.0) with the broker still stopped returned after {fmt(r.get('close_s'), '.2f')} s. "
+                "Growth is the peak RSS minus the RSS just before the flood."
+            )
+            add("")
     if skipped:
         add("Not run:")
         lines.extend(skipped)
@@ -458,7 +468,7 @@ def main() -> int:
 
     info = machine()
     print(
-        f"kprod bench: commit {info['commit']}{'+dirty' if info['dirty'] else ''}, {info['nproc']} × "
+        f"kprod bench: commit {info['commit']}{'+dirty src' if info['dirty'] else ''}, {info['nproc']} × "
         f"{info['cpu']}, Python {info['python']}, scale {args.scale}",
         flush=True,
     )

@@ -238,7 +238,7 @@ INVALID: list[tuple[str, object, str]] = [
     ("transaction.timeout.ms", 0, "[1, 2147483647]"),
     ("compression.type", "brotli", "'zstd'"),
     ("compression.gzip.level", 0, "[1, 9]"),
-    ("compression.gzip.level", 10, "[-1, 9]"),
+    ("compression.gzip.level", 10, "-1 (the zlib default) or an integer in [1, 9]"),
     ("compression.lz4.level", 18, "[1, 17]"),
     ("compression.zstd.level", 23, "[-131072, 22]"),
     ("compression.zstd.level", -131073, "[-131072, 22]"),

@@ -16,7 +16,7 @@ from typing import Any
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
 from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms, wall_ms
 from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
-from kprod.config import ProducerConfig
+from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError
 from kprod.sync import DeliveryCallback
 from kprod.types import RecordMetadata
@@ -49,6 +49,7 @@ class AsyncProducer:
 
     def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
         self.config = ProducerConfig.from_user(config, **kwargs)
+        check_supported(self.config)
         self._preparer = RecordPreparer(self.config)
         self._engine: ProducerEngine | None = None
         self._closed = False
@@ -139,6 +140,10 @@ class AsyncProducer:
                         result.add_callback(index, on_delivery)
                     if engine.needs_wake_after_append(result, now):
                         engine.wake()
+                        if not result.accepting:
+                            # A batch is full: let the sender run before queueing more, or a tight
+                            # enqueue loop fills buffer.memory before anything is sent.
+                            await asyncio.sleep(0)
                     return future
                 if result == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1
@@ -216,6 +221,11 @@ class AsyncProducer:
         failed = await engine.shutdown(error)
         if failed:
             log.warning("close(): %d record(s) were not delivered in time and failed", failed)
+
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot of the producer's internals (see :meth:`kprod.Producer.metrics`); empty before start."""
+        engine = self._engine
+        return {} if engine is None else engine.metrics()
 
     async def __aenter__(self) -> AsyncProducer:
         await self.start()

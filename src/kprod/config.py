@@ -103,9 +103,13 @@ def _int(lo: int, hi: int) -> Parser:
 
 
 def _gzip_level(name: str, raw: object) -> int:
-    value: int = _int(-1, 9)(name, raw)
+    allowed = "-1 (the zlib default) or an integer in [1, 9]"
+    try:
+        value: int = _int(-1, 9)(name, raw)
+    except _Invalid:
+        raise _Invalid(allowed) from None
     if value == 0:
-        raise _Invalid("-1 (the zlib default) or an integer in [1, 9]")
+        raise _Invalid(allowed)
     return value
 
 
@@ -572,6 +576,21 @@ class ProducerConfig:
         return canonical in self.explicit
 
 
+def check_supported(config: ProducerConfig) -> None:
+    """Raise ConfigError for a setting that parses but that kprod cannot honour yet.
+
+    ``transactional.id`` is kept in :class:`ProducerConfig` (its idempotence rules are
+    Java's), but there is no transaction API: a producer built with it would write
+    non-transactional records without a word.
+    """
+    if config.transactional_id is not None:
+        raise ConfigError(
+            f"Setting 'transactional.id'={config.transactional_id!r} is not supported yet: kprod has no "
+            "transaction API, so records would be written outside any transaction; leave transactional.id "
+            "unset (the producer is idempotent by default)"
+        )
+
+
 def _same(a: object, b: object) -> bool:
     if a is b:
         return True
@@ -592,7 +611,7 @@ def _unknown(name: str, known: Mapping[str, str], *, kw: bool) -> str:
     spelling = (
         "keywords use underscores (linger_ms=5)" if kw else "mapping keys use Kafka names ('linger.ms')"
     )
-    return f"Unknown producer {where} {name!r}{hint} ({spelling}; `kprod config` lists every setting)"
+    return f"Unknown producer {where} {name!r}{hint} ({spelling}; kprod.config.CONFIG_DEFS lists every setting)"
 
 
 def _apply_idempotence_rules(values: dict[str, Any], explicit: frozenset[str]) -> None:
@@ -646,4 +665,5 @@ __all__ = [
     "Partitioner",
     "ProducerConfig",
     "attr_name",
+    "check_supported",
 ]

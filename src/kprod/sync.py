@@ -19,7 +19,7 @@ from typing import Any
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
 from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms
 from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
-from kprod.config import ProducerConfig
+from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
     BufferExhaustedError,
     KafkaTimeoutError,
@@ -76,6 +76,29 @@ _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 
 
+class _BatchWaiter:
+    """A one-shot event for a batch's completion: a bare lock, lighter than threading.Event.
+
+    Held from creation; ``set()`` releases it; each waiter takes it and gives it back at once,
+    so any number of threads wake.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return False
+        self._lock.release()
+        return True
+
+
 class RecordFuture:
     """The outcome of one ``send()``: a thin view on the record's batch.
 
@@ -124,7 +147,7 @@ class RecordFuture:
                 return
             event = batch.waiter
             if event is None:
-                event = batch.waiter = threading.Event()
+                event = batch.waiter = _BatchWaiter()
         if not event.wait(timeout):
             raise KafkaTimeoutError(
                 f"result() timed out after {timeout} s; the record is still pending and will complete "
@@ -183,10 +206,15 @@ class Producer:
 
     def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
         self.config = ProducerConfig.from_user(config, **kwargs)
+        check_supported(self.config)
         self._preparer = RecordPreparer(self.config)
         self._linger_ms = self.config.linger_ms
         self._loop = asyncio.new_event_loop()
-        self._engine = ProducerEngine(self.config, self._loop)
+        try:
+            self._engine = ProducerEngine(self.config, self._loop)
+        except BaseException:
+            self._loop.close()  # else "unclosed event loop" ResourceWarning and its fds until GC
+            raise
         self._closed = False
         self._close_lock = threading.Lock()
         started = threading.Event()
@@ -523,16 +551,4 @@ class Producer:
 
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the producer's internals: buffer use, batches, in-flight requests, brokers."""
-        engine = self._engine
-        with engine.lock:
-            return {
-                "buffer-total-bytes": engine.config.buffer_memory,
-                "buffer-used-bytes": engine.accumulator.used_bytes,
-                "batches-incomplete": engine.accumulator.batch_count,
-                "requests-in-flight": engine.core.in_flight_count,
-                "record-retry-total": engine.core.retries_total,
-                "records-sent-total": engine.records_sent,
-                "producer-id": engine.core.producer_id,
-                "producer-epoch": engine.core.producer_epoch,
-                "brokers": dict(engine.metadata.brokers),
-            }
+        return self._engine.metrics()

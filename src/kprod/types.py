@@ -6,8 +6,7 @@ A leaf module: it imports nothing of kprod's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 HeaderValue: TypeAlias = bytes | None
 """A header value: bytes, or None for a null value."""
@@ -19,9 +18,8 @@ HeadersArg: TypeAlias = Sequence[tuple[str, "bytes | str | None"]] | Mapping[str
 """What ``send(headers=...)`` accepts: a sequence of (name, value) pairs or a mapping."""
 
 
-@dataclass(frozen=True, slots=True)
-class RecordMetadata:
-    """Where the broker put one acknowledged record.
+class RecordMetadata(NamedTuple):
+    """Where the broker put one acknowledged record (immutable; cheap to create, one per record).
 
     ``offset`` is -1 when it is unknown (``acks=0``, or a duplicate that the
     broker acknowledged without an offset). ``timestamp`` is in milliseconds

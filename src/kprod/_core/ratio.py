@@ -30,6 +30,10 @@ class CompressionRatioEstimator:
         """The current estimate for ``topic`` (1.0 until a batch was compressed)."""
         return self._ratios.get(topic, 1.0)
 
+    def ratios(self) -> dict[str, float]:
+        """Every topic's current estimate."""
+        return dict(self._ratios)
+
     def observe(self, topic: str, uncompressed_bytes: int, compressed_bytes: int) -> float:
         """Learn from one batch (sizes of the whole batch, header included); return the new estimate."""
         records = uncompressed_bytes - _HEADER_BYTES

