@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linger-ms", type=int, default=5, help="linger.ms (default 5)")
     parser.add_argument("--compression", default="none", help="compression.type (default none)")
     parser.add_argument(
+        "--serializer",
+        choices=("bytes", "str", "json", "avro"),
+        default="bytes",
+        help="value.serializer for the records: bytes (default), str, json, or avro (schemaless, fastavro); "
+        "the read-back decodes and checks each value",
+    )
+    parser.add_argument(
         "--producer-props", nargs="*", default=[], metavar="K=V", help="extra producer settings, Kafka names"
     )
     parser.add_argument("--no-verify", action="store_true", help="skip reading the records back")
@@ -55,6 +62,69 @@ def _headers(i: int) -> list[tuple[str, bytes | None]] | None:
 def _value(i: int, size: int, filler: bytes) -> bytes:
     prefix = b"%012d:" % i
     return (prefix + filler)[:size] if size >= len(prefix) else prefix[:size]
+
+
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "DemoRecord",
+    "namespace": "kprod.demo",
+    "fields": [{"name": "index", "type": "long"}, {"name": "payload", "type": "string"}],
+}
+
+
+class _Codec:
+    """What the demo sends for record i with a given serializer, and how the read-back checks it."""
+
+    def __init__(self, kind: str, size: int, filler: bytes) -> None:
+        self.kind = kind
+        self.size = size
+        self.filler = filler
+        self.serializer: Any = None
+        if kind == "str":
+            self.serializer = "str"
+        elif kind == "json":
+            self.serializer = "json"
+        elif kind == "avro":
+            from kprod.serde.avro import AvroSerializer
+
+            self.serializer = AvroSerializer(AVRO_SCHEMA)
+
+    def obj(self, i: int) -> Any:
+        raw = _value(i, self.size, self.filler)
+        if self.kind == "bytes":
+            return raw
+        text = raw.decode()
+        if self.kind == "str":
+            return text
+        return {"index": i, "payload": text[13:]}
+
+    def index_of(self, value: bytes) -> int:
+        """The record index a stored value encodes (raises ValueError if it does not parse)."""
+        if self.kind in ("bytes", "str"):
+            return int(value[:12])
+        if self.kind == "json":
+            import json
+
+            return int(json.loads(value)["index"])
+        import io
+
+        from fastavro import parse_schema, schemaless_reader
+
+        return int(schemaless_reader(io.BytesIO(value), parse_schema(AVRO_SCHEMA), None)["index"])  # type: ignore[call-overload,index]
+
+    def expected(self, i: int) -> bytes:
+        """The exact bytes record i must have on the wire."""
+        if self.kind in ("bytes", "str"):
+            return _value(i, self.size, self.filler)
+        data: bytes = self.serializer_obj().serialize("", self.obj(i), None)
+        return data
+
+    def serializer_obj(self) -> Any:
+        from kprod.serde import resolve_serializer
+
+        if not hasattr(self, "_resolved"):
+            self._resolved = resolve_serializer(self.serializer, setting="value.serializer")
+        return self._resolved
 
 
 @dataclass
@@ -115,6 +185,9 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     for item in args.producer_props:
         name, _, value = item.partition("=")
         props[name] = value
+    codec = _Codec(args.serializer, size, filler)
+    if codec.serializer is not None:
+        props["value.serializer"] = codec.serializer
     stats = _Stats()
     send_times: dict[int, float] = {}
 
@@ -156,7 +229,7 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
                     _s(md, err)
                     count(md, err)
 
-            producer.send(topic, _value(i, size, filler), _key(i), headers=_headers(i), on_delivery=cb)
+            producer.send(topic, codec.obj(i), _key(i), headers=_headers(i), on_delivery=cb)
             if i % 20_000 == 0 and not args.quiet:
                 now = time.perf_counter()
                 if now - last_report >= 1.0:
@@ -181,7 +254,7 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     problems: list[str] = []
     if not args.no_verify:
         print("reading back with confluent-kafka (check.crcs=true, assign()) ...", flush=True)
-        verified, problems = _verify(bootstrap, topic, n, size, filler, args.partitions)
+        verified, problems = _verify(bootstrap, topic, n, codec, args.partitions)
     print()
     print("summary")
     print(f"  sent                {n:,}")
@@ -200,9 +273,7 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     return 0 if ok else 1
 
 
-def _verify(
-    bootstrap: str, topic: str, n: int, size: int, filler: bytes, partitions: int
-) -> tuple[int, list[str]]:
+def _verify(bootstrap: str, topic: str, n: int, codec: _Codec, partitions: int) -> tuple[int, list[str]]:
     try:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
     except ImportError:
@@ -237,8 +308,8 @@ def _verify(
                 partition = msg.partition() or 0
                 offset = msg.offset() or 0
                 try:
-                    i = int(value[:12])
-                except (TypeError, ValueError):
+                    i = codec.index_of(value)
+                except Exception:
                     problems.append(f"unparsable value at {msg.partition()}:{msg.offset()}")
                     continue
                 if not 0 <= i < n:
@@ -255,7 +326,7 @@ def _verify(
                 headers = msg.headers()
                 expected_headers = _headers(i)
                 if (
-                    value == _value(i, size, filler)
+                    value == codec.expected(i)
                     and msg.key() == _key(i)
                     and (headers or None) == expected_headers
                 ):

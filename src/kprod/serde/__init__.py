@@ -11,6 +11,13 @@ from kprod.serde.base import (
     StringSerializer,
     resolve_serializer,
 )
+from kprod.serde.numeric import (
+    DoubleSerializer,
+    FloatSerializer,
+    IntegerSerializer,
+    LongSerializer,
+    UUIDSerializer,
+)
 
 __all__ = [
     "BUILTIN_SERIALIZER_NAMES",
@@ -18,8 +25,13 @@ __all__ = [
     "BytesSerializer",
     "CallableSerializer",
     "DefaultSerializer",
+    "DoubleSerializer",
+    "FloatSerializer",
+    "IntegerSerializer",
     "JsonSerializer",
+    "LongSerializer",
     "Serializer",
     "StringSerializer",
+    "UUIDSerializer",
     "resolve_serializer",
 ]
