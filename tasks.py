@@ -93,6 +93,21 @@ def main(argv: list[str]) -> int:
         if not (ROOT / "bench" / "run.py").exists():
             sys.exit("[tasks] bench/run.py does not exist yet")
         bootstrap()
+        # What only the benchmark needs (kafka-python's codecs, matplotlib for the chart).
+        if (
+            run(
+                PYTHON,
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+                "-r",
+                "bench/requirements.txt",
+            )
+            != 0
+        ):
+            sys.exit("[tasks] pip install -r bench/requirements.txt failed (see above)")
         exec_in_venv(PYTHON, "bench/run.py", *args)
     print(__doc__)
     return 0 if command in ("help", "-h", "--help") else 2
