@@ -27,10 +27,10 @@ class StickyPartitioner:
     ``linger.ms`` is large.
     """
 
-    __slots__ = ("_batch_size", "_rng", "current", "produced_bytes")
+    __slots__ = ("_rng", "batch_size", "current", "produced_bytes")
 
     def __init__(self, batch_size: int, rng: random.Random) -> None:
-        self._batch_size = batch_size
+        self.batch_size = batch_size
         self._rng = rng
         self.current = -1
         """The sticky partition, or -1 before the first choice."""
@@ -63,7 +63,7 @@ class StickyPartitioner:
         """
         produced = self.produced_bytes + appended_bytes
         self.produced_bytes = produced
-        size = self._batch_size
+        size = self.batch_size
         return (produced >= size and last_batch_full) or produced >= 2 * size
 
     def next_partition(

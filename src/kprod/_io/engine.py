@@ -291,8 +291,13 @@ class ProducerEngine:
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
         if batch.builder.record_count == 1:
             self.metadata.want_topic(topic, now_ms)
-        if sticky is not None and sticky.on_append(acc.used_bytes - before, not q.batches[-1].accepting):
-            sticky.next_partition(count, appender.info.available, self._queue_sizes(topic, count))
+        if sticky is not None:
+            # StickyPartitioner.on_append, inlined: this runs for every keyless record.
+            produced = sticky.produced_bytes + acc.used_bytes - before
+            sticky.produced_bytes = produced
+            size = sticky.batch_size
+            if (produced >= size and not q.batches[-1].accepting) or produced >= 2 * size:
+                sticky.next_partition(count, appender.info.available, self._queue_sizes(topic, count))
         return batch
 
     def _appender(self, topic: str, now_ms: int) -> _TopicAppender | None:
