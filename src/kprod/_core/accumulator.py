@@ -509,6 +509,11 @@ class RecordAccumulator:
         for q in self._nonempty:
             yield from q.batches
 
+    def queue_heads(self) -> Iterable[ProducerBatch]:
+        """The first batch of every non-empty queue."""
+        for q in self._nonempty:
+            yield q.batches[0]
+
     def has_queued(self) -> bool:
         return bool(self._nonempty)
 

@@ -189,9 +189,11 @@ class SenderCore:
         if not self._bump_required:
             return False
         if self._in_flight or any(
-            b.base_sequence >= 0 and b.maybe_written for b in self.accumulator.queued_batches()
+            b.base_sequence >= 0 and b.maybe_written for b in self.accumulator.queue_heads()
         ):
-            return False  # batches in doubt resolve first (see _can_send)
+            # Batches in doubt at the head of their queue resolve first (see _can_send). One behind
+            # a head that is not in doubt can never go under the old id: it is not waited for.
+            return False
         self._bump_required = False
         self.producer_id = -1
         self.producer_epoch = -1

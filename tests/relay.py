@@ -1,0 +1,583 @@
+"""A TCP relay between a Kafka client and one broker, with faults switched on and off at run time.
+
+The relay runs its own asyncio loop on a daemon thread, so synchronous tests drive it directly::
+
+    with Relay(upstream_port=broker_port) as relay:          # listens on 127.0.0.1:relay.port
+        relay.delay_responses(1500, api_keys={0})             # Produce answers arrive 1.5 s late
+        relay.blackhole()                                      # answers vanish (connections stall)
+        relay.cut()                                            # close every connection now
+        relay.refuse()                                         # new connections are closed at once
+        relay.clear()                                          # every fault off
+
+It frames both directions (4-byte size prefix), so each fault applies to whole responses and can
+be limited to some API keys: a response is matched to its request by correlation id. Responses
+leave in the order the broker sent them (a late or held response also holds back every later
+response on its connection, as on a real stalled TCP stream; the client checks that order).
+
+Faults:
+
+* ``delay_responses(ms)``: every matching response is forwarded ``ms`` after it arrived (and
+  never before an earlier response of its connection).
+* ``blackhole()``: the first matching response on a connection is swallowed, and so is every
+  later response on that connection, forever (the connection stays open, requests still reach
+  the broker). Turning it off does not revive a stalled connection; new connections work.
+* ``cut()``: every open connection is aborted (both sides see a reset).
+* ``refuse()``: new connections are accepted and closed at once (a broker that is down).
+
+:class:`RelayedTansu` starts Tansu behind a relay, advertising the relay's address in Metadata so
+that every connection the client opens crosses the relay, and can kill and restart the broker on
+its port while the relay keeps its own.
+
+Bounds: at most ``max_connections`` connections, at most ``max_queued_bytes`` of delayed
+responses (reading from the broker pauses beyond that), a bounded request log, and every
+control call and :meth:`Relay.stop` waits a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from kprod.broker import EmbeddedBrokerError, request_api_versions, tansu_path
+
+__all__ = ["HOST", "Relay", "RelayedRequest", "RelayedTansu", "free_port"]
+
+HOST = "127.0.0.1"
+_CONTROL_TIMEOUT_S = 5.0
+_UPSTREAM_CONNECT_TIMEOUT_S = 2.0
+_MAX_FRAME_BYTES = 256 << 20
+_REQUEST_LOG_SIZE = 100_000
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedRequest:
+    """One request the relay forwarded: on which connection, which API, and when (monotonic s)."""
+
+    connection: int
+    api_key: int
+    api_version: int
+    correlation_id: int
+    at: float
+
+
+class _Connection:
+    """One client connection and its broker connection."""
+
+    def __init__(self, number: int, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.number = number
+        self.client = client
+        self.upstream = upstream
+        self.pending: dict[int, int] = {}  # correlation id -> api key, for requests not yet answered
+        self.out: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self.queued_bytes = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.last_release = 0.0
+        self.stalled = False
+
+    def abort(self) -> None:
+        for writer in (self.client, self.upstream):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+
+
+def _matches(api_key: int | None, keys: frozenset[int] | None) -> bool:
+    return keys is None or (api_key is not None and api_key in keys)
+
+
+class Relay:
+    """A fault-injecting TCP relay from ``127.0.0.1:port`` to ``upstream_host:upstream_port``.
+
+    ``port=0`` picks a free port at :meth:`start`. Control methods are thread-safe and return once
+    the relay's loop applied them.
+    """
+
+    def __init__(
+        self,
+        upstream_port: int,
+        upstream_host: str = HOST,
+        *,
+        port: int = 0,
+        max_connections: int = 64,
+        max_queued_bytes: int = 64 << 20,
+    ) -> None:
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.port = port
+        self.max_connections = max_connections
+        self.max_queued_bytes = max_queued_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._conns: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._numbers = 0
+        # Faults (read and written on the relay's loop only).
+        self._delay_s = 0.0
+        self._delay_keys: frozenset[int] | None = None
+        self._blackhole = False
+        self._blackhole_keys: frozenset[int] | None = None
+        self._refusing = False
+        self._requests: collections.deque[RelayedRequest] = collections.deque(maxlen=_REQUEST_LOG_SIZE)
+        self.stats: collections.Counter[str] = collections.Counter()
+        """Counters: connections, refused, requests, responses, delayed, held, held_bytes, cut."""
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> str:
+        """``"127.0.0.1:PORT"``: give it to a client as ``bootstrap.servers``."""
+        return f"{HOST}:{self.port}"
+
+    def start(self, timeout_s: float = _CONTROL_TIMEOUT_S) -> Relay:
+        """Listen and return once connections are accepted; raises OSError if the port is taken."""
+        if self._thread is not None:
+            raise RuntimeError("the relay is already started")
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(started.set)
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name=f"relay-{self.upstream_port}", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout_s):  # pragma: no cover - the thread did not start
+            raise RuntimeError("the relay's loop did not start")
+        try:
+            self._call(self._listen(), timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self, timeout_s: float = _CONTROL_TIMEOUT_S) -> None:
+        """Close the listener and every connection, stop the loop and join its thread (bounded). Idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._call(self._shutdown(), timeout_s)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout_s)
+        self._loop = self._thread = None
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn.abort()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        handlers = list(self._handlers)
+        if handlers:
+            await asyncio.wait(handlers, timeout=2.0)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def __enter__(self) -> Relay:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float = _CONTROL_TIMEOUT_S) -> T:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("the relay is not running")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout_s)
+
+    def _apply(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return self._call(run())
+
+    # ----------------------------------------------------------------- faults
+
+    def delay_responses(self, ms: int, api_keys: Iterable[int] | None = None) -> None:
+        """Forward each response ``ms`` after it arrived (0: no delay); only for ``api_keys`` if given."""
+        keys = frozenset(api_keys) if api_keys is not None else None
+
+        def apply() -> None:
+            self._delay_s = max(0, ms) / 1000
+            self._delay_keys = keys
+
+        self._apply(apply)
+
+    def blackhole(self, on: bool = True, api_keys: Iterable[int] | None = None) -> None:
+        """Swallow responses (only ``api_keys`` ones if given) and stall their connections for good."""
+        keys = frozenset(api_keys) if api_keys is not None else None
+
+        def apply() -> None:
+            self._blackhole = on
+            self._blackhole_keys = keys
+
+        self._apply(apply)
+
+    def refuse(self, on: bool = True) -> None:
+        """Close every new connection at once (``on=False``: accept again)."""
+
+        def apply() -> None:
+            self._refusing = on
+
+        self._apply(apply)
+
+    def cut(self) -> int:
+        """Abort every open connection now; returns how many were cut."""
+
+        def apply() -> int:
+            conns = list(self._conns)
+            for conn in conns:
+                conn.abort()
+            self.stats["cut"] += len(conns)
+            return len(conns)
+
+        return self._apply(apply)
+
+    def clear(self) -> None:
+        """Every fault off (stalled connections stay stalled until they close)."""
+
+        def apply() -> None:
+            self._delay_s = 0.0
+            self._delay_keys = None
+            self._blackhole = False
+            self._blackhole_keys = None
+            self._refusing = False
+
+        self._apply(apply)
+
+    @property
+    def open_connections(self) -> int:
+        return self._apply(lambda: len(self._conns))
+
+    def requests(self, api_key: int | None = None) -> list[RelayedRequest]:
+        """The requests forwarded (the last 100,000; only ``api_key`` ones if given), oldest first."""
+        return self._apply(lambda: [r for r in self._requests if api_key is None or r.api_key == api_key])
+
+    # ----------------------------------------------------------------- the relay itself
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _serve(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        # Never cancelled (asyncio logs a cancelled client handler as an error): it ends on its own
+        # once its pumps end, and _shutdown waits for it.
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
+        if self._refusing or len(self._conns) >= self.max_connections:
+            self.stats["refused"] += 1
+            cwriter.transport.abort()
+            return
+        try:
+            ureader, uwriter = await asyncio.wait_for(
+                asyncio.open_connection(self.upstream_host, self.upstream_port), _UPSTREAM_CONNECT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError, asyncio.CancelledError):
+            self.stats["upstream_failed"] += 1
+            cwriter.transport.abort()
+            return
+        self._numbers += 1
+        conn = _Connection(self._numbers, cwriter, uwriter)
+        self._conns.add(conn)
+        self.stats["connections"] += 1
+        for writer in (cwriter, uwriter):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pumps = [
+            self._spawn(self._pump_requests(conn, creader)),
+            self._spawn(self._pump_responses(conn, ureader)),
+            self._spawn(self._write_responses(conn)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            conn.abort()
+            self._conns.discard(conn)
+
+    @staticmethod
+    async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readexactly(4)
+        (size,) = struct.unpack(">i", head)
+        if not 0 <= size <= _MAX_FRAME_BYTES:
+            raise ConnectionError(f"frame size {size} out of range")
+        return head + await reader.readexactly(size)
+
+    async def _pump_requests(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
+            while True:
+                frame = await self._read_frame(reader)
+                if len(frame) >= 12:
+                    api_key, api_version, correlation_id = struct.unpack_from(">hhi", frame, 4)
+                    if len(conn.pending) >= _REQUEST_LOG_SIZE:  # requests never answered (acks=0)
+                        conn.pending.clear()
+                    conn.pending[correlation_id] = api_key
+                    self._requests.append(
+                        RelayedRequest(conn.number, api_key, api_version, correlation_id, time.monotonic())
+                    )
+                    self.stats["requests"] += 1
+                conn.upstream.write(frame)
+                await conn.upstream.drain()
+
+    async def _pump_responses(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
+            while True:
+                frame = await self._read_frame(reader)
+                api_key = None
+                if len(frame) >= 8:
+                    (correlation_id,) = struct.unpack_from(">i", frame, 4)
+                    api_key = conn.pending.pop(correlation_id, None)
+                self.stats["responses"] += 1
+                if conn.stalled or (self._blackhole and _matches(api_key, self._blackhole_keys)):
+                    conn.stalled = True  # held forever: this and every later response
+                    self.stats["held"] += 1
+                    self.stats["held_bytes"] += len(frame)
+                    continue
+                now = loop.time()
+                release = now
+                if self._delay_s > 0 and _matches(api_key, self._delay_keys):
+                    release = now + self._delay_s
+                    self.stats["delayed"] += 1
+                release = max(release, conn.last_release)
+                conn.last_release = release
+                while conn.queued_bytes >= self.max_queued_bytes:
+                    conn.room.clear()
+                    await conn.room.wait()
+                conn.queued_bytes += len(frame)
+                conn.out.put_nowait((release, frame))
+
+    async def _write_responses(self, conn: _Connection) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                release, frame = await conn.out.get()
+                wait = release - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                conn.queued_bytes -= len(frame)
+                conn.room.set()
+                conn.client.write(frame)
+                await conn.client.drain()
+
+
+# --------------------------------------------------------------------------- Tansu behind a relay
+
+
+class RelayedTansu:
+    """A Tansu broker whose clients all go through a :class:`Relay`.
+
+    Tansu listens on a private port and advertises the relay's port in Metadata, so a client that
+    bootstraps from :attr:`bootstrap_servers` never bypasses the relay. :meth:`kill` (SIGKILL) and
+    :meth:`start_broker` restart the broker on the same private port while the relay keeps
+    listening; storage is ``memory://``, so a restart loses every topic and record.
+
+    ``kprod.broker.EmbeddedBroker`` advertises its listener address only, hence this class.
+    """
+
+    def __init__(self) -> None:
+        self.broker_port = free_port()
+        self.relay = Relay(upstream_port=self.broker_port)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_dir = Path(tempfile.mkdtemp(prefix="kprod-relayed-tansu-"))
+        self.log_path = self._log_dir / "tansu.log"
+        self._atexit_registered = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The relay's address: what clients should use."""
+        return self.relay.address
+
+    @property
+    def direct_bootstrap_servers(self) -> str:
+        """Tansu's own address (bypasses the relay; its Metadata still names the relay)."""
+        return f"{HOST}:{self.broker_port}"
+
+    def start(self) -> RelayedTansu:
+        self.relay.start()
+        try:
+            self.start_broker()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_broker(self, timeout_s: float = 10.0) -> None:
+        """Start Tansu (again) on its private port and wait until it answers ApiVersions."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError("tansu is already running")
+        argv = [
+            tansu_path(),
+            "broker",
+            "--listener-url",
+            f"tcp://{HOST}:{self.broker_port}",
+            "--advertised-listener-url",
+            f"tcp://{HOST}:{self.relay.port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env["NO_COLOR"] = "1"
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        if not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise EmbeddedBrokerError(f"tansu exited with {self._proc.returncode}; log: {self.log_path}")
+            try:
+                request_api_versions(HOST, self.broker_port, timeout_s=0.5)
+                return
+            except (OSError, EmbeddedBrokerError):
+                if time.monotonic() >= deadline:
+                    self.kill()
+                    raise EmbeddedBrokerError(
+                        f"tansu did not answer in {timeout_s} s; log: {self.log_path}"
+                    ) from None
+                time.sleep(0.01)
+
+    def kill(self) -> None:
+        """SIGKILL the broker and reap it (a crash). Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)
+
+    def stop(self) -> None:
+        """Kill the broker, stop the relay and remove the log. Idempotent."""
+        self.kill()
+        self.relay.stop()
+        shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def __enter__(self) -> RelayedTansu:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def create_topic(self, name: str, partitions: int = 1, timeout_s: float = 10.0) -> None:
+        """Create ``name`` with ``tansu topic create`` and wait until Metadata lists it."""
+        deadline = time.monotonic() + timeout_s
+        self._topic_command(["create", "--partitions", str(partitions), name], deadline)
+        while self.list_topics(deadline).get(name) != partitions:
+            if time.monotonic() >= deadline:
+                raise EmbeddedBrokerError(f"topic {name!r} did not appear in {timeout_s} s")
+            time.sleep(0.01)
+
+    def list_topics(self, deadline: float) -> dict[str, int]:
+        out = self._topic_command(["list"], deadline)
+        return {str(t["name"]): len(t["partitions"]) for t in json.loads(out) if t.get("error_code", 0) == 0}
+
+    def _topic_command(self, args: list[str], deadline: float) -> str:
+        argv = [tansu_path(), "topic", args[0], "--broker", f"tcp://{HOST}:{self.broker_port}", *args[1:]]
+        result = subprocess.run(
+            argv, capture_output=True, timeout=max(0.1, deadline - time.monotonic()), check=False
+        )
+        if result.returncode != 0:
+            raise EmbeddedBrokerError(
+                f"`tansu topic {' '.join(args)}` failed: {result.stdout!r} {result.stderr!r}"
+            )
+        return result.stdout.decode(errors="replace")
+
+
+_TANSU_ENV = frozenset(
+    {
+        "CLUSTER_ID",
+        "LISTENER_URL",
+        "ADVERTISED_LISTENER_URL",
+        "STORAGE_ENGINE",
+        "SCHEMA_REGISTRY",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "RUST_LOG",
+    }
+)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when this thread dies (no orphan brokers)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
