@@ -85,6 +85,7 @@ class ProducerBatch:
         "callbacks",
         "children",
         "created_ms",
+        "doubt_settled",
         "encoded",
         "error",
         "last_error",
@@ -120,6 +121,9 @@ class ProducerBatch:
         # True once a request carrying this batch went unanswered (disconnect, timeout): the
         # broker may have written it, so a later failure is POSSIBLY persisted.
         self.maybe_written = False
+        # Set once an answer shows that resending under the same producer id cannot settle
+        # whether an earlier attempt was written (so a producer-id reset need not wait for it).
+        self.doubt_settled = False
         self.producer_id = -1
         self.producer_epoch = -1
         self.base_sequence = -1

@@ -178,7 +178,9 @@ class SenderCore:
             head = q.batches[0]
             if head.base_sequence >= 0 and q.outstanding and head.base_sequence != q.outstanding[0]:
                 return False
-            if self._bump_required and not (head.base_sequence >= 0 and head.maybe_written):
+            if self._bump_required and not (
+                head.base_sequence >= 0 and head.maybe_written and not head.doubt_settled
+            ):
                 # A new producer id is pending: only batches in doubt go again first, under the old
                 # id and sequence, so the broker can still recognise them as duplicates.
                 return False
@@ -189,7 +191,8 @@ class SenderCore:
         if not self._bump_required:
             return False
         if self._in_flight or any(
-            b.base_sequence >= 0 and b.maybe_written for b in self.accumulator.queue_heads()
+            b.base_sequence >= 0 and b.maybe_written and not b.doubt_settled
+            for b in self.accumulator.queue_heads()
         ):
             # Batches in doubt at the head of their queue resolve first (see _can_send). One behind
             # a head that is not in doubt can never go under the old id: it is not waited for.
@@ -342,13 +345,19 @@ class SenderCore:
             if not batch.done:
                 batch.maybe_written = True
                 error = KafkaError(
-                    13, "no answer for this partition in the Produce response", persisted=Persisted.POSSIBLY_PERSISTED
+                    13,
+                    "no answer for this partition in the Produce response",
+                    persisted=Persisted.POSSIBLY_PERSISTED,
                 )
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
 
     def _handle_partition(
-        self, batch: ProducerBatch, part: PartitionProduceResponse, now_ms: int, completed: list[ProducerBatch]
+        self,
+        batch: ProducerBatch,
+        part: PartitionProduceResponse,
+        now_ms: int,
+        completed: list[ProducerBatch],
     ) -> None:
         acc = self.accumulator
         code = part.error_code
@@ -393,9 +402,12 @@ class SenderCore:
             return
         retriable = is_retriable(code)
         if idempotent and code in (_OUT_OF_ORDER_SEQUENCE_NUMBER, _UNKNOWN_PRODUCER_ID):
-            # A sequence answer settles any doubt: a written earlier attempt would have been
-            # answered DUPLICATE_SEQUENCE_NUMBER (or, for an unknown id, cannot be detected anyway).
-            batch.maybe_written = False
+            # OUT_OF_ORDER proves no earlier attempt was written (that would be answered
+            # DUPLICATE_SEQUENCE_NUMBER). UNKNOWN_PRODUCER_ID proves nothing (the broker lost our
+            # state), but resending under the old id cannot tell either: stop waiting on it.
+            if code == _OUT_OF_ORDER_SEQUENCE_NUMBER:
+                batch.maybe_written = False
+            batch.doubt_settled = True
             q = acc.queue(batch.topic, batch.partition)
             if code == _UNKNOWN_PRODUCER_ID or batch.base_sequence == q.last_acked_sequence + 1:
                 # The broker lost our state, or a real gap: restart sequences under a new id and retry.
@@ -413,7 +425,9 @@ class SenderCore:
     def fail_fatally_into(self, error: KprodError, completed: list[ProducerBatch]) -> None:
         completed.extend(self.fail_fatally(error))
 
-    def on_request_failed(self, plan: ProduceRequestPlan, error: KprodError, now_ms: int) -> list[ProducerBatch]:
+    def on_request_failed(
+        self, plan: ProduceRequestPlan, error: KprodError, now_ms: int
+    ) -> list[ProducerBatch]:
         """No answer came for ``plan`` (disconnect or request timeout): retry or fail its batches."""
         self._in_flight.pop(id(plan), None)
         self.metadata.request_update()
@@ -422,6 +436,7 @@ class SenderCore:
             if not batch.done:
                 if batch.sent:
                     batch.maybe_written = True
+                    batch.doubt_settled = False
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
 
