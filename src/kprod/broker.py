@@ -203,11 +203,19 @@ class EmbeddedBroker:
         keeps it for :meth:`restart`.
     :param log_dir: directory for ``tansu.log``; default a fresh temporary directory that is
         removed when the interpreter exits.
+    :param advertised_port: the port Tansu names in Metadata (default: ``port``). Clients connect
+        there after bootstrapping, so a proxy on that port (a fault-injecting relay) sees every
+        connection; readiness probes and topic commands still use ``port`` directly.
     """
 
-    def __init__(self, port: int = 0, log_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, port: int = 0, log_dir: str | os.PathLike[str] | None = None, advertised_port: int | None = None
+    ) -> None:
         if not 0 <= port <= 65535:
             raise EmbeddedBrokerError(f"port must be 0..65535, got {port}")
+        if advertised_port is not None and not 0 < advertised_port <= 65535:
+            raise EmbeddedBrokerError(f"advertised_port must be 1..65535, got {advertised_port}")
+        self._advertised_port = advertised_port
         self._port = port
         self._fixed_port = port != 0
         self._log_dir = Path(log_dir) if log_dir is not None else None
@@ -280,9 +288,10 @@ class EmbeddedBroker:
     def _try_start(self, binary: str, deadline: float) -> bool:
         """Spawn once and wait for readiness; False if the bind failed with AddrInUse."""
         url = f"tcp://{HOST}:{self._port}"
+        advertised = f"tcp://{HOST}:{self._advertised_port or self._port}"
         log_path = self.log_path
         log_start = log_path.stat().st_size if log_path.exists() else 0
-        argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                 "--storage-engine", "memory://tansu/"]
         with open(log_path, "ab") as log:
             log.write(f"--- kprod: {' '.join(argv)}\n".encode())
