@@ -910,3 +910,54 @@ SenderMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_sender_against_an_idempotent_broker = SenderMachine.TestCase
+
+
+# -- producer-id resets must not wait on batches that can never be sent ---------------------------
+
+
+def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None:
+    """Two batches in doubt after a disconnect; the head is answered UNKNOWN_PRODUCER_ID: the reset
+    must not wait for the in-doubt batch queued behind it (it can never leave under the old id)."""
+    h = Harness(idempotent=True, linger_ms=0)
+    h.core.on_producer_id(7, 0)
+    a = h.append(0, 0)
+    a.accepting = False
+    first = h.send(0)
+    b = h.append(0, 1)
+    b.accepting = False
+    second = h.send(1)
+    for plan in first + second:
+        h.core.on_request_failed(plan, disconnect(), 2)
+    assert a.maybe_written and b.maybe_written
+    plans = h.send(2000)
+    assert [x for p in plans for x in p.batches] == [a]
+    h.core.on_produce_response(plans[0], respond(plans[0], 59), 2000)
+    assert a.maybe_written, "UNKNOWN_PRODUCER_ID proves nothing about the earlier attempt"
+    for t in range(2100, 9000, 100):
+        h.send(t)
+        if h.core.needs_producer_id:
+            break
+    assert h.core.needs_producer_id, "the producer-id reset never happened"
+    assert a.base_sequence == -1 and b.base_sequence == -1
+
+
+def test_a_failure_elsewhere_resets_the_producer_id_despite_an_in_doubt_batch_behind_a_retry() -> None:
+    h = Harness(idempotent=True, linger_ms=0)
+    h.core.on_producer_id(7, 0)
+    a = h.append(0, 0)
+    a.accepting = False
+    p1 = h.send(0)
+    b = h.append(0, 1)
+    b.accepting = False
+    p2 = h.send(1)
+    c = h.append(2, 1)
+    c.accepting = False
+    p3 = h.send(1)
+    h.core.on_produce_response(p1[0], respond(p1[0], NOT_ENOUGH_REPLICAS), 2)
+    h.core.on_request_failed(p2[0], disconnect(), 3)
+    h.core.on_produce_response(p3[0], respond(p3[0], 29), 3)
+    for t in range(200, 9000, 100):
+        h.send(t)
+        if h.core.needs_producer_id:
+            break
+    assert h.core.needs_producer_id, "the producer-id reset never happened"
