@@ -145,6 +145,8 @@ class ProducerEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline_ms = 0
         self._woken = False
         self._wake_scheduled = False
         self.next_wakeup_ms = 0
@@ -188,6 +190,9 @@ class ProducerEngine:
         for task in list(self._tasks) + list(self._connecting.values()):
             task.cancel()
         self._request_deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for conn in list(self.connections.values()):
             conn.close(ProducerClosedError("producer closed"))
         if self._bootstrap_conn is not None:
@@ -279,7 +284,9 @@ class ProducerEngine:
                 sticky = appender.sticky
                 partition = sticky.current
                 if partition < 0 or partition >= count:
-                    partition = sticky.partition(count, appender.info.available, self._queue_sizes(topic, count))
+                    partition = sticky.partition(
+                        count, appender.info.available, self._queue_sizes(topic, count)
+                    )
         elif partition < 0 or partition >= count:
             raise KprodError(
                 f"partition {partition} does not exist: topic {topic!r} has {count} partition(s) "
@@ -540,13 +547,23 @@ class ProducerEngine:
             return
         waiter: asyncio.Future[None] = self.loop.create_future()
         self._waiter = waiter
-        handle = self.loop.call_later(delay_ms / 1000, _resolve, waiter)
+        # One timer at a time, kept across wake-ups: a timer per loop round (a heap push and a
+        # cancel each) is a measurable part of one-at-a-time latency. A timer that fires after an
+        # early wake-up only causes one extra, harmless poll.
+        if self._timer is None or deadline_ms < self._timer_deadline_ms:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_deadline_ms = deadline_ms
+            self._timer = self.loop.call_later(delay_ms / 1000, self._on_timer)
         try:
             if not self._woken:
                 await waiter
         finally:
-            handle.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -837,16 +854,13 @@ class _TopicAppender:
 
     __slots__ = ("info", "queues", "sticky", "version")
 
-    def __init__(self, version: int, info: TopicInfo, queues: list[PartitionQueue], sticky: StickyPartitioner) -> None:
+    def __init__(
+        self, version: int, info: TopicInfo, queues: list[PartitionQueue], sticky: StickyPartitioner
+    ) -> None:
         self.version = version
         self.info = info
         self.queues = queues
         self.sticky = sticky
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 __all__ += ["BATCH_HEADER_BYTES"]
