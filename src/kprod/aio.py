@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
+from kprod._core.accumulator import BatchState, ProducerBatch
 from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms, wall_ms
-from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
+from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
-from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError
+from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
 from kprod.sync import DeliveryCallback
 from kprod.types import RecordMetadata
 
@@ -114,14 +114,9 @@ class AsyncProducer:
         engine = await self._running_engine()
         loop = engine.loop
         future: asyncio.Future[RecordMetadata] = loop.create_future()
-        hdrs = normalize_headers(headers) if headers else None
-        preparer = self._preparer
-        kb, vb = preparer.serialize(topic, key, value, hdrs)
-        ts = wall_ms() if timestamp is None else check_timestamp(timestamp)
-        bound = record_size_upper_bound(kb, vb, hdrs)
-        if bound > preparer.limit_bytes:
-            error = preparer.too_large(topic, bound)
-            assert error is not None
+        try:
+            kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, wall_ms())
+        except RecordTooLargeError as error:
             if on_delivery is not None:
                 on_delivery(None, error)
             future.set_exception(error)

@@ -291,8 +291,16 @@ class EmbeddedBroker:
         advertised = f"tcp://{HOST}:{self._advertised_port or self._port}"
         log_path = self.log_path
         log_start = log_path.stat().st_size if log_path.exists() else 0
-        argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
-                "--storage-engine", "memory://tansu/"]
+        argv = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            advertised,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         with open(log_path, "ab") as log:
             log.write(f"--- kprod: {' '.join(argv)}\n".encode())
             log.flush()

@@ -611,7 +611,9 @@ def _unknown(name: str, known: Mapping[str, str], *, kw: bool) -> str:
     spelling = (
         "keywords use underscores (linger_ms=5)" if kw else "mapping keys use Kafka names ('linger.ms')"
     )
-    return f"Unknown producer {where} {name!r}{hint} ({spelling}; kprod.config.CONFIG_DEFS lists every setting)"
+    return (
+        f"Unknown producer {where} {name!r}{hint} ({spelling}; kprod.config.CONFIG_DEFS lists every setting)"
+    )
 
 
 def _apply_idempotence_rules(values: dict[str, Any], explicit: frozenset[str]) -> None:

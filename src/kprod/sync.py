@@ -18,13 +18,14 @@ from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
 from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms
-from kprod._io.frontend import RecordPreparer, check_timestamp, normalize_headers
+from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
     BufferExhaustedError,
     KafkaTimeoutError,
     KprodError,
     ProducerClosedError,
+    RecordTooLargeError,
     UnknownTopicError,
 )
 from kprod.types import RecordMetadata
@@ -259,11 +260,12 @@ class Producer:
         after close(). A record too large for ``max.request.size`` fails alone: its
         future fails with RecordTooLargeError.
         """
-        hdrs = normalize_headers(headers) if headers else None
         preparer = self._preparer
-        # The common case, bytes in with the default serializers, skips the serializer calls.
+        # The common case (bytes, no headers, default serializers) inline; the rest in prepare().
         if (
             preparer.fast
+            and not headers
+            and timestamp is None
             and (value is None or type(value) is bytes)
             and (key is None or type(key) is bytes)
             and type(topic) is str
@@ -271,19 +273,22 @@ class Producer:
         ):
             kb: bytes | None = key
             vb: bytes | None = value
-        else:
-            kb, vb = preparer.serialize(topic, key, value, hdrs)
-        ts = _time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
-        if hdrs is None:
+            hdrs = None
+            ts = _time_ns() // 1_000_000
             bound = _RECORD_OVERHEAD_BOUND + (0 if kb is None else len(kb)) + (0 if vb is None else len(vb))
+            too_large = preparer.too_large(topic, bound) if bound > preparer.limit_bytes else None
         else:
-            bound = record_size_upper_bound(kb, vb, hdrs)
-        if bound > preparer.limit_bytes:
-            error = preparer.too_large(topic, bound)
-            assert error is not None
+            try:
+                kb, vb, hdrs, ts, bound = preparer.prepare(
+                    topic, key, value, headers, timestamp, _time_ns() // 1_000_000
+                )
+                too_large = None
+            except RecordTooLargeError as exc:
+                too_large = exc
+        if too_large is not None:  # only this record fails
             if on_delivery is not None:
-                on_delivery(None, error)
-            return RecordFuture.failed(error)
+                on_delivery(None, too_large)
+            return RecordFuture.failed(too_large)
         engine = self._engine
         now = _monotonic_ns() // 1_000_000
         with engine.lock:
@@ -343,19 +348,7 @@ class Producer:
                     continue
             try:
                 value, key, headers, partition, timestamp = _unpack_record(record)
-                hdrs = normalize_headers(headers) if headers else None
-                if (
-                    preparer.fast
-                    and (value is None or type(value) is bytes)
-                    and (key is None or type(key) is bytes)
-                ):
-                    kb, vb = key, value
-                else:
-                    kb, vb = preparer.serialize(topic, key, value, hdrs)
-                ts = ts_now if timestamp is None else check_timestamp(timestamp)
-                bound = record_size_upper_bound(kb, vb, hdrs)
-                if bound > limit:
-                    raise preparer.too_large(topic, bound) or KprodError("record too large")
+                kb, vb, hdrs, ts, bound = preparer.prepare(topic, key, value, headers, timestamp, ts_now)
             except KprodError as exc:
                 if on_delivery is not None:
                     on_delivery(None, exc)

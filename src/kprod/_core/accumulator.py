@@ -417,7 +417,9 @@ class RecordAccumulator:
         q = self.queue(batch.topic, batch.partition)
         q.in_flight -= 1
         records = batch.builder.decode_records()
-        limit = min(self.batch_size, max(1, (batch.size_bytes - BATCH_HEADER_BYTES) // 2 + BATCH_HEADER_BYTES))
+        limit = min(
+            self.batch_size, max(1, (batch.size_bytes - BATCH_HEADER_BYTES) // 2 + BATCH_HEADER_BYTES)
+        )
         max_records = max(1, len(records) // 2)
         children: list[tuple[ProducerBatch, int]] = []
         child: ProducerBatch | None = None

@@ -45,7 +45,12 @@ class ClusterMetadata:
     """
 
     def __init__(
-        self, *, max_age_ms: int, max_idle_ms: int, refresh_backoff_ms: int, refresh_backoff_max_ms: int = 1000
+        self,
+        *,
+        max_age_ms: int,
+        max_idle_ms: int,
+        refresh_backoff_ms: int,
+        refresh_backoff_max_ms: int = 1000,
     ) -> None:
         self.max_age_ms = max_age_ms
         self.max_idle_ms = max_idle_ms

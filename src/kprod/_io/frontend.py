@@ -124,6 +124,22 @@ class RecordPreparer:
             )
         return out
 
+    def prepare(
+        self, topic: str, key: Any, value: Any, headers: Any, timestamp: Any, now_wall_ms: int
+    ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None, int, int]:
+        """Record creation and serialization: (key bytes, value bytes, headers, timestamp ms, size bound).
+
+        Raises SerializationError / KprodError for bad input, RecordTooLargeError for a record
+        that could never be sent (the caller fails only that record).
+        """
+        hdrs = normalize_headers(headers) if headers else None
+        kb, vb = self.serialize(topic, key, value, hdrs)
+        ts = now_wall_ms if timestamp is None else check_timestamp(timestamp)
+        bound = record_size_upper_bound(kb, vb, hdrs)
+        if bound > self.limit_bytes:
+            raise self.too_large(topic, bound) or RecordTooLargeError("record too large")
+        return kb, vb, hdrs, ts, bound
+
     def too_large(self, topic: str, bound: int) -> RecordTooLargeError | None:
         """The error for a record whose batch could never be sent, or None."""
         if bound <= self.limit_bytes:

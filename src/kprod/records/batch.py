@@ -302,7 +302,6 @@ class RecordBatchBuilder:
         """Return the exact number of bytes :meth:`append` would add for this record now."""
         return record_size(self.record_count, timestamp_ms - self._base_timestamp_ms, key, value, headers)
 
-
     @property
     def base_timestamp_ms(self) -> int:
         """The batch's BaseTimestamp, in ms since the epoch."""
