@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,8 +79,12 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self.ready = False
         """True once connected and versions are negotiated."""
         self.closed = False
+        self.closed_idle = False
+        """Set by the owner before closing an idle connection (a normal close, not a failure)."""
         self._close_error: BaseException | None = None
         self._write_paused = False
+        self.last_activity_ms = time.monotonic_ns() // 1_000_000
+        """When a request was last written or a response read (ms, monotonic): for connections.max.idle.ms."""
         # One receive buffer for the connection's life: a plain Protocol gets a fresh 256 KiB
         # allocation (an mmap/munmap pair) per read, which dominates one-at-a-time latency.
         self._read_buffer = bytearray(_READ_BUFFER_BYTES)
@@ -169,6 +174,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self.data_received(bytes(self._read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity_ms = time.monotonic_ns() // 1_000_000
         reader = self._reader
         reader.feed(data)
         try:
@@ -227,6 +233,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
             )
         self._in_flight.add(correlation_id, api_key, api_version, callback is not None, callback)
         transport.writelines(frame_parts)
+        self.last_activity_ms = time.monotonic_ns() // 1_000_000
         if callback is None:
             self._in_flight.pop_no_response()
 

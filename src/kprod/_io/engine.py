@@ -146,6 +146,7 @@ class ProducerEngine:
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._next_idle_check_ms = 0
         self._timer_deadline_ms = 0
         self._woken = False
         self._wake_scheduled = False
@@ -490,6 +491,11 @@ class ProducerEngine:
                 self._woken = False
                 now = monotonic_ms()
                 request_deadline_ms = self._expire_requests(now)
+                if now >= self._next_idle_check_ms:
+                    self._close_idle_connections(now)
+                    self._next_idle_check_ms = now + max(
+                        1000, min(self.config.connections_max_idle_ms, 60_000)
+                    )
                 with self.lock:
                     result = self.core.poll(now, self._node_slots)
                     metadata = self.metadata
@@ -506,6 +512,8 @@ class ProducerEngine:
                     next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now), request_deadline_ms)
                     if self.core.needs_producer_id and not self._pid_pending:
                         next_ms = min(next_ms, self._pid_retry_at_ms)
+                    if self._open_conns and self.config.connections_max_idle_ms >= 0:
+                        next_ms = min(next_ms, self._next_idle_check_ms)
                     for retry_at, _ in self._node_backoff.values():
                         if retry_at > now:
                             next_ms = min(next_ms, retry_at)
@@ -630,6 +638,25 @@ class ProducerEngine:
         raw = min(cap, base * 2 ** min(failures - 1, 20))
         return int(raw * (0.8 + 0.4 * self.rng.random()))
 
+    def _connect_timeout_ms(self, node_id: int) -> int:
+        """socket.connection.setup.timeout.ms, doubling per failed attempt up to ...max.ms, ±20 %."""
+        failures = self._node_backoff.get(node_id, (0, 0))[1] if node_id >= 0 else 0
+        base = self.config.socket_connection_setup_timeout_ms
+        cap = max(base, self.config.socket_connection_setup_timeout_max_ms)
+        raw = min(cap, base * 2 ** min(failures, 20))
+        return int(raw * (0.8 + 0.4 * self.rng.random()))
+
+    def _close_idle_connections(self, now_ms: int) -> None:
+        """Close broker connections idle for connections.max.idle.ms (-1: never)."""
+        idle_ms = self.config.connections_max_idle_ms
+        if idle_ms < 0:
+            return
+        for conn in [*self.connections.values(), *([self._bootstrap_conn] if self._bootstrap_conn else [])]:
+            if conn.in_flight_count == 0 and now_ms - conn.last_activity_ms >= idle_ms:
+                log.debug("closing %s: idle for connections.max.idle.ms=%d", conn, idle_ms)
+                conn.closed_idle = True  # a normal close: no metadata refresh for it
+                conn.close(BrokerConnectionError(f"idle for connections.max.idle.ms={idle_ms}"))
+
     async def _open(self, node_id: int, host: str, port: int) -> BrokerConnection:
         conn = BrokerConnection(
             node_id,
@@ -640,7 +667,7 @@ class ProducerEngine:
             send_buffer_bytes=self.config.send_buffer_bytes,
             receive_buffer_bytes=self.config.receive_buffer_bytes,
         )
-        await conn.connect(self.config.socket_connection_setup_timeout_ms)
+        await conn.connect(self._connect_timeout_ms(node_id))
         self._open_conns.add(conn)
         return conn
 
@@ -648,7 +675,7 @@ class ProducerEngine:
         self._open_conns.discard(conn)
         if self.connections.get(conn.node_id) is conn:
             del self.connections[conn.node_id]
-            if not self.closing:
+            if not self.closing and not conn.closed_idle:
                 log.info("connection to broker %d closed: %s", conn.node_id, error)
                 with self.lock:
                     self.metadata.request_update()
