@@ -35,6 +35,7 @@ __all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
 _RECORD_OVERHEAD_BOUND = record_size_upper_bound(None, None, None)
 
 _time_ns = time.time_ns
+_sleep = time.sleep
 _monotonic_ns = time.monotonic_ns
 
 _BATCH_CHUNK = 2048
@@ -306,6 +307,11 @@ class Producer:
             )
         if wake:
             engine.wake_threadsafe()
+            if not result.accepting:  # type: ignore[union-attr]
+                # A batch is ready: give the GIL to the I/O thread now. Otherwise a sending loop
+                # keeps it for the whole switch interval (5 ms) at each of the I/O thread's
+                # blocking calls, and the buffer fills faster than it drains (latency in seconds).
+                _sleep(0)
         return RecordFuture(engine, result, index)  # type: ignore[arg-type]
 
     def send_batch(
