@@ -82,7 +82,8 @@ def murmur2(data: bytes) -> int:
 
 
 _CACHE_MAX_KEY_BYTES: Final = 64
-_CACHE_MAX_ENTRIES: Final = 8192
+_CACHE_MAX_ENTRIES: Final = 32768
+"""Keys of up to 64 bytes whose hash is remembered (at most a few MiB); cleared when full."""
 _positive_hash_cache: dict[bytes, int] = {}
 
 
