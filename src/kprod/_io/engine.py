@@ -1,6 +1,6 @@
 """The producer engine: the pure core pumped by one asyncio task, plus the append path.
 
-Owns *when* and *over which socket*: the sender loop (``_run``) asks the core
+Owns *when* and *over which socket*: the sender loop (``_pump``, one round per call, rescheduled by wake-ups and one timer) asks the core
 what to send (:meth:`SenderCore.poll`), writes produce requests, refreshes
 metadata, obtains a producer id, connects to brokers with backoff, enforces
 ``request.timeout.ms``, and delivers completions (callbacks, waiters). It also
@@ -143,8 +143,9 @@ class ProducerEngine:
         # request.timeout.ms for all, so the deque stays sorted and no timer per request is needed.
         self._request_deadlines: deque[tuple[int, ProduceRequestPlan, BrokerConnection]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        # The sender loop is a callback (``_pump``) scheduled on the loop, not a task: a wake-up is
+        # one ``call_soon`` rather than a future, a task step and a coroutine resume.
+        self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._next_idle_check_ms = 0
         self._timer_deadline_ms = 0
@@ -168,8 +169,8 @@ class ProducerEngine:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sender task (call on the loop thread)."""
-        self._task = self.loop.create_task(self._run(), name="kprod-sender")
+        """Start the sender loop (call on the loop thread)."""
+        self._schedule_pump()
 
     async def shutdown(self, error: KprodError) -> int:
         """Stop the sender, fail what is left with ``error``, close connections. Returns the records failed."""
@@ -181,13 +182,6 @@ class ProducerEngine:
         count = sum(b.record_count for b in failed)
         self.deliver(failed)
         self.closed = True
-        self._wake()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         for task in list(self._tasks) + list(self._connecting.values()):
             task.cancel()
         self._request_deadlines.clear()
@@ -207,9 +201,12 @@ class ProducerEngine:
 
     def _wake(self) -> None:
         self._woken = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled and not self.closed:
+            self._pump_scheduled = True
+            self.loop.call_soon(self._pump)
 
     def _wake_from_thread(self) -> None:
         self._wake_scheduled = False
@@ -485,54 +482,58 @@ class ProducerEngine:
 
     # -- the sender loop --------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _pump(self) -> None:
+        """One round of the sender loop (on the loop thread); it schedules the next one itself."""
+        self._pump_scheduled = False
+        if self.closed or self.fatal_error is not None:
+            return
         try:
-            while not self.closed and self.fatal_error is None:
-                self._woken = False
-                now = monotonic_ms()
-                request_deadline_ms = self._expire_requests(now)
-                if now >= self._next_idle_check_ms:
-                    self._close_idle_connections(now)
-                    self._next_idle_check_ms = now + max(
-                        1000, min(self.config.connections_max_idle_ms, 60_000)
-                    )
-                with self.lock:
-                    result = self.core.poll(now, self._node_slots)
-                    metadata = self.metadata
-                    refresh = metadata.should_update(now)
-                    topics: list[str] = []
-                    if refresh:
-                        topics = metadata.wanted_topics(now)
-                        metadata.on_update_started(now)
-                    init_pid = (
-                        self.core.needs_producer_id and not self._pid_pending and now >= self._pid_retry_at_ms
-                    )
-                    if init_pid:
-                        self._pid_pending = True
-                    next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now), request_deadline_ms)
-                    if self.core.needs_producer_id and not self._pid_pending:
-                        next_ms = min(next_ms, self._pid_retry_at_ms)
-                    if self._open_conns and self.config.connections_max_idle_ms >= 0:
-                        next_ms = min(next_ms, self._next_idle_check_ms)
-                    for retry_at, _ in self._node_backoff.values():
-                        if retry_at > now:
-                            next_ms = min(next_ms, retry_at)
-                    self.next_wakeup_ms = next_ms
+            self._woken = False
+            now = monotonic_ms()
+            request_deadline_ms = self._expire_requests(now)
+            if now >= self._next_idle_check_ms:
+                self._close_idle_connections(now)
+                # About four checks per idle period: at least every 60 s, at most every 250 ms.
+                self._next_idle_check_ms = now + max(
+                    250, min(self.config.connections_max_idle_ms // 4, 60_000)
+                )
+            with self.lock:
+                result = self.core.poll(now, self._node_slots)
+                metadata = self.metadata
+                refresh = metadata.should_update(now)
+                topics: list[str] = []
                 if refresh:
-                    self._spawn(self._refresh_metadata(topics))
+                    topics = metadata.wanted_topics(now)
+                    metadata.on_update_started(now)
+                init_pid = (
+                    self.core.needs_producer_id and not self._pid_pending and now >= self._pid_retry_at_ms
+                )
                 if init_pid:
-                    self._spawn(self._init_producer_id())
-                for node_id in result.connect_nodes:
-                    self._ensure_connection(node_id, now)
-                for plan in result.requests:
-                    self._send_plan(plan)
-                if result.completed:
-                    self.deliver(result.completed)
-                if not self._woken:
-                    await self._sleep_until(next_ms)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the sender died: fail everything, loudly
+                    self._pid_pending = True
+                next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now), request_deadline_ms)
+                if self.core.needs_producer_id and not self._pid_pending:
+                    next_ms = min(next_ms, self._pid_retry_at_ms)
+                if self._open_conns and self.config.connections_max_idle_ms >= 0:
+                    next_ms = min(next_ms, self._next_idle_check_ms)
+                for retry_at, _ in self._node_backoff.values():
+                    if retry_at > now:
+                        next_ms = min(next_ms, retry_at)
+                self.next_wakeup_ms = next_ms
+            if refresh:
+                self._spawn(self._refresh_metadata(topics))
+            if init_pid:
+                self._spawn(self._init_producer_id())
+            for node_id in result.connect_nodes:
+                self._ensure_connection(node_id, now)
+            for plan in result.requests:
+                self._send_plan(plan)
+            if result.completed:
+                self.deliver(result.completed)
+            if self._woken:
+                self._schedule_pump()
+            else:
+                self._sleep_until(next_ms)
+        except Exception as exc:  # the sender died: fail everything, loudly
             log.exception("the kprod sender task failed")
             self._die(exc)
 
@@ -548,26 +549,20 @@ class ProducerEngine:
         self.deliver(failed)
         self.notify_waiters()
 
-    async def _sleep_until(self, deadline_ms: int) -> None:
+    def _sleep_until(self, deadline_ms: int) -> None:
+        """Make sure a round runs by ``deadline_ms`` (a wake-up may come first)."""
         delay_ms = deadline_ms - monotonic_ms()
         if delay_ms <= 0:
-            await asyncio.sleep(0)
+            self._schedule_pump()
             return
-        waiter: asyncio.Future[None] = self.loop.create_future()
-        self._waiter = waiter
-        # One timer at a time, kept across wake-ups: a timer per loop round (a heap push and a
-        # cancel each) is a measurable part of one-at-a-time latency. A timer that fires after an
-        # early wake-up only causes one extra, harmless poll.
+        # One timer at a time, kept across wake-ups: a timer per round (a heap push and a cancel
+        # each) is a measurable part of one-at-a-time latency. A timer that fires after an early
+        # wake-up only causes one extra, harmless round.
         if self._timer is None or deadline_ms < self._timer_deadline_ms:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_deadline_ms = deadline_ms
             self._timer = self.loop.call_later(delay_ms / 1000, self._on_timer)
-        try:
-            if not self._woken:
-                await waiter
-        finally:
-            self._waiter = None
 
     def _on_timer(self) -> None:
         self._timer = None
