@@ -287,6 +287,22 @@ def test_current_leader_in_the_answer_moves_the_partition() -> None:
     assert (retry.node_id, retry.batches) == (2, [batch])
 
 
+def test_a_retry_to_a_new_leader_named_in_the_answer_skips_the_backoff() -> None:
+    """KIP-951: with the new leader in the answer, the retry goes at once; without it, after the backoff."""
+    h = Harness()
+    moved = h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    h.core.on_produce_response(plan, respond(plan, NOT_LEADER, current_leader=(2, LEADER_EPOCH + 1)), 200)
+    assert [b for p in h.send(200) for b in p.batches] == [moved]
+
+    h2 = Harness()
+    stayed = h2.append(0, 0)
+    plan2 = only_plan(h2.send(LINGER))
+    h2.core.on_produce_response(plan2, respond(plan2, NOT_LEADER), 200)
+    assert h2.send(200) == []
+    assert [b for p in h2.send(200 + 2 * BACKOFF) for b in p.batches] == [stayed]
+
+
 def test_topic_authorization_failed_fails_the_batch_at_once() -> None:
     h = Harness()
     batch = h.append(0, 0)

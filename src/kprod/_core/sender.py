@@ -375,8 +375,9 @@ class SenderCore:
             self._complete(batch, base_offset, part.log_append_time_ms, None, completed)
             return
         leader = part.current_leader
+        leader_moved = False
         if leader is not None and leader[0] >= 0:
-            self.metadata.update_leader(batch.topic, batch.partition, leader[0], leader[1])
+            leader_moved = self.metadata.update_leader(batch.topic, batch.partition, leader[0], leader[1])
         if is_invalid_metadata(code):
             self.metadata.request_update()
         where = f"{batch.topic}-{batch.partition}"
@@ -415,7 +416,8 @@ class SenderCore:
             # Otherwise an earlier batch failed first: this one goes again after it (Java's rule).
             retriable = True
         if retriable:
-            self._retry_or_fail(batch, error, now_ms, completed)
+            # KIP-951: the answer named a new leader, so the retry goes there without backing off.
+            self._retry_or_fail(batch, error, now_ms, completed, skip_backoff=leader_moved)
         else:
             acc.on_in_flight_done(batch)
             if batch.base_sequence >= 0:
@@ -441,7 +443,13 @@ class SenderCore:
         return completed
 
     def _retry_or_fail(
-        self, batch: ProducerBatch, error: KprodError, now_ms: int, completed: list[ProducerBatch]
+        self,
+        batch: ProducerBatch,
+        error: KprodError,
+        now_ms: int,
+        completed: list[ProducerBatch],
+        *,
+        skip_backoff: bool = False,
     ) -> None:
         settings = self.settings
         acc = self.accumulator
@@ -449,7 +457,7 @@ class SenderCore:
         deadline = batch.created_ms + settings.delivery_timeout_ms
         if batch.attempts < settings.retries and now_ms < deadline and self.fatal_error is None:
             self.retries_total += 1
-            acc.reenqueue(batch, now_ms, self.backoff_ms(batch.attempts))
+            acc.reenqueue(batch, now_ms, 0 if skip_backoff else self.backoff_ms(batch.attempts))
             return
         acc.on_in_flight_done(batch)
         if batch.base_sequence >= 0:

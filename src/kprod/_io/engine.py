@@ -684,9 +684,9 @@ class ProducerEngine:
             return await self._any_connection_locked()
 
     async def _any_connection_locked(self) -> BrokerConnection:
-        for conn in self.connections.values():
-            if conn.ready:
-                return conn
+        ready = [conn for conn in self.connections.values() if conn.ready]
+        if ready:  # the least loaded, as Java's leastLoadedNode
+            return min(ready, key=lambda conn: conn.in_flight_count)
         if self._bootstrap_conn is not None and self._bootstrap_conn.ready:
             return self._bootstrap_conn
         candidates: list[tuple[int, str, int]] = [(n, h, p) for n, (h, p) in self.metadata.brokers.items()]
