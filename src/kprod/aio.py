@@ -26,18 +26,6 @@ __all__ = ["AsyncProducer"]
 log = logging.getLogger("kprod.producer")
 
 
-def _settle(
-    future: asyncio.Future[RecordMetadata], metadata: RecordMetadata | None, error: BaseException | None
-) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        assert metadata is not None
-        future.set_result(metadata)
-
-
 class AsyncProducer:
     """A native asyncio Kafka producer with the settings of :class:`kprod.Producer`.
 
@@ -130,7 +118,8 @@ class AsyncProducer:
                 if type(result) is not int:
                     assert isinstance(result, ProducerBatch)
                     index = result.record_count - 1
-                    result.add_callback(index, lambda md, err: _settle(future, md, err))
+                    # The future itself, not a closure around it: deliver() settles futures directly.
+                    result.add_callback(index, future)
                     if on_delivery is not None:
                         result.add_callback(index, on_delivery)
                     if engine.needs_wake_after_append(result, now):

@@ -130,9 +130,10 @@ class ProducerBatch:
         self.encoded: bytes | bytearray | None = None
         # Create times of the records, for RecordMetadata: 8 bytes each, no int object per record.
         self.timestamps = array("q")
-        # (record index, fn(metadata_or_None, error_or_None)) registered by the user or the facade.
-        self.callbacks: list[tuple[int, Callable[[Any, BaseException | None], None]]] | None = None
-        # Opaque slot for the I/O layer (an Event to wake sync waiters).
+        # (record index, callback) registered by the user or the facade. The callback is fn(metadata_or_None, error_or_None), or an object the I/O layer
+        # settles itself (AsyncProducer stores its asyncio.Future as is, to save a closure per record).
+        self.callbacks: list[tuple[int, Any]] | None = None
+        # Opaque slot for the I/O layer (a one-shot waiter that wakes sync result() calls).
         self.waiter: Any = None
         self.base_offset = -1
         self.log_append_time_ms = -1
@@ -167,7 +168,7 @@ class ProducerBatch:
     def done(self) -> bool:
         return self.state is BatchState.DONE
 
-    def add_callback(self, index: int, fn: Callable[[Any, BaseException | None], None]) -> None:
+    def add_callback(self, index: int, fn: Any) -> None:
         callbacks = self.callbacks
         if callbacks is None:
             self.callbacks = [(index, fn)]

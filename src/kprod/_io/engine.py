@@ -424,6 +424,13 @@ class ProducerEngine:
                 for index, fn in callbacks:
                     if split:
                         error = self.record_error(batch, index)
+                    if type(fn) is asyncio.Future:  # AsyncProducer.enqueue's future, stored as is
+                        if not fn.done():
+                            if error is None:
+                                fn.set_result(record_metadata(batch, index))
+                            else:
+                                fn.set_exception(error)
+                        continue
                     try:
                         fn(None if error is not None else record_metadata(batch, index), error)
                     except Exception:
