@@ -33,7 +33,6 @@ import itertools
 import logging
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -43,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import ROOT, git
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 def _setup_path(src: Path) -> None:
@@ -489,20 +489,6 @@ SCENARIOS: dict[str, Callable[[], Result]] = {
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def git(*args: str) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(ROOT), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 def render(results: list[Result], src: Path) -> str:

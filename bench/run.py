@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))  # measure the tree's kprod, installed or not
 
+from common import git  # noqa: E402
 from workloads import BASELINE, CLIENTS, PARTITIONS, TOPIC, WORKLOADS, Workload  # noqa: E402
 
 from kprod.broker import EmbeddedBroker  # noqa: E402
@@ -41,20 +42,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def git(*args: str) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(ROOT), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 def machine() -> dict[str, Any]:

@@ -36,28 +36,18 @@ control call and :meth:`Relay.stop` waits a bounded time.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
-import ctypes
-import json
-import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from kprod.broker import EmbeddedBrokerError, request_api_versions, tansu_path
+from kprod.broker import EmbeddedBroker
 
 __all__ = ["HOST", "Relay", "RelayedRequest", "RelayedTansu", "free_port"]
 
@@ -426,21 +416,17 @@ class Relay:
 class RelayedTansu:
     """A Tansu broker whose clients all go through a :class:`Relay`.
 
-    Tansu listens on a private port and advertises the relay's port in Metadata, so a client that
-    bootstraps from :attr:`bootstrap_servers` never bypasses the relay. :meth:`kill` (SIGKILL) and
-    :meth:`start_broker` restart the broker on the same private port while the relay keeps
-    listening; storage is ``memory://``, so a restart loses every topic and record.
-
-    ``kprod.broker.EmbeddedBroker`` advertises its listener address only, hence this class.
+    Tansu (an :class:`~kprod.broker.EmbeddedBroker`) listens on a private port and advertises the
+    relay's port in Metadata, so a client that bootstraps from :attr:`bootstrap_servers` never
+    bypasses the relay. :meth:`kill` (SIGKILL) and :meth:`start_broker` restart the broker on the
+    same private port while the relay keeps listening; storage is ``memory://``, so a restart loses
+    every topic and record.
     """
 
     def __init__(self) -> None:
         self.broker_port = free_port()
         self.relay = Relay(upstream_port=self.broker_port)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_dir = Path(tempfile.mkdtemp(prefix="kprod-relayed-tansu-"))
-        self.log_path = self._log_dir / "tansu.log"
-        self._atexit_registered = False
+        self.broker: EmbeddedBroker | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -455,6 +441,7 @@ class RelayedTansu:
     def start(self) -> RelayedTansu:
         self.relay.start()
         try:
+            self.broker = EmbeddedBroker(port=self.broker_port, advertised_port=self.relay.port)
             self.start_broker()
         except BaseException:
             self.stop()
@@ -463,64 +450,20 @@ class RelayedTansu:
 
     def start_broker(self, timeout_s: float = 10.0) -> None:
         """Start Tansu (again) on its private port and wait until it answers ApiVersions."""
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError("tansu is already running")
-        argv = [
-            tansu_path(),
-            "broker",
-            "--listener-url",
-            f"tcp://{HOST}:{self.broker_port}",
-            "--advertised-listener-url",
-            f"tcp://{HOST}:{self.relay.port}",
-            "--storage-engine",
-            "memory://tansu/",
-        ]
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-        env["NO_COLOR"] = "1"
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
-        if not self._atexit_registered:
-            atexit.register(self.stop)
-            self._atexit_registered = True
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                raise EmbeddedBrokerError(f"tansu exited with {self._proc.returncode}; log: {self.log_path}")
-            try:
-                request_api_versions(HOST, self.broker_port, timeout_s=0.5)
-                return
-            except (OSError, EmbeddedBrokerError):
-                if time.monotonic() >= deadline:
-                    self.kill()
-                    raise EmbeddedBrokerError(
-                        f"tansu did not answer in {timeout_s} s; log: {self.log_path}"
-                    ) from None
-                time.sleep(0.01)
+        assert self.broker is not None, "start() first"
+        self.broker.start(timeout_s)
 
     def kill(self) -> None:
         """SIGKILL the broker and reap it (a crash). Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5.0)
+        if self.broker is not None:
+            self.broker.kill()
 
     def stop(self) -> None:
-        """Kill the broker, stop the relay and remove the log. Idempotent."""
-        self.kill()
+        """Kill the broker and stop the relay. Idempotent."""
+        if self.broker is not None:
+            self.broker.kill()
+            self.broker.stop()
         self.relay.stop()
-        shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def __enter__(self) -> RelayedTansu:
         return self.start()
@@ -531,53 +474,6 @@ class RelayedTansu:
         self.stop()
 
     def create_topic(self, name: str, partitions: int = 1, timeout_s: float = 10.0) -> None:
-        """Create ``name`` with ``tansu topic create`` and wait until Metadata lists it."""
-        deadline = time.monotonic() + timeout_s
-        self._topic_command(["create", "--partitions", str(partitions), name], deadline)
-        while self.list_topics(deadline).get(name) != partitions:
-            if time.monotonic() >= deadline:
-                raise EmbeddedBrokerError(f"topic {name!r} did not appear in {timeout_s} s")
-            time.sleep(0.01)
-
-    def list_topics(self, deadline: float) -> dict[str, int]:
-        out = self._topic_command(["list"], deadline)
-        return {str(t["name"]): len(t["partitions"]) for t in json.loads(out) if t.get("error_code", 0) == 0}
-
-    def _topic_command(self, args: list[str], deadline: float) -> str:
-        argv = [tansu_path(), "topic", args[0], "--broker", f"tcp://{HOST}:{self.broker_port}", *args[1:]]
-        result = subprocess.run(
-            argv, capture_output=True, timeout=max(0.1, deadline - time.monotonic()), check=False
-        )
-        if result.returncode != 0:
-            raise EmbeddedBrokerError(
-                f"`tansu topic {' '.join(args)}` failed: {result.stdout!r} {result.stderr!r}"
-            )
-        return result.stdout.decode(errors="replace")
-
-
-_TANSU_ENV = frozenset(
-    {
-        "CLUSTER_ID",
-        "LISTENER_URL",
-        "ADVERTISED_LISTENER_URL",
-        "STORAGE_ENGINE",
-        "SCHEMA_REGISTRY",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "RUST_LOG",
-    }
-)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGKILL the child when this thread dies (no orphan brokers)."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+        """Create ``name`` and wait until Metadata lists it (see EmbeddedBroker.create_topic)."""
+        assert self.broker is not None, "start() first"
+        self.broker.create_topic(name, partitions, timeout_s=timeout_s)

@@ -59,7 +59,8 @@ class StickyPartitioner:
         """Account an append to the sticky partition; True when it is time to switch.
 
         The caller then calls :meth:`next_partition` (with queue sizes for adaptive
-        partitioning, computed only then).
+        partitioning, computed only then). ``ProducerEngine.try_append_locked`` inlines this
+        rule on the per-record path (measured: about 0.2 µs per keyless record); change both.
         """
         produced = self.produced_bytes + appended_bytes
         self.produced_bytes = produced

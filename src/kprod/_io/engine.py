@@ -39,12 +39,14 @@ from kprod._io.connection import BrokerConnection
 from kprod.config import ProducerConfig
 from kprod.errors import (
     BrokerConnectionError,
+    BufferExhaustedError,
     ConfigError,
     KafkaError,
     KprodError,
     Persisted,
     ProducerClosedError,
     ProtocolError,
+    UnknownTopicError,
     is_retriable,
 )
 from kprod.protocol.messages import (
@@ -267,7 +269,7 @@ class ProducerEngine:
             if appender is None:
                 return WAIT_METADATA
         acc = self.accumulator
-        if acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory:
+        if acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory:  # acc.has_room, inlined
             return WAIT_MEMORY
         queues = appender.queues
         count = len(queues)
@@ -363,8 +365,6 @@ class ProducerEngine:
 
     def wait_error(self, reason: int, topic: str, waited_ms: int) -> KprodError:
         """The error for a send() that waited ``max.block.ms`` for metadata or memory."""
-        from kprod.errors import BufferExhaustedError, UnknownTopicError
-
         max_block = self.config.max_block_ms
         if reason == WAIT_MEMORY:
             return BufferExhaustedError(
@@ -890,6 +890,3 @@ class _TopicAppender:
         self.info = info
         self.queues = queues
         self.sticky = sticky
-
-
-__all__ += ["BATCH_HEADER_BYTES"]
