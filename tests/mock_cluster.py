@@ -177,8 +177,12 @@ class MockCluster:
     def push_partition_errors(self, topic: str, partition: int, api_key: int, *error_codes: int) -> None:
         """Put the next ``len(error_codes)`` per-partition errors in ``api_key`` responses."""
         err = _fn("mock_partition_push_request_errors")(
-            _P(self._handle()), _STR(topic.encode()), _I32(partition), _I16(api_key),
-            _SIZE(len(error_codes)), *[_INT(e) for e in error_codes],
+            _P(self._handle()),
+            _STR(topic.encode()),
+            _I32(partition),
+            _I16(api_key),
+            _SIZE(len(error_codes)),
+            *[_INT(e) for e in error_codes],
         )
         _check(err, "mock_partition_push_request_errors")
 

@@ -236,8 +236,12 @@ def test_consume_all_reads_back_every_partition(broker: EmbeddedBroker | Externa
     producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 0})
     for i in range(30):
         producer.produce(
-            topic, value=b"v%d" % i, key=None if i == 0 else b"k%d" % i, partition=i % 3,
-            headers=[("h", b"x"), ("null", None)], timestamp=1_700_000_000_000 + i,
+            topic,
+            value=b"v%d" % i,
+            key=None if i == 0 else b"k%d" % i,
+            partition=i % 3,
+            headers=[("h", b"x"), ("null", None)],
+            timestamp=1_700_000_000_000 + i,
         )
     assert producer.flush(10) == 0
 

@@ -32,8 +32,9 @@ def topic(*leaders: int, epoch: int = 5) -> TopicSnapshot:
     return TopicSnapshot(0, {p: PartitionSnapshot(leader, epoch, 0) for p, leader in enumerate(leaders)})
 
 
-def snapshot(topics: dict[str, TopicSnapshot] | None = None, brokers: dict[int, tuple[str, int]] | None = None
-             ) -> MetadataSnapshot:
+def snapshot(
+    topics: dict[str, TopicSnapshot] | None = None, brokers: dict[int, tuple[str, int]] | None = None
+) -> MetadataSnapshot:
     return MetadataSnapshot(
         brokers=BROKERS if brokers is None else brokers,
         controller_id=1,

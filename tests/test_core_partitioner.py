@@ -53,8 +53,9 @@ def chi_square(counts: Counter[int], expected: dict[int, float]) -> float:
     return sum((counts[k] - e) ** 2 / e for k, e in expected.items())
 
 
-def switches(part: StickyPartitioner, n: int, count: int, available: Sequence[int],
-             queue_sizes: Sequence[int] | None) -> Counter[int]:
+def switches(
+    part: StickyPartitioner, n: int, count: int, available: Sequence[int], queue_sizes: Sequence[int] | None
+) -> Counter[int]:
     """Force ``n`` switches (2 * batch.size appended each time) and count where the partitioner went."""
     seen: Counter[int] = Counter()
     for _ in range(n):

@@ -800,7 +800,9 @@ class SenderMachine(RuleBasedStateMachine):
                 # each sequence is acknowledged once, and the acknowledged ranges are checked at the end.
                 ranges = self.acked.setdefault(key, [])
                 start, stop = batch.base_sequence, batch.base_sequence + batch.record_count
-                assert all(stop <= a or start >= b for a, b in ranges), f"sequences of {batch} acknowledged twice"
+                assert all(stop <= a or start >= b for a, b in ranges), (
+                    f"sequences of {batch} acknowledged twice"
+                )
                 ranges.append((start, stop))
             else:
                 if batch.base_sequence >= 0:

@@ -18,7 +18,9 @@ def test_idle_connections_close_after_connections_max_idle_ms_and_reopen(
     broker: EmbeddedBroker, make_topic: Callable[..., str]
 ) -> None:
     topic = make_topic(partitions=1)
-    with Producer({"bootstrap.servers": broker.bootstrap_servers, "connections.max.idle.ms": 1000}) as producer:
+    with Producer(
+        {"bootstrap.servers": broker.bootstrap_servers, "connections.max.idle.ms": 1000}
+    ) as producer:
         producer.send(topic, b"before").result(timeout=10)
         engine = producer._engine
         assert engine.connections, "a broker connection is open after a send"

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch
-from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms, wall_ms
+from kprod._io.engine import WAIT_MEMORY, ProducerEngine, wall_ms
 from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
@@ -111,10 +111,9 @@ class AsyncProducer:
             return future
         start = time.monotonic()
         while True:
-            now = monotonic_ms()
             with engine.lock:
                 engine.check_open()
-                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
+                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
                 if type(result) is not int:
                     assert isinstance(result, ProducerBatch)
                     index = result.record_count - 1
@@ -122,15 +121,15 @@ class AsyncProducer:
                     result.add_callback(index, future)
                     if on_delivery is not None:
                         result.add_callback(index, on_delivery)
-                    if engine.needs_wake_after_append(result, now):
-                        engine.wake()
-                        if not result.accepting:
-                            # A batch is full: let the sender run before queueing more, or a tight
-                            # enqueue loop fills buffer.memory before anything is sent.
-                            await asyncio.sleep(0)
-                    return future
-                if result == WAIT_MEMORY:
+                    full = (index == 0 or not result.accepting) and engine.wake_after_append_locked(result)
+                elif result == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1
+            if type(result) is not int:
+                if full:
+                    # A batch is full: let the sender run before queueing more, or a tight
+                    # enqueue loop fills buffer.memory before anything is sent.
+                    await asyncio.sleep(0)
+                return future
             remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)
             try:
                 if remaining <= 0:
@@ -198,7 +197,7 @@ class AsyncProducer:
         except KprodError:
             pass
         with engine.lock:
-            engine.closing = True
+            engine.begin_close()
         error = ProducerClosedError(
             f"close() was called and the record was not delivered within its timeout ({timeout} s)"
         )

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
-from kprod._io.engine import WAIT_MEMORY, ProducerEngine, monotonic_ms
+from kprod._io.engine import WAIT_MEMORY, ProducerEngine
 from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
@@ -102,30 +102,29 @@ class _BatchWaiter:
 
 
 class RecordFuture:
-    """The outcome of one ``send()``: a thin view on the record's batch.
+    """The outcome of one ``send()``: a thin view (batch, index) on the record's batch.
 
     Mirrors ``concurrent.futures.Future``: ``result(timeout=None)``,
     ``exception(timeout=None)``, ``done()``, ``add_done_callback(fn)``.
+    Created once per record, so it holds two slots and has no ``__init__``: each
+    producer makes its own subclass whose class attribute ``_engine`` names it.
     """
 
-    __slots__ = ("_batch", "_engine", "_error", "_index")
+    __slots__ = ("_batch", "_index")
+    _engine: ProducerEngine | None = None
+    _error: BaseException | None = None
 
-    def __init__(
-        self,
-        engine: ProducerEngine | None,
-        batch: ProducerBatch | None,
-        index: int,
-        error: BaseException | None = None,
-    ) -> None:
-        self._engine = engine
-        self._batch = batch
-        self._index = index
-        self._error = error
+    _batch: ProducerBatch | None
+    _index: int
 
     @classmethod
     def failed(cls, error: BaseException) -> RecordFuture:
         """A future that already failed (the record never entered a batch)."""
-        return cls(None, None, -1, error)
+        future = _FailedRecordFuture()
+        future._batch = None
+        future._index = -1
+        future._error = error
+        return future
 
     def done(self) -> bool:
         """True once the record was acknowledged or failed. Never blocks."""
@@ -194,6 +193,12 @@ class RecordFuture:
         return f"<RecordFuture {state}>"
 
 
+class _FailedRecordFuture(RecordFuture):
+    """A record that never entered a batch, with its error."""
+
+    __slots__ = ("_error",)
+
+
 class Producer:
     """A synchronous, thread-safe Kafka producer.
 
@@ -217,6 +222,11 @@ class Producer:
         except BaseException:
             self._loop.close()  # else "unclosed event loop" ResourceWarning and its fds until GC
             raise
+        # This producer's futures: a subclass whose class attribute is the engine, so a future
+        # is created with two slot stores and no __init__ (it is made once per record).
+        self._future_type: type[RecordFuture] = type(
+            "RecordFuture", (RecordFuture,), {"__slots__": (), "_engine": self._engine}
+        )
         self._closed = False
         self._close_lock = threading.Lock()
         started = threading.Event()
@@ -291,28 +301,30 @@ class Producer:
                 on_delivery(None, too_large)
             return RecordFuture.failed(too_large)
         engine = self._engine
-        now = _monotonic_ns() // 1_000_000
-        with engine.lock:
+        lock = engine.lock
+        lock.acquire()  # not ``with``: acquire/release calls cost half as much
+        try:
             if not engine.accepting:
                 engine.check_open()
-            result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
-            if type(result) is int:
-                result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
-            index = result.builder.record_count - 1  # type: ignore[union-attr]
+            batch = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
+            if type(batch) is int:
+                batch = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, batch)
+            index = batch.record_count - 1  # type: ignore[union-attr]
             if on_delivery is not None:
-                result.add_callback(index, on_delivery)  # type: ignore[union-attr]
-            # Wake the sender only for a full batch, or a new one it would not look at in time.
-            wake = not result.accepting or (  # type: ignore[union-attr]
-                index == 0 and engine.next_wakeup_ms > now + self._linger_ms
-            )
-        if wake:
-            engine.wake_threadsafe()
-            if not result.accepting:  # type: ignore[union-attr]
-                # A batch is ready: give the GIL to the I/O thread now. Otherwise a sending loop
-                # keeps it for the whole switch interval (5 ms) at each of the I/O thread's
-                # blocking calls, and the buffer fills faster than it drains (latency in seconds).
-                _sleep(0)
-        return RecordFuture(engine, result, index)  # type: ignore[arg-type]
+                batch.add_callback(index, on_delivery)  # type: ignore[union-attr]
+            # A new batch may need the sender's linger timer, a full one the sender at once.
+            full = (index == 0 or not batch.accepting) and engine.wake_after_append_locked(batch)  # type: ignore[union-attr,arg-type]
+        finally:
+            lock.release()
+        if full:
+            # A batch is ready: give the GIL to the I/O thread now. Otherwise a sending loop
+            # keeps it for the whole switch interval (5 ms) at each of the I/O thread's
+            # blocking calls, and the buffer fills faster than it drains (latency in seconds).
+            _sleep(0)
+        future = self._future_type()
+        future._batch = batch  # type: ignore[assignment]
+        future._index = index
+        return future
 
     def send_batch(
         self,
@@ -362,25 +374,23 @@ class Producer:
                 continue
             items.append((kb, vb, hdrs, partition, ts, bound))
         futures: list[RecordFuture] = []
-        linger = self._linger_ms
+        future_type = self._future_type
         position = 0
         total = len(items)
         while position < total:
-            wake = False
-            now = time.monotonic_ns() // 1_000_000
             with engine.lock:
                 if not engine.accepting:
                     engine.check_open()
                 stop = min(total, position + _BATCH_CHUNK)
                 while position < stop:
                     item = items[position]
-                    if type(item) is RecordFuture:
+                    if isinstance(item, RecordFuture):
                         futures.append(item)
                         position += 1
                         continue
-                    kb, vb, hdrs, partition, ts, bound = item  # type: ignore[misc]
+                    kb, vb, hdrs, partition, ts, bound = item
                     try:
-                        result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, now)
+                        result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
                         if type(result) is int:
                             result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
                     except UnknownTopicError:
@@ -401,15 +411,16 @@ class Producer:
                         position += 1
                         continue
                     batch: ProducerBatch = result  # type: ignore[assignment]
-                    index = batch.builder.record_count - 1
+                    index = batch.record_count - 1
                     if on_delivery is not None:
                         batch.add_callback(index, on_delivery)
-                    if not batch.accepting or (index == 0 and engine.next_wakeup_ms > now + linger):
-                        wake = True
-                    futures.append(RecordFuture(engine, batch, index))
+                    if index == 0 or not batch.accepting:
+                        engine.wake_after_append_locked(batch)
+                    future = future_type()
+                    future._batch = batch
+                    future._index = index
+                    futures.append(future)
                     position += 1
-            if wake:
-                engine.wake_threadsafe()
         return futures
 
     def _wait_and_append(
@@ -443,7 +454,7 @@ class Producer:
                     if reason == WAIT_MEMORY:
                         engine.accumulator.memory_waiters -= 1
                 engine.check_open()
-                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound, monotonic_ms())
+                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
                 if type(result) is not int:
                     assert isinstance(result, ProducerBatch)
                     return result
@@ -520,7 +531,7 @@ class Producer:
                     pass
         finally:
             with engine.lock:
-                engine.closing = True
+                engine.begin_close()
             error = ProducerClosedError(
                 f"close() was called and the record was not delivered within its timeout ({timeout} s)"
             )

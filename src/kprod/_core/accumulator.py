@@ -67,21 +67,24 @@ class BatchState(enum.Enum):
     """Completed, successfully or not; its memory is released."""
 
 
-class ProducerBatch:
+class ProducerBatch(RecordBatchBuilder):
     """Records of one partition that travel together, and their single shared outcome.
 
     One batch is one completion: per-record futures are thin views
     (batch, index) on it, so completing a batch of N records costs one
     state change plus whatever callbacks the user registered.
+
+    A batch *is* its :class:`RecordBatchBuilder` (records are encoded into it as
+    they are appended), so the per-record path reads ``record_count`` and
+    ``size_bytes`` without a hop. It holds ``size_bytes`` of ``buffer.memory``
+    from its creation until :meth:`RecordAccumulator.release` (or a split).
     """
 
     __slots__ = (
         "accepting",
-        "accounted_bytes",
         "attempts",
         "base_offset",
         "base_sequence",
-        "builder",
         "callbacks",
         "children",
         "created_ms",
@@ -97,6 +100,7 @@ class ProducerBatch:
         "pending_children",
         "producer_epoch",
         "producer_id",
+        "released",
         "sent",
         "state",
         "timestamps",
@@ -107,12 +111,13 @@ class ProducerBatch:
     def __init__(self, topic: str, partition: int, base_timestamp_ms: int, now_ms: int) -> None:
         self.topic = topic
         self.partition = partition
-        self.builder = RecordBatchBuilder(base_timestamp_ms)
+        RecordBatchBuilder.__init__(self, base_timestamp_ms)
         self.created_ms = now_ms
         self.state = BatchState.QUEUED
         # False once the batch is drained or a record did not fit: no more appends.
         self.accepting = True
-        self.accounted_bytes = 0
+        self.released = False
+        """True once its memory went back to ``buffer.memory`` (completed, or split)."""
         self.attempts = 0
         self.next_retry_ms = 0
         # True once any request carrying this batch was written to a socket: from then on a
@@ -156,13 +161,9 @@ class ProducerBatch:
         return batch, index
 
     @property
-    def record_count(self) -> int:
-        return self.builder.record_count
-
-    @property
-    def size_bytes(self) -> int:
-        """Uncompressed wire size of the batch so far (bytes)."""
-        return self.builder.size_bytes
+    def accounted_bytes(self) -> int:
+        """Bytes of ``buffer.memory`` this batch holds: its size until released, then 0."""
+        return 0 if self.released else self.size_bytes
 
     @property
     def done(self) -> bool:
@@ -234,6 +235,8 @@ class RecordAccumulator:
         self.memory_waiters = 0
         """Callers blocked waiting for memory: batches are sent at once to free it."""
         self.batch_count = 0
+        self.full_batches = 0
+        """Batches closed because they were full, ever: a change tells the caller to wake the sender."""
 
     # -- append ----------------------------------------------------------------------
 
@@ -274,25 +277,24 @@ class RecordAccumulator:
         if batches:
             last = batches[-1]
             if last.accepting:
-                if last.builder.size_bytes + record_bound <= batch_size:
+                if last.size_bytes + record_bound <= batch_size:
                     batch = last
                 else:
                     last.accepting = False
+                    self.full_batches += 1
         if batch is None:
             batch = ProducerBatch(q.topic, q.partition, timestamp_ms, now_ms)
             if not batches:
                 self._nonempty[q] = None
             batches.append(batch)
-            batch.accounted_bytes = BATCH_HEADER_BYTES
             self.used_bytes += BATCH_HEADER_BYTES
             self.batch_count += 1
-        builder = batch.builder
-        added = builder.append(timestamp_ms, key, value, headers)
+        added = batch.append(timestamp_ms, key, value, headers)
         batch.timestamps.append(timestamp_ms)
-        batch.accounted_bytes += added
         self.used_bytes += added
-        if builder.size_bytes >= batch_size:
+        if batch.size_bytes >= batch_size:
             batch.accepting = False
+            self.full_batches += 1
         return batch
 
     # -- readiness ---------------------------------------------------------------------
@@ -367,7 +369,7 @@ class RecordAccumulator:
                 continue
             if not can_send(q):
                 continue
-            batch_bytes = head.builder.size_bytes
+            batch_bytes = head.size_bytes
             if wire_size is not None:
                 batch_bytes = wire_size(head.topic, batch_bytes)
             if taken and size + batch_bytes > max_request_bytes:
@@ -417,7 +419,7 @@ class RecordAccumulator:
         """
         q = self.queue(batch.topic, batch.partition)
         q.in_flight -= 1
-        records = batch.builder.decode_records()
+        records = batch.decode_records()
         limit = min(
             self.batch_size, max(1, (batch.size_bytes - BATCH_HEADER_BYTES) // 2 + BATCH_HEADER_BYTES)
         )
@@ -434,15 +436,13 @@ class RecordAccumulator:
                 child.accepting = False
                 child.parent = batch
                 child.attempts = batch.attempts
-                child.accounted_bytes = BATCH_HEADER_BYTES
                 children.append((child, index))
-            added = child.builder.append(ts, key, value, headers or None)
+            child.append(ts, key, value, headers or None)
             child.timestamps.append(ts)
-            child.accounted_bytes += added
         batch.children = children
         batch.pending_children = len(children)
         self.used_bytes -= batch.accounted_bytes
-        batch.accounted_bytes = 0
+        batch.released = True
         self.batch_count -= 1
         out = [c for c, _ in children]
         for c in out:
@@ -475,7 +475,7 @@ class RecordAccumulator:
     def release(self, batch: ProducerBatch) -> None:
         """Give back the memory of a completed batch."""
         self.used_bytes -= batch.accounted_bytes
-        batch.accounted_bytes = 0
+        batch.released = True
         self.batch_count -= 1
 
     def expired(self, now_ms: int, delivery_timeout_ms: int) -> list[ProducerBatch]:

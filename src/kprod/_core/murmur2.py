@@ -23,6 +23,7 @@ Pure: no I/O, clocks or threads.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 __all__ = ["murmur2", "partition_for_key"]
@@ -85,6 +86,9 @@ _CACHE_MAX_KEY_BYTES: Final = 64
 _CACHE_MAX_ENTRIES: Final = 32768
 """Keys of up to 64 bytes whose hash is remembered (at most a few MiB); cleared when full."""
 _positive_hash_cache: dict[bytes, int] = {}
+
+cached_positive_hash: Callable[[bytes], int | None] = _positive_hash_cache.get
+"""``murmur2(key) & 0x7fffffff`` if :func:`partition_for_key` has it cached, else None (no hashing)."""
 
 
 def partition_for_key(key: bytes, num_partitions: int) -> int:

@@ -97,7 +97,7 @@ class ProduceRequestPlan:
         by_topic: dict[str, list[tuple[int, bytes | bytearray]]] = {}
         self.compressed = compressor is not None
         for batch in self.batches:
-            encoded = batch.builder.build(
+            encoded = batch.build(
                 producer_id=batch.producer_id,
                 producer_epoch=batch.producer_epoch,
                 base_sequence=batch.base_sequence,

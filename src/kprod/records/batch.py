@@ -187,25 +187,31 @@ class RecordBatchBuilder:
     """
 
     __slots__ = (
-        "_base_timestamp_ms",
-        "_buffer",
         "_compressed",
         "_compressed_count",
         "_compressed_with",
-        "_max_timestamp_ms",
+        "base_timestamp_ms",
+        "buffer",
+        "max_timestamp_ms",
         "record_count",
         "size_bytes",
     )
 
     def __init__(self, base_timestamp_ms: int) -> None:
         """Start an empty batch whose BaseTimestamp is ``base_timestamp_ms`` (ms since the epoch)."""
-        self._base_timestamp_ms = base_timestamp_ms
-        self._buffer = bytearray(BATCH_HEADER_SIZE)
+        self.base_timestamp_ms = base_timestamp_ms
+        """The batch's BaseTimestamp, in ms since the epoch."""
+        self.buffer = bytearray(BATCH_HEADER_SIZE)
+        """61 reserved header bytes, then every record encoded so far."""
         self.record_count = 0
         """Number of records appended so far (a plain attribute: read per record)."""
         self.size_bytes = BATCH_HEADER_SIZE
-        """Uncompressed wire size of the batch in bytes: 61 + the encoded records."""
-        self._max_timestamp_ms = -1
+        """Uncompressed wire size of the batch in bytes: ``len(buffer)``, kept as an attribute."""
+        self.max_timestamp_ms = -1
+        """The largest record timestamp appended, in ms; -1 while the batch is empty."""
+        # These four attributes are public because the producer's append fast path
+        # (ProducerEngine.try_append_locked) inlines append() for records without headers and
+        # updates them itself; tests check that both paths build the same bytes.
         # The last compressed batch and what it was built from; see build().
         self._compressed: bytearray | None = None
         self._compressed_with: Compressor | None = None
@@ -229,7 +235,7 @@ class RecordBatchBuilder:
         # Hot path: the steps of encode_record() inlined, with varints read from _T
         # after a range check, and a single += into the buffer.
         count = self.record_count
-        delta = timestamp_ms - self._base_timestamp_ms
+        delta = timestamp_ms - self.base_timestamp_ms
         if key is None:
             key_length = _NULL
             key = b""
@@ -262,12 +268,12 @@ class RecordBatchBuilder:
         )
         n = len(body)
         record = (_T[n] if n <= 8191 else encode_varint(n)) + body
-        self._buffer += record
+        self.buffer += record
         self.record_count = count + 1
         n = len(record)
         self.size_bytes += n
-        if timestamp_ms > self._max_timestamp_ms:
-            self._max_timestamp_ms = timestamp_ms
+        if timestamp_ms > self.max_timestamp_ms:
+            self.max_timestamp_ms = timestamp_ms
         return n
 
     def try_append(
@@ -287,7 +293,7 @@ class RecordBatchBuilder:
         """
         if (
             self.record_count
-            and len(self._buffer) + self.next_record_size(timestamp_ms, key, value, headers) > max_size_bytes
+            and len(self.buffer) + self.next_record_size(timestamp_ms, key, value, headers) > max_size_bytes
         ):
             return 0
         return self.append(timestamp_ms, key, value, headers)
@@ -300,25 +306,15 @@ class RecordBatchBuilder:
         headers: Headers | None,
     ) -> int:
         """Return the exact number of bytes :meth:`append` would add for this record now."""
-        return record_size(self.record_count, timestamp_ms - self._base_timestamp_ms, key, value, headers)
-
-    @property
-    def base_timestamp_ms(self) -> int:
-        """The batch's BaseTimestamp, in ms since the epoch."""
-        return self._base_timestamp_ms
-
-    @property
-    def max_timestamp_ms(self) -> int:
-        """The largest record timestamp appended, in ms; -1 while the batch is empty."""
-        return self._max_timestamp_ms
+        return record_size(self.record_count, timestamp_ms - self.base_timestamp_ms, key, value, headers)
 
     def decode_records(self) -> list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]]:
         """Decode every appended record as (timestamp_ms, key, value, headers).
 
         Not on the hot path: used to split a batch the broker rejected as too large.
         """
-        buf = memoryview(self._buffer)
-        base = self._base_timestamp_ms
+        buf = memoryview(self.buffer)
+        base = self.base_timestamp_ms
         offset = BATCH_HEADER_SIZE
         out: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = []
         for _ in range(self.record_count):
@@ -340,7 +336,7 @@ class RecordBatchBuilder:
     @property
     def records_bytes(self) -> bytes:
         """A copy of the encoded (uncompressed) records section."""
-        return bytes(self._buffer[BATCH_HEADER_SIZE:])
+        return bytes(self.buffer[BATCH_HEADER_SIZE:])
 
     def build(
         self,
@@ -364,7 +360,7 @@ class RecordBatchBuilder:
         if count == 0:
             raise ValueError("cannot build a record batch with no records")
         if compression is None:
-            out = self._buffer
+            out = self.buffer
             attributes = 0
         else:
             cached = self._compressed
@@ -376,7 +372,7 @@ class RecordBatchBuilder:
                 out = cached
             else:
                 out = bytearray(BATCH_HEADER_SIZE)
-                with memoryview(self._buffer) as view:
+                with memoryview(self.buffer) as view:
                     out += compression.compress(view[BATCH_HEADER_SIZE:])
                 self._compressed = out
                 self._compressed_with = compression
@@ -393,8 +389,8 @@ class RecordBatchBuilder:
             2,  # Magic
             attributes,
             count - 1,  # LastOffsetDelta
-            self._base_timestamp_ms,
-            self._max_timestamp_ms,
+            self.base_timestamp_ms,
+            self.max_timestamp_ms,
             producer_id,
             producer_epoch,
             base_sequence,

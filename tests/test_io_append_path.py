@@ -1,0 +1,231 @@
+"""The append fast path (``ProducerEngine.try_append_locked``) against the reference path.
+
+The fast path inlines record encoding, the sticky partitioner's byte accounting
+and key hashing for the common case; ``_append_slow`` is the reference (it calls
+``RecordAccumulator.append`` and ``RecordBatchBuilder.append``). Two engines get the
+same records and the same random seed: one with the fast path, one forced down
+the slow path for every record. They must place every record in the same
+partition, batch and position and build byte-identical batches. No sockets: the
+engines' loops never run; metadata is fed from a MetadataSnapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kprod._core.accumulator import ProducerBatch, record_size_upper_bound
+from kprod._core.murmur2 import partition_for_key
+from kprod._io.engine import WAIT_METADATA, ProducerEngine
+from kprod.config import ProducerConfig
+from kprod.protocol.metadata import MetadataSnapshot, PartitionSnapshot, TopicSnapshot
+from kprod.records.batch import RecordBatchBuilder
+
+TOPIC = "t"
+PARTITIONS = 5
+BASE_TS = 1_700_000_000_000
+
+
+def snapshot(partitions: int = PARTITIONS) -> MetadataSnapshot:
+    parts = {p: PartitionSnapshot(1, 0, 0) for p in range(partitions)}
+    return MetadataSnapshot(
+        brokers={1: ("b1", 9092)}, controller_id=1, cluster_id="c", topics={TOPIC: TopicSnapshot(0, parts)}
+    )
+
+
+class SlowEngine(ProducerEngine):
+    """Every record through the reference path."""
+
+    def try_append_locked(self, *args: object, **kwargs: object) -> ProducerBatch | int:
+        return self._append_slow(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def make_engine(cls: type[ProducerEngine], seed: int, **settings: object) -> Iterator[ProducerEngine]:
+    loop = asyncio.new_event_loop()
+    try:
+        config = ProducerConfig.from_user(
+            {"bootstrap.servers": "b1:9092", "batch.size": 2048, "buffer.memory": 1 << 24, **settings}
+        )
+        engine = cls(config, loop)
+        engine.rng.seed(seed)
+        engine.metadata.on_update(snapshot(), 0)
+        yield engine
+    finally:
+        loop.close()
+
+
+Record = tuple[int, bytes | None, bytes | None, int | None, list[tuple[str, bytes | None]] | None]
+SEAL = (0, None, None, -1, None)
+"""Not a record: the sender takes every open batch (they stop accepting), as a linger.ms expiry would."""
+
+records_strategy = st.lists(
+    st.tuples(
+        st.integers(-9000, 9000),  # timestamp offset from the first record (some beyond the varint table)
+        st.one_of(
+            st.none(), st.sampled_from([b"", b"a", b"key-1", b"key-2", b"k" * 300]), st.binary(max_size=20)
+        ),
+        st.one_of(
+            st.none(), st.binary(min_size=60, max_size=200), st.sampled_from([b"v" * 3000, b"w" * 8100])
+        ),
+        st.one_of(st.none(), st.none(), st.none(), st.integers(0, PARTITIONS - 1)),
+        st.one_of(st.none(), st.none(), st.just([("h", b"1"), ("n", None)])),
+    ),
+    min_size=50,
+    max_size=400,
+).flatmap(
+    lambda records: st.lists(
+        st.sampled_from(range(len(records) + 1)), max_size=max(1, len(records) // 4)
+    ).map(lambda cuts: [r for i, rec in enumerate(records) for r in ([SEAL] if i in cuts else []) + [rec]])
+)
+
+
+def append_all(engine: ProducerEngine, records: list[Record]) -> list[tuple[int, int, int]]:
+    """Append every record; return (partition, batch number in its partition, index) per record."""
+    placed: list[tuple[int, int, int]] = []
+    numbers: dict[int, int] = {}
+    for offset, key, value, partition, headers in records:
+        if partition == -1:
+            for batch in engine.accumulator.queued_batches():
+                batch.accepting = False
+            continue
+        bound = record_size_upper_bound(key, value, headers)
+        with engine.lock:
+            batch = engine.try_append_locked(TOPIC, partition, BASE_TS + offset, key, value, headers, bound)
+        assert isinstance(batch, ProducerBatch)
+        number = numbers.setdefault(id(batch), len(numbers))
+        placed.append((batch.partition, number, batch.record_count - 1))
+    return placed
+
+
+def batches_of(engine: ProducerEngine) -> list[tuple[int, bytes, list[int]]]:
+    return [(b.partition, bytes(b.build()), list(b.timestamps)) for b in engine.accumulator.queued_batches()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=records_strategy, seed=st.integers(0, 2**32 - 1), adaptive=st.booleans())
+def test_fast_path_places_and_encodes_like_the_reference_path(
+    records: list[Record], seed: int, adaptive: bool
+) -> None:
+    extra = {"partitioner.adaptive.partitioning.enable": adaptive}
+    fast_gen = make_engine(ProducerEngine, seed, **extra)
+    slow_gen = make_engine(SlowEngine, seed, **extra)
+    fast, slow = next(fast_gen), next(slow_gen)
+    try:
+        assert append_all(fast, records) == append_all(slow, records)
+        assert batches_of(fast) == batches_of(slow)
+        assert fast.accumulator.used_bytes == slow.accumulator.used_bytes
+        assert fast.accumulator.full_batches == slow.accumulator.full_batches
+        assert fast.partitioners[TOPIC].produced_bytes == slow.partitioners[TOPIC].produced_bytes
+    finally:
+        fast_gen.close()
+        slow_gen.close()
+
+
+def test_fast_path_batches_equal_the_builder_and_decode_back() -> None:
+    gen = make_engine(ProducerEngine, 1)
+    engine = next(gen)
+    try:
+        rng = random.Random(7)
+        records: list[Record] = [
+            (
+                rng.randrange(-100, 100),
+                rng.choice([None, b"k%d" % rng.randrange(50)]),
+                rng.randbytes(60),
+                None,
+                None,
+            )
+            for _ in range(2000)
+        ]
+        append_all(engine, records)
+        for batch in engine.accumulator.queued_batches():
+            reference = RecordBatchBuilder(batch.base_timestamp_ms)
+            for ts, key, value, headers in batch.decode_records():
+                reference.append(ts, key, value, headers or None)
+            assert bytes(reference.build()) == bytes(batch.build())
+            assert batch.size_bytes == len(batch.buffer)
+    finally:
+        gen.close()
+
+
+def test_fast_path_is_off_for_a_custom_partitioner_and_after_a_metadata_change() -> None:
+    calls: list[bytes | None] = []
+
+    def by_length(topic: str, key: bytes | None, value: bytes | None, count: int) -> int:
+        calls.append(key)
+        return len(key or b"") % count
+
+    gen = make_engine(ProducerEngine, 1, partitioner=by_length)
+    engine = next(gen)
+    try:
+        append_all(engine, [(0, b"abc", b"v", None, None)] * 10)
+        assert len(calls) == 10  # every record asked the custom partitioner
+        assert {b.partition for b in engine.accumulator.queued_batches()} == {3}
+    finally:
+        gen.close()
+
+    gen = make_engine(ProducerEngine, 1)
+    engine = next(gen)
+    try:
+        append_all(engine, [(0, b"key-1", b"v", None, None)] * 3)
+        assert engine._fast_appenders
+        engine.metadata.on_update(snapshot(partitions=2), 0)
+        engine._fast_appenders.clear()  # what the engine does under the lock after a refresh
+        placed = append_all(engine, [(0, b"key-1", b"v", None, None)])
+        assert placed[0][0] == partition_for_key(b"key-1", 2)
+    finally:
+        gen.close()
+
+
+def test_an_unknown_topic_waits_for_metadata() -> None:
+    gen = make_engine(ProducerEngine, 1)
+    engine = next(gen)
+    try:
+        with engine.lock:
+            assert engine.try_append_locked("other", None, BASE_TS, None, b"v", None, 100) == WAIT_METADATA
+    finally:
+        gen.close()
+
+
+@pytest.mark.parametrize("partition", [-1, PARTITIONS])
+def test_a_partition_out_of_range_raises_on_the_fast_path_too(partition: int) -> None:
+    gen = make_engine(ProducerEngine, 1)
+    engine = next(gen)
+    try:
+        append_all(engine, [(0, None, b"v", 0, None)])
+        with engine.lock, pytest.raises(Exception, match="does not exist"):
+            engine.try_append_locked(TOPIC, partition, BASE_TS, None, b"v", None, 100)
+    finally:
+        gen.close()
+
+
+@pytest.mark.parametrize("seal_every", [5, 12, 30])
+@pytest.mark.parametrize("keyed_every", [0, 4])
+def test_sticky_switches_like_the_reference_when_batches_leave_before_they_fill(
+    seal_every: int, keyed_every: int
+) -> None:
+    """The 2 x batch.size rule: a partition whose batches the sender takes early still gets its share."""
+    records: list[Record] = []
+    for i in range(600):
+        if i % seal_every == 0:
+            records.append(SEAL)
+        key = b"key-%d" % i if keyed_every and i % keyed_every == 0 else None
+        records.append((i // 50, key, b"x" * 100, None, None))
+    fast_gen, slow_gen = make_engine(ProducerEngine, 3), make_engine(SlowEngine, 3)
+    fast, slow = next(fast_gen), next(slow_gen)
+    try:
+        placed = append_all(fast, records)
+        assert placed == append_all(slow, records)
+        appended = [r for r in records if r is not SEAL]
+        keyless = [p for (p, _, _), r in zip(placed, appended, strict=True) if r[1] is None]
+        switches = sum(1 for a, b in itertools.pairwise(keyless) if a != b)
+        assert switches >= 600 * 100 // (2 * 2048) // 2  # it does move on, at least every ~2 x batch.size
+        assert batches_of(fast) == batches_of(slow)
+    finally:
+        fast_gen.close()
+        slow_gen.close()
