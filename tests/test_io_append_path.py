@@ -1,12 +1,13 @@
-"""The append fast path (``ProducerEngine.try_append_locked``) against the reference path.
+"""The append fast path (``ProducerEngine.try_append_plain``) against the general path.
 
 The fast path inlines record encoding, the sticky partitioner's byte accounting
-and key hashing for the common case; ``_append_slow`` is the reference (it calls
-``RecordAccumulator.append`` and ``RecordBatchBuilder.append``). Two engines get the
-same records and the same random seed: one with the fast path, one forced down
-the slow path for every record. They must place every record in the same
-partition, batch and position and build byte-identical batches. No sockets: the
-engines' loops never run; metadata is fed from a MetadataSnapshot.
+and key hashing for the common case; ``try_append_locked`` is the reference (it
+calls ``RecordAccumulator.append`` and ``RecordBatchBuilder.append``). Two engines
+get the same records and the same random seed: one tries the fast path first, as
+``Producer.send`` does, the other takes the general path for every record. They
+must place every record in the same partition, batch and position and build
+byte-identical batches. No sockets: the engines' loops never run; metadata is fed
+from a MetadataSnapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kprod._core.accumulator import ProducerBatch, record_size_upper_bound
 from kprod._core.murmur2 import partition_for_key
 from kprod._io.engine import WAIT_METADATA, ProducerEngine
 from kprod.config import ProducerConfig
+from kprod.errors import KprodError
 from kprod.protocol.metadata import MetadataSnapshot, PartitionSnapshot, TopicSnapshot
 from kprod.records.batch import RecordBatchBuilder
 
@@ -40,10 +42,10 @@ def snapshot(partitions: int = PARTITIONS) -> MetadataSnapshot:
 
 
 class SlowEngine(ProducerEngine):
-    """Every record through the reference path."""
+    """Every record through the general path."""
 
-    def try_append_locked(self, *args: object, **kwargs: object) -> ProducerBatch | int:
-        return self._append_slow(*args, **kwargs)  # type: ignore[arg-type]
+    def try_append_plain(self, *args: object, **kwargs: object) -> ProducerBatch | None:
+        return None
 
 
 def make_engine(cls: type[ProducerEngine], seed: int, **settings: object) -> Iterator[ProducerEngine]:
@@ -96,7 +98,13 @@ def append_all(engine: ProducerEngine, records: list[Record]) -> list[tuple[int,
             continue
         bound = record_size_upper_bound(key, value, headers)
         with engine.lock:
-            batch = engine.try_append_locked(TOPIC, partition, BASE_TS + offset, key, value, headers, bound)
+            batch: ProducerBatch | int | None = None
+            if headers is None:
+                batch = engine.try_append_plain(TOPIC, partition, BASE_TS + offset, key, value)
+            if batch is None:
+                batch = engine.try_append_locked(
+                    TOPIC, partition, BASE_TS + offset, key, value, headers, bound
+                )
         assert isinstance(batch, ProducerBatch)
         number = numbers.setdefault(id(batch), len(numbers))
         placed.append((batch.partition, number, batch.record_count - 1))
@@ -104,7 +112,7 @@ def append_all(engine: ProducerEngine, records: list[Record]) -> list[tuple[int,
 
 
 def batches_of(engine: ProducerEngine) -> list[tuple[int, bytes, list[int]]]:
-    return [(b.partition, bytes(b.build()), list(b.timestamps)) for b in engine.accumulator.queued_batches()]
+    return [(b.partition, bytes(b.build())) for b in engine.accumulator.queued_batches()]
 
 
 @settings(max_examples=60, deadline=None)
@@ -143,6 +151,14 @@ def test_fast_path_batches_equal_the_builder_and_decode_back() -> None:
             for _ in range(2000)
         ]
         append_all(engine, records)
+        taken_plain = 0
+        for offset, key, value, _, _ in records[:200]:
+            with engine.lock:
+                if engine.try_append_plain(TOPIC, None, BASE_TS + offset, key, value) is not None:
+                    taken_plain += 1
+                else:
+                    engine.try_append_locked(TOPIC, None, BASE_TS + offset, key, value, None, 200)
+        assert taken_plain > 170  # the others open batches: the general path's work
         for batch in engine.accumulator.queued_batches():
             reference = RecordBatchBuilder(batch.base_timestamp_ms)
             for ts, key, value, headers in batch.decode_records():
@@ -198,8 +214,10 @@ def test_a_partition_out_of_range_raises_on_the_fast_path_too(partition: int) ->
     engine = next(gen)
     try:
         append_all(engine, [(0, None, b"v", 0, None)])
-        with engine.lock, pytest.raises(Exception, match="does not exist"):
-            engine.try_append_locked(TOPIC, partition, BASE_TS, None, b"v", None, 100)
+        with engine.lock:
+            assert engine.try_append_plain(TOPIC, partition, BASE_TS, None, b"v") is None
+            with pytest.raises(KprodError, match="does not exist"):
+                engine.try_append_locked(TOPIC, partition, BASE_TS, None, b"v", None, 100)
     finally:
         gen.close()
 

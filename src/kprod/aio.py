@@ -118,9 +118,9 @@ class AsyncProducer:
                     assert isinstance(result, ProducerBatch)
                     index = result.record_count - 1
                     # The future itself, not a closure around it: deliver() settles futures directly.
-                    result.add_callback(index, future)
+                    result.add_callback(index, future, ts)
                     if on_delivery is not None:
-                        result.add_callback(index, on_delivery)
+                        result.add_callback(index, on_delivery, ts)
                     full = (index == 0 or not result.accepting) and engine.wake_after_append_locked(result)
                 elif result == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1

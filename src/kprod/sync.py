@@ -110,12 +110,13 @@ class RecordFuture:
     producer makes its own subclass whose class attribute ``_engine`` names it.
     """
 
-    __slots__ = ("_batch", "_index")
+    __slots__ = ("_batch", "_index", "_timestamp")
     _engine: ProducerEngine | None = None
     _error: BaseException | None = None
 
     _batch: ProducerBatch | None
     _index: int
+    _timestamp: int  # the record's CreateTime (ms)
 
     @classmethod
     def failed(cls, error: BaseException) -> RecordFuture:
@@ -123,6 +124,7 @@ class RecordFuture:
         future = _FailedRecordFuture()
         future._batch = None
         future._index = -1
+        future._timestamp = -1
         future._error = error
         return future
 
@@ -167,7 +169,7 @@ class RecordFuture:
         if error is not None:
             raise error
         assert self._batch is not None
-        return ProducerEngine.record_metadata(self._batch, self._index)
+        return ProducerEngine.record_metadata(self._batch, self._index, self._timestamp)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like :meth:`result`, then return the delivery error or None."""
@@ -181,7 +183,7 @@ class RecordFuture:
         if batch is not None and engine is not None:
             with engine.lock:
                 if batch.state is not BatchState.DONE:
-                    batch.add_callback(self._index, lambda _md, _err: fn(self))
+                    batch.add_callback(self._index, lambda _md, _err: fn(self), self._timestamp)
                     return
         try:
             fn(self)
@@ -215,6 +217,8 @@ class Producer:
         self.config = ProducerConfig.from_user(config, **kwargs)
         check_supported(self.config)
         self._preparer = RecordPreparer(self.config)
+        self._plain = self._preparer.fast
+        """Raw bytes keys and values need no serializer call (send() may take its fast path)."""
         self._linger_ms = self.config.linger_ms
         self._loop = asyncio.new_event_loop()
         try:
@@ -271,59 +275,79 @@ class Producer:
         after close(). A record too large for ``max.request.size`` fails alone: its
         future fails with RecordTooLargeError.
         """
-        preparer = self._preparer
-        # The common case (bytes, no headers, default serializers) inline; the rest in prepare().
+        # The common case, raw bytes with the default serializers into an open batch, in two frames.
         if (
-            preparer.fast
-            and not headers
-            and timestamp is None
-            and (value is None or type(value) is bytes)
+            (value is None or type(value) is bytes)
             and (key is None or type(key) is bytes)
+            and headers is None
+            and timestamp is None
             and type(topic) is str
-            and topic
+            and self._plain
         ):
-            kb: bytes | None = key
-            vb: bytes | None = value
-            hdrs = None
             ts = _time_ns() // 1_000_000
-            bound = _RECORD_OVERHEAD_BOUND + (0 if kb is None else len(kb)) + (0 if vb is None else len(vb))
-            too_large = preparer.too_large(topic, bound) if bound > preparer.limit_bytes else None
-        else:
+            engine = self._engine
+            lock = engine.lock
+            lock.acquire()  # not ``with``: acquire/release calls cost half as much
             try:
-                kb, vb, hdrs, ts, bound = preparer.prepare(
-                    topic, key, value, headers, timestamp, _time_ns() // 1_000_000
-                )
-                too_large = None
-            except RecordTooLargeError as exc:
-                too_large = exc
-        if too_large is not None:  # only this record fails
-            if on_delivery is not None:
-                on_delivery(None, too_large)
-            return RecordFuture.failed(too_large)
-        engine = self._engine
-        lock = engine.lock
-        lock.acquire()  # not ``with``: acquire/release calls cost half as much
+                batch = engine.try_append_plain(topic, partition, ts, key, value)
+                if batch is not None:
+                    index = batch.record_count - 1
+                    if on_delivery is not None:
+                        batch.add_callback(index, on_delivery, ts)
+                    full = not batch.accepting and engine.wake_after_append_locked(batch)
+            finally:
+                lock.release()
+            if batch is not None:
+                if full:
+                    _sleep(0)  # see _send
+                future = self._future_type()
+                future._batch = batch
+                future._index = index
+                future._timestamp = ts
+                return future
+        return self._send(topic, value, key, partition, timestamp, headers, on_delivery)
+
+    def _send(
+        self,
+        topic: str,
+        value: Any,
+        key: Any,
+        partition: int | None,
+        timestamp: int | None,
+        headers: Any,
+        on_delivery: DeliveryCallback | None,
+    ) -> RecordFuture:
+        """send() in general: serializers, validation, new batches, waits for metadata or memory."""
         try:
+            kb, vb, hdrs, ts, bound = self._preparer.prepare(
+                topic, key, value, headers, timestamp, _time_ns() // 1_000_000
+            )
+        except RecordTooLargeError as exc:  # only this record fails
+            if on_delivery is not None:
+                on_delivery(None, exc)
+            return RecordFuture.failed(exc)
+        engine = self._engine
+        with engine.lock:
             if not engine.accepting:
                 engine.check_open()
-            batch = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-            if type(batch) is int:
-                batch = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, batch)
-            index = batch.record_count - 1  # type: ignore[union-attr]
+            result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
+            if type(result) is int:
+                result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
+            batch: ProducerBatch = result  # type: ignore[assignment]
+            index = batch.record_count - 1
             if on_delivery is not None:
-                batch.add_callback(index, on_delivery)  # type: ignore[union-attr]
+                batch.add_callback(index, on_delivery, ts)
             # A new batch may need the sender's linger timer, a full one the sender at once.
-            full = (index == 0 or not batch.accepting) and engine.wake_after_append_locked(batch)  # type: ignore[union-attr,arg-type]
-        finally:
-            lock.release()
+            full = (index == 0 or not batch.accepting) and engine.wake_after_append_locked(batch)
         if full:
             # A batch is ready: give the GIL to the I/O thread now. Otherwise a sending loop
             # keeps it for the whole switch interval (5 ms) at each of the I/O thread's
             # blocking calls, and the buffer fills faster than it drains (latency in seconds).
             _sleep(0)
         future = self._future_type()
-        future._batch = batch  # type: ignore[assignment]
+        future._batch = batch
         future._index = index
+        future._timestamp = ts
         return future
 
     def send_batch(
@@ -413,12 +437,13 @@ class Producer:
                     batch: ProducerBatch = result  # type: ignore[assignment]
                     index = batch.record_count - 1
                     if on_delivery is not None:
-                        batch.add_callback(index, on_delivery)
+                        batch.add_callback(index, on_delivery, ts)
                     if index == 0 or not batch.accepting:
                         engine.wake_after_append_locked(batch)
                     future = future_type()
                     future._batch = batch
                     future._index = index
+                    future._timestamp = ts
                     futures.append(future)
                     position += 1
         return futures

@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import enum
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -103,7 +102,6 @@ class ProducerBatch(RecordBatchBuilder):
         "released",
         "sent",
         "state",
-        "timestamps",
         "topic",
         "waiter",
     )
@@ -133,11 +131,9 @@ class ProducerBatch(RecordBatchBuilder):
         self.producer_epoch = -1
         self.base_sequence = -1
         self.encoded: bytes | bytearray | None = None
-        # Create times of the records, for RecordMetadata: 8 bytes each, no int object per record.
-        self.timestamps = array("q")
-        # (record index, callback) registered by the user or the facade. The callback is fn(metadata_or_None, error_or_None), or an object the I/O layer
+        # (record index, callback, record timestamp ms) registered by the user or the facade. The callback is fn(metadata_or_None, error_or_None), or an object the I/O layer
         # settles itself (AsyncProducer stores its asyncio.Future as is, to save a closure per record).
-        self.callbacks: list[tuple[int, Any]] | None = None
+        self.callbacks: list[tuple[int, Any, int]] | None = None
         # Opaque slot for the I/O layer (a one-shot waiter that wakes sync result() calls).
         self.waiter: Any = None
         self.base_offset = -1
@@ -169,12 +165,13 @@ class ProducerBatch(RecordBatchBuilder):
     def done(self) -> bool:
         return self.state is BatchState.DONE
 
-    def add_callback(self, index: int, fn: Any) -> None:
+    def add_callback(self, index: int, fn: Any, timestamp_ms: int) -> None:
+        """Call ``fn`` when record ``index`` (CreateTime ``timestamp_ms``) completes."""
         callbacks = self.callbacks
         if callbacks is None:
-            self.callbacks = [(index, fn)]
+            self.callbacks = [(index, fn, timestamp_ms)]
         else:
-            callbacks.append((index, fn))
+            callbacks.append((index, fn, timestamp_ms))
 
     def __repr__(self) -> str:
         return (
@@ -290,7 +287,6 @@ class RecordAccumulator:
             self.used_bytes += BATCH_HEADER_BYTES
             self.batch_count += 1
         added = batch.append(timestamp_ms, key, value, headers)
-        batch.timestamps.append(timestamp_ms)
         self.used_bytes += added
         if batch.size_bytes >= batch_size:
             batch.accepting = False
@@ -438,7 +434,6 @@ class RecordAccumulator:
                 child.attempts = batch.attempts
                 children.append((child, index))
             child.append(ts, key, value, headers or None)
-            child.timestamps.append(ts)
         batch.children = children
         batch.pending_children = len(children)
         self.used_bytes -= batch.accounted_bytes

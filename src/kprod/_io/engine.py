@@ -30,7 +30,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kprod._core.accumulator import BATCH_HEADER_BYTES, PartitionQueue, ProducerBatch, RecordAccumulator
+from kprod._core.accumulator import (
+    BATCH_HEADER_BYTES,
+    PartitionQueue,
+    ProducerBatch,
+    RecordAccumulator,
+    record_size_upper_bound,
+)
 from kprod._core.metadata import ClusterMetadata, TopicInfo
 from kprod._core.murmur2 import cached_positive_hash, partition_for_key
 from kprod._core.partitioner import StickyPartitioner
@@ -75,6 +81,12 @@ _MAX_INT32 = 2**31 - 1
 _T = ZIGZAG_TABLE  # _T[n] is the varint of n for -8192 <= n <= 8191.
 _ZERO = b"\x00"  # a record's Attributes, and a HeaderCount of 0.
 _cached_positive_hash = cached_positive_hash
+_PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
+"""record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
+key or value counts as -1 (hence + 2)."""
+_PLAIN_MAX_BYTES = 8000
+"""try_append_plain takes records whose key and value hold at most this many bytes together,
+so that every varint of the record, its length included (< 8192), comes from the table."""
 
 
 def monotonic_ms() -> int:
@@ -135,6 +147,13 @@ class ProducerEngine:
         self.partitioners: dict[str, StickyPartitioner] = {}
         self._appenders: dict[str, _TopicAppender] = {}
         self._fast_appenders: dict[str, _TopicAppender] = {}
+        # try_append_plain: key + value bytes it takes (with a null counted as -1); larger
+        # records go the general way, which also checks max.request.size.
+        # (RecordPreparer.limit_bytes is the same bound for the general path.)
+        self._plain_max_bytes = min(
+            _PLAIN_MAX_BYTES,
+            min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND,
+        )
         """Appenders the fast path may use: cleared (under the lock) whenever the metadata
         changes or the producer stops accepting, so the fast path needs no version check."""
         self._custom_partitioner = config.partitioner
@@ -266,39 +285,32 @@ class ProducerEngine:
         if fatal is not None:
             raise fatal
 
-    def try_append_locked(
-        self,
-        topic: str,
-        partition: int | None,
-        timestamp_ms: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes | None]] | None,
-        record_bound: int,
-    ) -> ProducerBatch | int:
-        """Partition and append one serialized record, or say what to wait for.
+    def try_append_plain(
+        self, topic: str, partition: int | None, timestamp_ms: int, key: bytes | None, value: bytes | None
+    ) -> ProducerBatch | None:
+        """Append one record of raw bytes without headers the fast way, or return None (lock held).
 
-        Returns the batch the record went to (its index there is
-        ``record_count - 1``), or WAIT_METADATA / WAIT_MEMORY. Raises KprodError for
-        an invalid explicit partition. Caller holds the lock.
-
-        This is the per-record hot path. The common case runs in this one frame: a
-        topic whose append state is cached (:class:`_TopicAppender`), no headers, no
-        custom partitioner, and a record that fits the open batch of its partition.
-        It then does what :meth:`_append_slow` would do, with
-        :meth:`RecordBatchBuilder.append` inlined for a record without headers (the
-        tests check both paths build the same bytes). Anything else (a new batch,
-        the sticky partitioner's turn to switch, a key not in the murmur2 cache,
-        headers, a memory wait) goes through :meth:`_append_slow`.
+        The per-record hot path, in one frame: a topic whose append state is cached
+        (:class:`_TopicAppender`), no custom partitioner, room in ``buffer.memory``,
+        and an open batch in the record's partition with room for it. It does what
+        :meth:`try_append_locked` would do, with the sticky partitioner's byte
+        accounting, the key's cached murmur2 hash and :meth:`RecordBatchBuilder.append`
+        inlined (the tests check both paths place and encode every record alike).
+        None means "not this way" and changes nothing: the caller then takes the
+        general path (serializers, validation, new batches, waits). ``key`` and
+        ``value`` are bytes or None; ``topic`` any hashable.
         """
         appender = self._fast_appenders.get(topic)
+        if appender is None:
+            return None
+        key_size = -1 if key is None else len(key)
+        value_size = -1 if value is None else len(value)
+        if key_size + value_size > self._plain_max_bytes:  # keeps every varint in the table, and
+            return None  # the record within max.request.size
+        record_bound = _PLAIN_RECORD_BOUND + key_size + value_size  # >= record_size_upper_bound
         acc = self.accumulator
-        if (
-            appender is None
-            or headers
-            or acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory  # acc.has_room, inlined
-        ):
-            return self._append_slow(topic, partition, timestamp_ms, key, value, headers, record_bound)
+        if acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory:  # acc.has_room, inlined
+            return None
         sticky: StickyPartitioner | None = None
         batch: ProducerBatch | None
         if partition is None:
@@ -308,27 +320,21 @@ class ProducerEngine:
             else:
                 positive = _cached_positive_hash(key)
                 if positive is None:
-                    return self._append_slow(
-                        topic, partition, timestamp_ms, key, value, headers, record_bound
-                    )
+                    return None
                 batches = appender.queues[positive % appender.count].batches
                 batch = batches[-1] if batches else None
-        elif 0 <= partition < appender.count:
+        elif type(partition) is int and 0 <= partition < appender.count:
             batches = appender.queues[partition].batches
             batch = batches[-1] if batches else None
         else:
-            batch = None
+            return None
         if batch is None or not batch.accepting or batch.size_bytes + record_bound > acc.batch_size:
-            return self._append_slow(topic, partition, timestamp_ms, key, value, headers, record_bound)
-        # RecordBatchBuilder.append, inlined for a record without headers: varints from the
-        # table _T (the slow path takes records whose varints do not fit it).
+            return None
         count = batch.record_count
         delta = timestamp_ms - batch.base_timestamp_ms
-        key_size = -1 if key is None else len(key)
-        value_size = -1 if value is None else len(value)
-        # Every varint must come from the table, the record's length included (at most 8191).
-        if count > 8191 or not -8192 <= delta <= 8191 or key_size + value_size > 8000:
-            return self._append_slow(topic, partition, timestamp_ms, key, value, headers, record_bound)
+        if count > 8191 or not -8192 <= delta <= 8191:
+            return None
+        # RecordBatchBuilder.append for a record without headers, every varint from the table.
         body = b"".join(
             (
                 _ZERO,
@@ -349,19 +355,18 @@ class ProducerEngine:
         batch.record_count = count + 1
         if timestamp_ms > batch.max_timestamp_ms:
             batch.max_timestamp_ms = timestamp_ms
-        batch.timestamps.append(timestamp_ms)
         acc.used_bytes += size - before
         if size >= acc.batch_size:
             batch.accepting = False
             acc.full_batches += 1
         if sticky is not None:
-            # StickyPartitioner.on_append, inlined (see _append_slow).
+            # StickyPartitioner.on_append, inlined (see try_append_locked).
             produced = sticky.produced_bytes = sticky.produced_bytes + size - before
             if produced >= sticky.batch_size and (produced >= 2 * sticky.batch_size or not batch.accepting):
                 self._switch_sticky(topic, appender)
         return batch
 
-    def _append_slow(
+    def try_append_locked(
         self,
         topic: str,
         partition: int | None,
@@ -371,7 +376,13 @@ class ProducerEngine:
         headers: Sequence[tuple[str, bytes | None]] | None,
         record_bound: int,
     ) -> ProducerBatch | int:
-        """:meth:`try_append_locked` for every case: the reference path."""
+        """Partition and append one serialized record, or say what to wait for (lock held).
+
+        Returns the batch the record went to (its index there is
+        ``record_count - 1``), or WAIT_METADATA / WAIT_MEMORY. Raises KprodError for
+        an invalid explicit partition. Every case goes this way; the common one
+        also has :meth:`try_append_plain`, which must place and encode alike.
+        """
         now_ms = monotonic_ms()
         appender = self._appenders.get(topic)
         if appender is None or appender.version != self.metadata.version:
@@ -513,8 +524,8 @@ class ProducerEngine:
     # -- completions ------------------------------------------------------------------------
 
     @staticmethod
-    def record_metadata(batch: ProducerBatch, index: int) -> RecordMetadata:
-        """RecordMetadata of record ``index`` of a successfully completed batch."""
+    def record_metadata(batch: ProducerBatch, index: int, timestamp_ms: int) -> RecordMetadata:
+        """RecordMetadata of record ``index`` (CreateTime ``timestamp_ms``) of a successfully completed batch."""
         if batch.children is not None:
             batch, index = batch.resolve(index)
         base = batch.base_offset
@@ -523,7 +534,7 @@ class ProducerEngine:
             batch.topic,
             batch.partition,
             base + index if base >= 0 else -1,
-            ts if ts >= 0 else batch.timestamps[index],
+            ts if ts >= 0 else timestamp_ms,
         )
 
     @staticmethod
@@ -543,18 +554,18 @@ class ProducerEngine:
             if callbacks:
                 split = batch.children is not None
                 error = batch.error
-                for index, fn in callbacks:
+                for index, fn, timestamp_ms in callbacks:
                     if split:
                         error = self.record_error(batch, index)
                     if type(fn) is asyncio.Future:  # AsyncProducer.enqueue's future, stored as is
                         if not fn.done():
                             if error is None:
-                                fn.set_result(record_metadata(batch, index))
+                                fn.set_result(record_metadata(batch, index, timestamp_ms))
                             else:
                                 fn.set_exception(error)
                         continue
                     try:
-                        fn(None if error is not None else record_metadata(batch, index), error)
+                        fn(None if error is not None else record_metadata(batch, index, timestamp_ms), error)
                     except Exception:
                         log.exception("a delivery callback raised (topic %s)", batch.topic)
             waiter = batch.waiter
