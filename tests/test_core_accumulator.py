@@ -286,6 +286,39 @@ def test_drained_batches_accept_no_more_records() -> None:
     assert batch.record_count == 1
 
 
+def test_a_filling_batch_within_linger_does_not_ride_along_with_a_ready_one() -> None:
+    """Unlike Java's drain, a partition's only batch, still accepting and younger than linger.ms,
+    stays to fill even when its broker is being sent to: under CPython's GIL, sending half-empty
+    batches costs more requests than the latency it saves (docs/buffering-and-batching.md)."""
+    acc = make_acc(batch_size=BATCH_HEADER_BYTES + 2 * BOUND, linger_ms=100)
+    full = append(acc, 0, 0)
+    while append(acc, 0, 0) is full:
+        pass  # partition 0: a full batch, then a new one
+    filling = append(acc, 2, 50)  # partition 2, same leader (node 1), created at 50
+    nodes, next_ms, _ = acc.ready(60, leader_of, always)
+    assert nodes == {1}
+    assert next_ms == 150  # partition 2's batch lingers until 50 + 100
+    assert acc.drain(1, 60, 1 << 20, leader_of, always) == [full]
+    assert filling.accepting and list(acc.queue(TOPIC, 2).batches) == [filling]
+    # Once lingered, or when a flush forces everything, it goes.
+    taken = acc.drain(1, 150, 1 << 20, leader_of, always)
+    assert filling in taken
+    acc2 = make_acc(linger_ms=100)
+    young = append(acc2, 2, 0)
+    acc2.flushing = True
+    assert acc2.drain(1, 1, 1 << 20, leader_of, always) == [young]
+
+
+def test_ready_reports_the_linger_expiry_of_a_batch_left_behind_on_a_ready_node() -> None:
+    acc = make_acc(batch_size=BATCH_HEADER_BYTES + 2 * BOUND, linger_ms=100)
+    append(acc, 2, 40)  # node 1, lingers until 140
+    full = append(acc, 0, 0)
+    while append(acc, 0, 90) is full:
+        pass  # node 1 is ready now; partition 0's new batch (created at 90) lingers until 190
+    nodes, next_ms, _ = acc.ready(95, leader_of, always)
+    assert nodes == {1} and next_ms == 140
+
+
 # -- reenqueue ------------------------------------------------------------------------------------
 
 

@@ -316,21 +316,20 @@ class RecordAccumulator:
             if leader < 0:
                 unknown.add(q.topic)
                 continue
-            if leader in ready_nodes:
-                continue
             if head.attempts > 0 and now_ms < head.next_retry_ms:
                 next_ms = min(next_ms, head.next_retry_ms)
                 continue
-            if not can_send(q):
-                continue
             if force or len(q.batches) > 1 or not head.accepting or head.attempts > 0:
-                ready_nodes.add(leader)
+                if leader not in ready_nodes and can_send(q):
+                    ready_nodes.add(leader)
                 continue
             send_at = head.created_ms + linger
-            if send_at <= now_ms:
+            if send_at > now_ms:
+                # Not sendable yet, even if its broker is: drain() leaves it to fill until then.
+                if send_at < next_ms:
+                    next_ms = send_at
+            elif leader not in ready_nodes and can_send(q):
                 ready_nodes.add(leader)
-            elif send_at < next_ms:
-                next_ms = send_at
         return ready_nodes, next_ms, unknown
 
     def drain(
@@ -355,14 +354,25 @@ class RecordAccumulator:
         if not queues:
             return []
         start = self._drain_start.get(node_id, 0) % len(queues)
+        linger = self.linger_ms
+        force = self.flushing or self.closing or self.memory_waiters > 0
         taken: list[ProducerBatch] = []
         size = 0
         count = len(queues)
         for i in range(count):
             q = queues[(start + i) % count]
-            head = q.batches[0]
+            batches = q.batches
+            head = batches[0]
             if head.attempts > 0 and now_ms < head.next_retry_ms:
                 continue
+            if (
+                head.accepting
+                and len(batches) == 1
+                and head.attempts == 0
+                and now_ms < head.created_ms + linger
+                and not force
+            ):
+                continue  # still filling and within linger.ms: not sent along with the others
             if not can_send(q):
                 continue
             batch_bytes = head.size_bytes

@@ -84,6 +84,8 @@ _cached_positive_hash = cached_positive_hash
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
+_YIELD_INTERVAL_MS = 1
+"""With answers pending, an appending thread offers the I/O thread the GIL at most this often."""
 _PLAIN_MAX_BYTES = 8000
 """try_append_plain takes records whose key and value hold at most this many bytes together,
 so that every varint of the record, its length included (< 8192), comes from the table."""
@@ -181,6 +183,7 @@ class ProducerEngine:
         self._woken = False
         self._wake_scheduled = False
         self._full_batches_seen = 0
+        self._next_yield_ms = 0
         self.next_wakeup_ms = 0
         """When the sender loop will look again on its own (ms, monotonic); published under the lock."""
         self._pid_pending = False
@@ -492,8 +495,14 @@ class ProducerEngine:
             if not self.core.in_flight_count:
                 self.wake()
                 return True
-        if batch.record_count == 1 and self.next_wakeup_ms > monotonic_ms() + self.config.linger_ms:
+        if batch.record_count != 1:
+            return False
+        now_ms = monotonic_ms()
+        if self.next_wakeup_ms > now_ms + self.config.linger_ms:
             self.wake()
+        if self.core.in_flight_count and now_ms >= self._next_yield_ms:
+            self._next_yield_ms = now_ms + _YIELD_INTERVAL_MS
+            return True
         return False
 
     def wait_error(self, reason: int, topic: str, waited_ms: int) -> KprodError:
@@ -660,6 +669,13 @@ class ProducerEngine:
                 for retry_at, _ in self._node_backoff.values():
                     if retry_at > now:
                         next_ms = min(next_ms, retry_at)
+                linger_ms = self.config.linger_ms
+                if linger_ms > 0 and self.core.in_flight_count:
+                    # While answers are pending, look again within linger.ms anyway: a batch created
+                    # meanwhile then needs no wake-up from the appending thread (a wake-up is a
+                    # syscall and a GIL hand-off; a loaded producer opens thousands of batches a
+                    # second, and answers arriving start rounds of their own).
+                    next_ms = min(next_ms, now + linger_ms)
                 self.next_wakeup_ms = next_ms
             if refresh:
                 self._spawn(self._refresh_metadata(topics))
