@@ -156,6 +156,8 @@ class ProducerEngine:
             _PLAIN_MAX_BYTES,
             min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND,
         )
+        self._plain_memory_limit = self.accumulator.buffer_memory - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND
+        self._plain_batch_limit = self.accumulator.batch_size - _PLAIN_RECORD_BOUND
         """Appenders the fast path may use: cleared (under the lock) whenever the metadata
         changes or the producer stops accepting, so the fast path needs no version check."""
         self._custom_partitioner = config.partitioner
@@ -245,7 +247,13 @@ class ProducerEngine:
 
     def _wake_from_thread(self) -> None:
         self._wake_scheduled = False
-        self._wake()
+        if self._pump_scheduled or self.closed:
+            self._woken = True
+            return
+        # Run the round now rather than scheduling it: one loop iteration (an epoll call and a
+        # handle) less between an appending thread's wake-up and the request on the wire.
+        self._pump_scheduled = True
+        self._pump()
 
     def wake_threadsafe(self) -> None:
         """Wake the sender loop from any thread (at most one pending wake-up)."""
@@ -308,11 +316,13 @@ class ProducerEngine:
             return None
         key_size = -1 if key is None else len(key)
         value_size = -1 if value is None else len(value)
-        if key_size + value_size > self._plain_max_bytes:  # keeps every varint in the table, and
-            return None  # the record within max.request.size
-        record_bound = _PLAIN_RECORD_BOUND + key_size + value_size  # >= record_size_upper_bound
+        # _PLAIN_RECORD_BOUND + key_size + value_size bounds the record's size from above (like
+        # record_size_upper_bound); the limits below have the constant part folded in.
+        data_size = key_size + value_size
+        if data_size > self._plain_max_bytes:  # keeps every varint in the table, and the record
+            return None  # within max.request.size
         acc = self.accumulator
-        if acc.used_bytes + record_bound + BATCH_HEADER_BYTES > acc.buffer_memory:  # acc.has_room, inlined
+        if acc.used_bytes + data_size > self._plain_memory_limit:  # acc.has_room, inlined
             return None
         sticky: StickyPartitioner | None = None
         batch: ProducerBatch | None
@@ -331,7 +341,7 @@ class ProducerEngine:
             batch = batches[-1] if batches else None
         else:
             return None
-        if batch is None or not batch.accepting or batch.size_bytes + record_bound > acc.batch_size:
+        if batch is None or not batch.accepting or batch.size_bytes + data_size > self._plain_batch_limit:
             return None
         count = batch.record_count
         delta = timestamp_ms - batch.base_timestamp_ms
