@@ -81,6 +81,7 @@ _MAX_INT32 = 2**31 - 1
 _T = ZIGZAG_TABLE  # _T[n] is the varint of n for -8192 <= n <= 8191.
 _ZERO = b"\x00"  # a record's Attributes, and a HeaderCount of 0.
 _cached_positive_hash = cached_positive_hash
+_tuple_new = tuple.__new__
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
@@ -568,23 +569,43 @@ class ProducerEngine:
         if not batches:
             return
         record_metadata = self.record_metadata
+        future_type = asyncio.Future
         for batch in batches:
             callbacks = batch.callbacks
             if callbacks:
                 split = batch.children is not None
                 error = batch.error
+                # Per record (kprod perf registers a callback on every one): the metadata tuple is
+                # built here with tuple.__new__ rather than through record_metadata() unless split.
+                topic = batch.topic
+                partition = batch.partition
+                base = batch.base_offset
+                log_append_ms = batch.log_append_time_ms
                 for index, fn, timestamp_ms in callbacks:
                     if split:
                         error = self.record_error(batch, index)
-                    if type(fn) is asyncio.Future:  # AsyncProducer.enqueue's future, stored as is
+                        metadata = None if error is not None else record_metadata(batch, index, timestamp_ms)
+                    elif error is None:
+                        metadata = _tuple_new(
+                            RecordMetadata,
+                            (
+                                topic,
+                                partition,
+                                base + index if base >= 0 else -1,
+                                log_append_ms if log_append_ms >= 0 else timestamp_ms,
+                            ),
+                        )
+                    else:
+                        metadata = None
+                    if type(fn) is future_type:  # AsyncProducer.enqueue's future, stored as is
                         if not fn.done():
                             if error is None:
-                                fn.set_result(record_metadata(batch, index, timestamp_ms))
+                                fn.set_result(metadata)
                             else:
                                 fn.set_exception(error)
                         continue
                     try:
-                        fn(None if error is not None else record_metadata(batch, index, timestamp_ms), error)
+                        fn(metadata, error)
                     except Exception:
                         log.exception("a delivery callback raised (topic %s)", batch.topic)
             waiter = batch.waiter
