@@ -222,6 +222,67 @@ def _memory_result(
     }
 
 
+# ----------------------------------------------------------------------------- kprod-async
+
+
+def run_kprod_async(w: Workload, bootstrap: str, every: int, broker_pid: int) -> None:
+    """kprod's ``AsyncProducer`` on this process's loop: ``await enqueue()`` per record, then
+    ``await flush()``; ``await send()`` per record in the one-at-a-time workload. Not run in W5."""
+    import kprod
+    from kprod import AsyncProducer
+
+    props: dict[str, object] = {
+        "bootstrap.servers": bootstrap,
+        "acks": w.acks,
+        "linger.ms": w.linger_ms,
+        "compression.type": w.compression,
+        "enable.idempotence": w.idempotence,
+    }
+
+    async def main() -> None:
+        async with AsyncProducer(props) as producer:
+            await asyncio.wait_for(producer.send(TOPIC, b"warm-up"), 30)
+            values = values_for(w)
+            keys = keys_for(w) or [None]
+            nv, nk, n = len(values), len(keys), w.records
+            m = Meter()
+            base = {"client": "kprod-async", "version": kprod.__version__, "workload": w.name}
+            lat_append = m.latencies.append
+
+            # As aiokafka: a done-callback on the delivery future, i.e. when a coroutine awaiting
+            # it would resume (on_delivery would run one loop iteration earlier, inside the sender).
+            def on_done(t0: int, fut: asyncio.Future[Any]) -> None:
+                if fut.cancelled():
+                    m.error("cancelled")
+                elif fut.exception() is not None:
+                    m.error(fut.exception())
+                else:
+                    lat_append(clock() - t0)
+
+            send = producer.send
+            enqueue = producer.enqueue
+            m.start()
+            if w.mode == "one-at-a-time":
+                for i in range(n):
+                    t0 = clock()
+                    await send(TOPIC, values[i % nv], keys[i % nk])
+                    lat_append(clock() - t0)
+            else:
+                for i in range(n):
+                    if i % every:
+                        await enqueue(TOPIC, values[i % nv], keys[i % nk])
+                    else:
+                        t0 = clock()
+                        fut = await enqueue(TOPIC, values[i % nv], keys[i % nk])
+                        fut.add_done_callback(partial(on_done, t0))
+                await producer.flush()
+                await asyncio.sleep(0)  # let the last done-callbacks run
+            m.stop()
+            emit({**base, **m.result(w, n)})
+
+    asyncio.run(main())
+
+
 # ----------------------------------------------------------------------------- confluent-kafka
 
 
@@ -439,6 +500,7 @@ def run_kafka_python(w: Workload, bootstrap: str, every: int, broker_pid: int) -
 
 RUNNERS: dict[str, Callable[[Workload, str, int, int], None]] = {
     "kprod": run_kprod,
+    "kprod-async": run_kprod_async,
     "confluent-kafka": run_confluent,
     "aiokafka": run_aiokafka,
     "kafka-python": run_kafka_python,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""kprod against confluent-kafka, aiokafka and kafka-python on the same workloads.
+"""kprod (sync and asyncio) against confluent-kafka, aiokafka and kafka-python on the same workloads.
 
     python bench/run.py                       # full sizes (several minutes)
     python bench/run.py --scale 0.2           # record counts x 0.2 (about 2 minutes)
@@ -129,6 +129,7 @@ def stored_records(bootstrap: str) -> int | None:
 
 MODULES = {
     "kprod": "kprod",
+    "kprod-async": "kprod",
     "confluent-kafka": "confluent_kafka",
     "aiokafka": "aiokafka",
     "kafka-python": "kafka",
@@ -364,6 +365,7 @@ def chart(rows: list[dict[str, Any]], path: Path, args: argparse.Namespace, info
     clients = list(args.clients)
     colors = {
         "kprod": "#d62728",
+        "kprod-async": "#9467bd",
         "confluent-kafka": "#1f77b4",
         "aiokafka": "#2ca02c",
         "kafka-python": "#ff7f0e",

@@ -13,7 +13,7 @@ from typing import Any
 
 TOPIC = "bench"
 PARTITIONS = 6
-CLIENTS = ("kprod", "confluent-kafka", "aiokafka", "kafka-python")
+CLIENTS = ("kprod", "kprod-async", "confluent-kafka", "aiokafka", "kafka-python")
 BASELINE = "confluent-kafka"
 UPPERCASE_TABLE = bytes(65 + i % 26 for i in range(256))
 POOL = 4096
@@ -77,7 +77,7 @@ WORKLOADS: dict[str, Workload] = {
             acks="all",
             idempotence=True,
             keyed=True,
-            clients=("kprod", "confluent-kafka", "kafka-python"),
+            clients=("kprod", "kprod-async", "confluent-kafka", "kafka-python"),
             skipped={"aiokafka": AIOKAFKA_IDEMPOTENCE},
         ),
         Workload("W3-lz4", "200k x 1 KB JSON, lz4", 200_000, "json", 1024, "pipelined", compression="lz4"),
@@ -99,7 +99,7 @@ WORKLOADS: dict[str, Workload] = {
             100,
             "memory",
             clients=("kprod", "confluent-kafka"),
-            skipped={"aiokafka": MEMORY_ONLY, "kafka-python": MEMORY_ONLY},
+            skipped={"kprod-async": MEMORY_ONLY, "aiokafka": MEMORY_ONLY, "kafka-python": MEMORY_ONLY},
         ),
     )
 }

@@ -564,6 +564,33 @@ def test_flush_returns_once_everything_is_acknowledged(broker: Any, make_topic: 
     assert_metadata_matches_readback(topic, metadata, [b"f-%d" % i for i in range(n)], records)
 
 
+@pytest.mark.timeout(120)
+def test_metrics_count_records_batches_and_requests_and_full_batches_are_not_split(
+    broker: Any, make_topic: MakeTopic
+) -> None:
+    """Keyless records through the fast path fill whole batches (sticky partitioner, nothing
+    sends a filling batch before linger.ms), and the counters say so."""
+    topic = make_topic(3)
+    n = 20_000
+    value = b"m" * 100
+    with producing(broker.bootstrap_servers, linger_ms=2_000, batch_size=16_384, acks=1) as producer:
+        producer.send(topic, b"first").result(timeout=30)
+        futures = [producer.send(topic, value) for _ in range(n)]
+        producer.flush(timeout=60)
+        metrics = producer.metrics()
+        metadata = [f.result(timeout=0) for f in futures]
+    assert metrics["records-sent-total"] == n + 1
+    per_batch = (16_384 - 61) // (len(value) + 10)  # each record takes 110 bytes or so
+    full_batches = n // per_batch
+    # Every batch but the last of each partition (and the first record's) left full.
+    assert full_batches <= metrics["batches-sent-total"] <= full_batches + 3 + 1 + 3
+    assert 1 <= metrics["produce-requests-total"] <= metrics["batches-sent-total"]
+    sizes: dict[int, int] = {}
+    for md in metadata:
+        sizes[md.partition] = sizes.get(md.partition, 0) + 1
+    assert sum(sizes.values()) == n and len(sizes) > 1  # the sticky partitioner moved on
+
+
 # ----------------------------------------------------------------------------- 9. threads
 
 
