@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch
-from kprod._io.engine import WAIT_MEMORY, ProducerEngine, wall_ms
+from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, wall_ms
 from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
@@ -121,11 +121,13 @@ class AsyncProducer:
                     result.add_callback(index, future, ts)
                     if on_delivery is not None:
                         result.add_callback(index, on_delivery, ts)
-                    full = (index == 0 or not result.accepting) and engine.wake_after_append_locked(result)
+                    action = engine.after_append_locked(result) if index == 0 or not result.accepting else 0
                 elif result == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1
             if type(result) is not int:
-                if full:
+                if action & WAKE_SENDER:
+                    engine.wake()
+                if action & YIELD_GIL:
                     # A batch is full: let the sender run before queueing more, or a tight
                     # enqueue loop fills buffer.memory before anything is sent.
                     await asyncio.sleep(0)

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
-from kprod._io.engine import WAIT_MEMORY, ProducerEngine
+from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine
 from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
@@ -145,12 +145,14 @@ class RecordFuture:
                 "that is not done: it would wait forever. Use on_delivery or add_done_callback instead",
                 stage="producer",
             )
-        with engine.lock:
-            if batch.done:  # completed while we took the lock
-                return
-            event = batch.waiter
-            if event is None:
-                event = batch.waiter = _BatchWaiter()
+        event = batch.waiter
+        if event is None:  # a batch this producer's facade did not create (e.g. a split's parent)
+            with engine.lock:
+                if batch.done:  # completed while we took the lock
+                    return
+                event = batch.waiter
+                if event is None:
+                    event = batch.waiter = _BatchWaiter()
         if not event.wait(timeout):
             raise KafkaTimeoutError(
                 f"result() timed out after {timeout} s; the record is still pending and will complete "
@@ -294,12 +296,12 @@ class Producer:
                     index = batch.record_count - 1
                     if on_delivery is not None:
                         batch.add_callback(index, on_delivery, ts)
-                    full = not batch.accepting and engine.wake_after_append_locked(batch)
+                    action = 0 if batch.accepting else engine.after_append_locked(batch)
             finally:
                 lock.release()
             if batch is not None:
-                if full:
-                    _sleep(0)  # see _send
+                if action:
+                    self._after_append(action)
                 future = self._future_type()
                 future._batch = batch
                 future._index = index
@@ -335,15 +337,15 @@ class Producer:
                 result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
             batch: ProducerBatch = result  # type: ignore[assignment]
             index = batch.record_count - 1
+            if index == 0:
+                # Created now, so result() can wait without the engine's lock.
+                batch.waiter = _BatchWaiter()
             if on_delivery is not None:
                 batch.add_callback(index, on_delivery, ts)
             # A new batch may need the sender's linger timer, a full one the sender at once.
-            full = (index == 0 or not batch.accepting) and engine.wake_after_append_locked(batch)
-        if full:
-            # A batch is ready: give the GIL to the I/O thread now. Otherwise a sending loop
-            # keeps it for the whole switch interval (5 ms) at each of the I/O thread's
-            # blocking calls, and the buffer fills faster than it drains (latency in seconds).
-            _sleep(0)
+            action = engine.after_append_locked(batch) if index == 0 or not batch.accepting else 0
+        if action:
+            self._after_append(action)
         future = self._future_type()
         future._batch = batch
         future._index = index
@@ -402,6 +404,7 @@ class Producer:
         position = 0
         total = len(items)
         while position < total:
+            action = 0
             with engine.lock:
                 if not engine.accepting:
                     engine.check_open()
@@ -436,17 +439,31 @@ class Producer:
                         continue
                     batch: ProducerBatch = result  # type: ignore[assignment]
                     index = batch.record_count - 1
+                    if index == 0:
+                        batch.waiter = _BatchWaiter()
                     if on_delivery is not None:
                         batch.add_callback(index, on_delivery, ts)
                     if index == 0 or not batch.accepting:
-                        engine.wake_after_append_locked(batch)
+                        action |= engine.after_append_locked(batch)
                     future = future_type()
                     future._batch = batch
                     future._index = index
                     future._timestamp = ts
                     futures.append(future)
                     position += 1
+            if action & WAKE_SENDER:
+                engine.wake()
         return futures
+
+    def _after_append(self, action: int) -> None:
+        """Act on ``ProducerEngine.after_append_locked``'s answer, the lock released."""
+        if action & WAKE_SENDER:
+            self._engine.wake()
+        if action & YIELD_GIL:
+            # Let the I/O thread have the GIL now: CPython hands it to a waiting thread only
+            # after the switch interval (5 ms), and meanwhile answers sit unread and the
+            # buffer fills faster than it drains (latency in seconds).
+            _sleep(0)
 
     def _wait_and_append(
         self,

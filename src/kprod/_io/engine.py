@@ -67,7 +67,15 @@ from kprod.records.compression import make_compressor
 from kprod.records.varint import ZIGZAG_TABLE
 from kprod.types import RecordMetadata
 
-__all__ = ["WAIT_MEMORY", "WAIT_METADATA", "ProducerEngine", "monotonic_ms", "wall_ms"]
+__all__ = [
+    "WAIT_MEMORY",
+    "WAIT_METADATA",
+    "WAKE_SENDER",
+    "YIELD_GIL",
+    "ProducerEngine",
+    "monotonic_ms",
+    "wall_ms",
+]
 
 log = logging.getLogger("kprod.producer")
 
@@ -75,6 +83,10 @@ WAIT_METADATA = 1
 """try_append_locked: the topic's partitions are not known yet."""
 WAIT_MEMORY = 2
 """try_append_locked: buffer.memory is full."""
+WAKE_SENDER = 1
+"""after_append_locked: wake the sender loop (``wake()``) once the lock is released."""
+YIELD_GIL = 2
+"""after_append_locked: then let the I/O thread run (``time.sleep(0)``, ``asyncio.sleep(0)``)."""
 
 _MAX_INT32 = 2**31 - 1
 
@@ -491,8 +503,11 @@ class ProducerEngine:
             )
         return partition
 
-    def wake_after_append_locked(self, batch: ProducerBatch) -> bool:
-        """After an append that opened ``batch`` or filled it (under the lock): wake the sender if needed.
+    def after_append_locked(self, batch: ProducerBatch) -> int:
+        """After an append that opened ``batch`` or filled it (under the lock): what the caller must do.
+
+        Returns WAKE_SENDER and/or YIELD_GIL bits, to act on *after* releasing the
+        lock (a sender woken while the lock is held would only block on it).
 
         A batch that filled (this one, or the one a new batch replaced) is sent at
         the sender's next round. With requests in flight, their answers start
@@ -501,24 +516,22 @@ class ProducerEngine:
         instead of 4+ batches per request, 2.6x the system time). With nothing
         in flight, the sender is woken at once. A new batch also wakes it when the
         loop would not look again before the batch's ``linger.ms`` runs out.
-        Returns True when the sender was woken for a full batch: the caller should
-        then let the I/O thread have the GIL.
+        YIELD_GIL asks the caller to let the I/O thread have the GIL: after such a
+        wake-up, and at most every ``_YIELD_INTERVAL_MS`` while answers are pending.
         """
         acc = self.accumulator
         if acc.full_batches != self._full_batches_seen:
             self._full_batches_seen = acc.full_batches
             if not self.core.in_flight_count:
-                self.wake()
-                return True
+                return WAKE_SENDER | YIELD_GIL
         if batch.record_count != 1:
-            return False
+            return 0
         now_ms = monotonic_ms()
-        if self.next_wakeup_ms > now_ms + self.config.linger_ms:
-            self.wake()
+        action = WAKE_SENDER if self.next_wakeup_ms > now_ms + self.config.linger_ms else 0
         if self.core.in_flight_count and now_ms >= self._next_yield_ms:
             self._next_yield_ms = now_ms + _YIELD_INTERVAL_MS
-            return True
-        return False
+            action |= YIELD_GIL
+        return action
 
     def wait_error(self, reason: int, topic: str, waited_ms: int) -> KprodError:
         """The error for a send() that waited ``max.block.ms`` for metadata or memory."""
