@@ -228,6 +228,8 @@ class Producer:
         except BaseException:
             self._loop.close()  # else "unclosed event loop" ResourceWarning and its fds until GC
             raise
+        self._lock = self._engine.lock
+        self._append_plain = self._engine.try_append_plain
         # This producer's futures: a subclass whose class attribute is the engine, so a future
         # is created with two slot stores and no __init__ (it is made once per record).
         self._future_type: type[RecordFuture] = type(
@@ -279,7 +281,7 @@ class Producer:
         """
         # The common case, raw bytes with the default serializers into an open batch, in two frames.
         if (
-            (value is None or type(value) is bytes)
+            (type(value) is bytes or value is None)
             and (key is None or type(key) is bytes)
             and headers is None
             and timestamp is None
@@ -287,16 +289,15 @@ class Producer:
             and self._plain
         ):
             ts = _time_ns() // 1_000_000
-            engine = self._engine
-            lock = engine.lock
+            lock = self._lock
             lock.acquire()  # not ``with``: acquire/release calls cost half as much
             try:
-                batch = engine.try_append_plain(topic, partition, ts, key, value)
+                batch = self._append_plain(topic, partition, ts, key, value)
                 if batch is not None:
                     index = batch.record_count - 1
                     if on_delivery is not None:
                         batch.add_callback(index, on_delivery, ts)
-                    action = 0 if batch.accepting else engine.after_append_locked(batch)
+                    action = 0 if batch.accepting else self._engine.after_append_locked(batch)
             finally:
                 lock.release()
             if batch is not None:

@@ -94,6 +94,7 @@ _T = ZIGZAG_TABLE  # _T[n] is the varint of n for -8192 <= n <= 8191.
 _ZERO = b"\x00"  # a record's Attributes, and a HeaderCount of 0.
 _cached_positive_hash = cached_positive_hash
 _tuple_new = tuple.__new__
+_NULL = b"\x01"  # varint(-1): a null key (and _T[-1])
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
@@ -361,18 +362,12 @@ class ProducerEngine:
         if count > 8191 or not -8192 <= delta <= 8191:
             return None
         # RecordBatchBuilder.append for a record without headers, every varint from the table.
-        body = b"".join(
-            (
-                _ZERO,
-                _T[delta],
-                _T[count],
-                _T[key_size],  # _T[-1] is varint(-1): a null key
-                key or b"",
-                _T[value_size],
-                value or b"",
-                _ZERO,
+        if key is None:
+            body = b"".join((_ZERO, _T[delta], _T[count], _NULL, _T[value_size], value or b"", _ZERO))
+        else:
+            body = b"".join(
+                (_ZERO, _T[delta], _T[count], _T[key_size], key, _T[value_size], value or b"", _ZERO)
             )
-        )
         buffer = batch.buffer
         buffer += _T[len(body)]
         buffer += body
