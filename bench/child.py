@@ -89,6 +89,15 @@ class Meter:
         self.elapsed = time.perf_counter() - self.t0
         self.cpu = cpu_s() - self.cpu0
 
+    def on_future_done(self, t0: int, fut: asyncio.Future[Any]) -> None:
+        """A done-callback for an asyncio delivery future sent at ``t0`` (``clock()`` ns)."""
+        if fut.cancelled():
+            self.error("cancelled")
+        elif fut.exception() is not None:
+            self.error(fut.exception())
+        else:
+            self.latencies.append(clock() - t0)
+
     def result(self, w: Workload, records: int) -> dict[str, Any]:
         lat = sorted(self.latencies)
         return {
@@ -116,17 +125,22 @@ def _stop_broker(pid: int) -> None:
 # ----------------------------------------------------------------------------- kprod
 
 
-def run_kprod(w: Workload, bootstrap: str, every: int, broker_pid: int) -> None:
-    import kprod
-    from kprod import BufferExhaustedError, Producer
-
-    props: dict[str, object] = {
+def kprod_props(w: Workload, bootstrap: str) -> dict[str, object]:
+    """kprod's settings for a workload (sync and asyncio alike)."""
+    return {
         "bootstrap.servers": bootstrap,
         "acks": w.acks,
         "linger.ms": w.linger_ms,
         "compression.type": w.compression,
         "enable.idempotence": w.idempotence,
     }
+
+
+def run_kprod(w: Workload, bootstrap: str, every: int, broker_pid: int) -> None:
+    import kprod
+    from kprod import BufferExhaustedError, Producer
+
+    props = kprod_props(w, bootstrap)
     if w.mode == "memory":
         props["max.block.ms"] = W5_MAX_BLOCK_MS
         props["buffer.memory"] = W5_BUFFER_BYTES
@@ -231,13 +245,7 @@ def run_kprod_async(w: Workload, bootstrap: str, every: int, broker_pid: int) ->
     import kprod
     from kprod import AsyncProducer
 
-    props: dict[str, object] = {
-        "bootstrap.servers": bootstrap,
-        "acks": w.acks,
-        "linger.ms": w.linger_ms,
-        "compression.type": w.compression,
-        "enable.idempotence": w.idempotence,
-    }
+    props = kprod_props(w, bootstrap)
 
     async def main() -> None:
         async with AsyncProducer(props) as producer:
@@ -251,13 +259,7 @@ def run_kprod_async(w: Workload, bootstrap: str, every: int, broker_pid: int) ->
 
             # As aiokafka: a done-callback on the delivery future, i.e. when a coroutine awaiting
             # it would resume (on_delivery would run one loop iteration earlier, inside the sender).
-            def on_done(t0: int, fut: asyncio.Future[Any]) -> None:
-                if fut.cancelled():
-                    m.error("cancelled")
-                elif fut.exception() is not None:
-                    m.error(fut.exception())
-                else:
-                    lat_append(clock() - t0)
+            on_done = m.on_future_done
 
             send = producer.send
             enqueue = producer.enqueue
@@ -418,13 +420,7 @@ def run_aiokafka(w: Workload, bootstrap: str, every: int, broker_pid: int) -> No
             m = Meter()
             lat_append = m.latencies.append
 
-            def on_done(t0: int, fut: asyncio.Future[Any]) -> None:
-                if fut.cancelled():
-                    m.error("cancelled")
-                elif fut.exception() is not None:
-                    m.error(fut.exception())
-                else:
-                    lat_append(clock() - t0)
+            on_done = m.on_future_done
 
             send = producer.send
             m.start()

@@ -303,6 +303,7 @@ class Producer:
             if batch is not None:
                 if action:
                     self._after_append(action)
+                # self._future(batch, index, ts), inlined: this runs for every record.
                 future = self._future_type()
                 future._batch = batch
                 future._index = index
@@ -347,10 +348,14 @@ class Producer:
             action = engine.after_append_locked(batch) if index == 0 or not batch.accepting else 0
         if action:
             self._after_append(action)
+        return self._future(batch, index, ts)
+
+    def _future(self, batch: ProducerBatch, index: int, timestamp_ms: int) -> RecordFuture:
+        """The future of record ``index`` of ``batch`` (send() builds the same inline)."""
         future = self._future_type()
         future._batch = batch
         future._index = index
-        future._timestamp = ts
+        future._timestamp = timestamp_ms
         return future
 
     def send_batch(
@@ -401,7 +406,6 @@ class Producer:
                 continue
             items.append((kb, vb, hdrs, partition, ts, bound))
         futures: list[RecordFuture] = []
-        future_type = self._future_type
         position = 0
         total = len(items)
         while position < total:
@@ -446,11 +450,7 @@ class Producer:
                         batch.add_callback(index, on_delivery, ts)
                     if index == 0 or not batch.accepting:
                         action |= engine.after_append_locked(batch)
-                    future = future_type()
-                    future._batch = batch
-                    future._index = index
-                    future._timestamp = ts
-                    futures.append(future)
+                    futures.append(self._future(batch, index, ts))
                     position += 1
             if action & WAKE_SENDER:
                 engine.wake()
