@@ -44,8 +44,9 @@ def snapshot(partitions: int = PARTITIONS) -> MetadataSnapshot:
 class SlowEngine(ProducerEngine):
     """Every record through the general path."""
 
-    def try_append_plain(self, *args: object, **kwargs: object) -> ProducerBatch | None:
-        return None
+    def __init__(self, config: ProducerConfig, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(config, loop)
+        self.try_append_plain = lambda *args: None
 
 
 def make_engine(cls: type[ProducerEngine], seed: int, **settings: object) -> Iterator[ProducerEngine]:

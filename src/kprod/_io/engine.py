@@ -98,6 +98,9 @@ _NULL = b"\x01"  # varint(-1): a null key (and _T[-1])
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
+PlainAppender = Callable[[str, "int | None", int, "bytes | None", "bytes | None"], "ProducerBatch | None"]
+"""``try_append_plain(topic, partition, timestamp_ms, key, value)``."""
+
 _YIELD_INTERVAL_MS = 1
 """With answers pending, an appending thread offers the I/O thread the GIL at most this often."""
 _PLAIN_MAX_BYTES = 8000
@@ -163,6 +166,8 @@ class ProducerEngine:
         self.partitioners: dict[str, StickyPartitioner] = {}
         self._appenders: dict[str, _TopicAppender] = {}
         self._fast_appenders: dict[str, _TopicAppender] = {}
+        """Appenders the fast path may use: cleared (under the lock) whenever the metadata
+        changes or the producer stops accepting, so the fast path needs no version check."""
         # try_append_plain: key + value bytes it takes (with a null counted as -1); larger
         # records go the general way, which also checks max.request.size.
         # (RecordPreparer.limit_bytes is the same bound for the general path.)
@@ -170,12 +175,9 @@ class ProducerEngine:
             _PLAIN_MAX_BYTES,
             min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND,
         )
-        self._plain_memory_limit = self.accumulator.buffer_memory - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND
-        self._plain_batch_limit = self.accumulator.batch_size - _PLAIN_RECORD_BOUND
-        """Appenders the fast path may use: cleared (under the lock) whenever the metadata
-        changes or the producer stops accepting, so the fast path needs no version check."""
         self._custom_partitioner = config.partitioner
         self._ignore_keys = config.partitioner_ignore_keys
+        self.try_append_plain: PlainAppender = _plain_appender(self)
         self.accepting = True
         """False once closing or failed: send() then goes the slow way through check_open()."""
         self.connections: dict[int, BrokerConnection] = {}
@@ -309,83 +311,6 @@ class ProducerEngine:
         fatal = self.core.fatal_error
         if fatal is not None:
             raise fatal
-
-    def try_append_plain(
-        self, topic: str, partition: int | None, timestamp_ms: int, key: bytes | None, value: bytes | None
-    ) -> ProducerBatch | None:
-        """Append one record of raw bytes without headers the fast way, or return None (lock held).
-
-        The per-record hot path, in one frame: a topic whose append state is cached
-        (:class:`_TopicAppender`), no custom partitioner, room in ``buffer.memory``,
-        and an open batch in the record's partition with room for it. It does what
-        :meth:`try_append_locked` would do, with the sticky partitioner's byte
-        accounting, the key's cached murmur2 hash and :meth:`RecordBatchBuilder.append`
-        inlined (the tests check both paths place and encode every record alike).
-        None means "not this way" and changes nothing: the caller then takes the
-        general path (serializers, validation, new batches, waits). ``key`` and
-        ``value`` are bytes or None; ``topic`` any hashable.
-        """
-        appender = self._fast_appenders.get(topic)
-        if appender is None:
-            return None
-        key_size = -1 if key is None else len(key)
-        value_size = -1 if value is None else len(value)
-        # _PLAIN_RECORD_BOUND + key_size + value_size bounds the record's size from above (like
-        # record_size_upper_bound); the limits below have the constant part folded in.
-        data_size = key_size + value_size
-        if data_size > self._plain_max_bytes:  # keeps every varint in the table, and the record
-            return None  # within max.request.size
-        acc = self.accumulator
-        if acc.used_bytes + data_size > self._plain_memory_limit:  # acc.has_room, inlined
-            return None
-        sticky: StickyPartitioner | None = None
-        batch: ProducerBatch | None
-        if partition is None:
-            if key is None or self._ignore_keys:
-                batch = appender.sticky_batch
-                sticky = appender.sticky
-            else:
-                positive = _cached_positive_hash(key)
-                if positive is None:
-                    return None
-                batches = appender.queues[positive % appender.count].batches
-                batch = batches[-1] if batches else None
-        elif type(partition) is int and 0 <= partition < appender.count:
-            batches = appender.queues[partition].batches
-            batch = batches[-1] if batches else None
-        else:
-            return None
-        if batch is None or not batch.accepting or batch.size_bytes + data_size > self._plain_batch_limit:
-            return None
-        count = batch.record_count
-        delta = timestamp_ms - batch.base_timestamp_ms
-        if count > 8191 or not -8192 <= delta <= 8191:
-            return None
-        # RecordBatchBuilder.append for a record without headers, every varint from the table.
-        if key is None:
-            body = b"".join((_ZERO, _T[delta], _T[count], _NULL, _T[value_size], value or b"", _ZERO))
-        else:
-            body = b"".join(
-                (_ZERO, _T[delta], _T[count], _T[key_size], key, _T[value_size], value or b"", _ZERO)
-            )
-        buffer = batch.buffer
-        buffer += _T[len(body)]
-        buffer += body
-        before = batch.size_bytes
-        size = batch.size_bytes = len(buffer)
-        batch.record_count = count + 1
-        if timestamp_ms > batch.max_timestamp_ms:
-            batch.max_timestamp_ms = timestamp_ms
-        acc.used_bytes += size - before
-        if size >= acc.batch_size:
-            batch.accepting = False
-            acc.full_batches += 1
-        if sticky is not None:
-            # StickyPartitioner.on_append, inlined (see try_append_locked).
-            produced = sticky.produced_bytes = sticky.produced_bytes + size - before
-            if produced >= sticky.batch_size and (produced >= 2 * sticky.batch_size or not batch.accepting):
-                self._switch_sticky(topic, appender)
-        return batch
 
     def try_append_locked(
         self,
@@ -1073,6 +998,97 @@ class ProducerEngine:
         self.deliver(completed)
         if self.accumulator.has_queued() or self.core.wants_poll:
             self._wake()  # an in-flight slot is free, or a retry or a producer-id reset is due
+
+
+def _plain_appender(engine: ProducerEngine) -> PlainAppender:
+    """Build ``ProducerEngine.try_append_plain`` for ``engine``: a closure, so that the
+    per-record path reads its settings and collaborators from cells, not attributes."""
+    acc = engine.accumulator
+    fast_appenders_get = engine._fast_appenders.get
+    max_bytes = engine._plain_max_bytes
+    memory_limit = acc.buffer_memory - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND
+    batch_limit = acc.batch_size - _PLAIN_RECORD_BOUND
+    batch_size = acc.batch_size
+    ignore_keys = engine._ignore_keys
+    switch_sticky = engine._switch_sticky
+
+    def try_append_plain(
+        topic: str, partition: int | None, timestamp_ms: int, key: bytes | None, value: bytes | None
+    ) -> ProducerBatch | None:
+        """Append one record of raw bytes without headers the fast way, or return None (lock held).
+
+        The per-record hot path, in one frame: a topic whose append state is cached
+        (:class:`_TopicAppender`), no custom partitioner, room in ``buffer.memory``,
+        and an open batch in the record's partition with room for it. It does what
+        :meth:`try_append_locked` would do, with the sticky partitioner's byte
+        accounting, the key's cached murmur2 hash and :meth:`RecordBatchBuilder.append`
+        inlined (the tests check both paths place and encode every record alike).
+        None means "not this way" and changes nothing: the caller then takes the
+        general path (serializers, validation, new batches, waits). ``key`` and
+        ``value`` are bytes or None; ``topic`` any hashable.
+        """
+        appender = fast_appenders_get(topic)
+        if appender is None:
+            return None
+        key_size = -1 if key is None else len(key)
+        value_size = -1 if value is None else len(value)
+        # _PLAIN_RECORD_BOUND + key_size + value_size bounds the record's size from above (like
+        # record_size_upper_bound); the limits below have the constant part folded in.
+        data_size = key_size + value_size
+        if data_size > max_bytes:  # keeps every varint in the table, and the record
+            return None  # within max.request.size
+        if acc.used_bytes + data_size > memory_limit:  # acc.has_room, inlined
+            return None
+        sticky: StickyPartitioner | None = None
+        batch: ProducerBatch | None
+        if partition is None:
+            if key is None or ignore_keys:
+                batch = appender.sticky_batch
+                sticky = appender.sticky
+            else:
+                positive = _cached_positive_hash(key)
+                if positive is None:
+                    return None
+                batches = appender.queues[positive % appender.count].batches
+                batch = batches[-1] if batches else None
+        elif type(partition) is int and 0 <= partition < appender.count:
+            batches = appender.queues[partition].batches
+            batch = batches[-1] if batches else None
+        else:
+            return None
+        if batch is None or not batch.accepting or batch.size_bytes + data_size > batch_limit:
+            return None
+        count = batch.record_count
+        delta = timestamp_ms - batch.base_timestamp_ms
+        if count > 8191 or not -8192 <= delta <= 8191:
+            return None
+        # RecordBatchBuilder.append for a record without headers, every varint from the table.
+        if key is None:
+            body = b"".join((_ZERO, _T[delta], _T[count], _NULL, _T[value_size], value or b"", _ZERO))
+        else:
+            body = b"".join(
+                (_ZERO, _T[delta], _T[count], _T[key_size], key, _T[value_size], value or b"", _ZERO)
+            )
+        buffer = batch.buffer
+        buffer += _T[len(body)]
+        buffer += body
+        before = batch.size_bytes
+        size = batch.size_bytes = len(buffer)
+        batch.record_count = count + 1
+        if timestamp_ms > batch.max_timestamp_ms:
+            batch.max_timestamp_ms = timestamp_ms
+        acc.used_bytes += size - before
+        if size >= batch_size:
+            batch.accepting = False
+            acc.full_batches += 1
+        if sticky is not None:
+            # StickyPartitioner.on_append, inlined (see try_append_locked).
+            produced = sticky.produced_bytes = sticky.produced_bytes + size - before
+            if produced >= sticky.batch_size and (produced >= 2 * sticky.batch_size or not batch.accepting):
+                switch_sticky(topic, appender)
+        return batch
+
+    return try_append_plain
 
 
 class _TopicAppender:
