@@ -248,3 +248,30 @@ def test_sticky_switches_like_the_reference_when_batches_leave_before_they_fill(
     finally:
         fast_gen.close()
         slow_gen.close()
+
+
+def test_fast_path_takes_no_record_the_general_path_would_refuse_as_too_large() -> None:
+    from kprod._io.frontend import RecordPreparer
+    from kprod.errors import RecordTooLargeError
+
+    gen = make_engine(ProducerEngine, 1, **{"max.request.size": 1_000, "batch.size": 100_000})
+    engine = next(gen)
+    try:
+        preparer = RecordPreparer(engine.config)
+        append_all(engine, [(0, None, b"x", None, None)])  # opens the sticky batch
+        taken = refused = 0
+        for size in range(850, 1_000):
+            value = b"v" * size
+            try:
+                preparer.prepare(TOPIC, None, value, None, None, BASE_TS)
+                fits = True
+            except RecordTooLargeError:
+                fits = False
+            with engine.lock:
+                batch = engine.try_append_plain(TOPIC, None, BASE_TS, None, value)
+            assert fits or batch is None, f"{size}-byte value taken by the fast path, refused by prepare()"
+            taken += batch is not None
+            refused += not fits
+        assert taken and refused  # both sides of the limit were exercised
+    finally:
+        gen.close()

@@ -168,13 +168,6 @@ class ProducerEngine:
         self._fast_appenders: dict[str, _TopicAppender] = {}
         """Appenders the fast path may use: cleared (under the lock) whenever the metadata
         changes or the producer stops accepting, so the fast path needs no version check."""
-        # try_append_plain: key + value bytes it takes (with a null counted as -1); larger
-        # records go the general way, which also checks max.request.size.
-        # (RecordPreparer.limit_bytes is the same bound for the general path.)
-        self._plain_max_bytes = min(
-            _PLAIN_MAX_BYTES,
-            min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND,
-        )
         self._custom_partitioner = config.partitioner
         self._ignore_keys = config.partitioner_ignore_keys
         self.try_append_plain: PlainAppender = _plain_appender(self)
@@ -1005,7 +998,13 @@ def _plain_appender(engine: ProducerEngine) -> PlainAppender:
     per-record path reads its settings and collaborators from cells, not attributes."""
     acc = engine.accumulator
     fast_appenders_get = engine._fast_appenders.get
-    max_bytes = engine._plain_max_bytes
+    # Key + value bytes it takes (a null counts as -1); larger records go the general way, which
+    # also checks max.request.size (RecordPreparer.limit_bytes is the same bound).
+    config = engine.config
+    max_bytes = min(
+        _PLAIN_MAX_BYTES,
+        min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND,
+    )
     memory_limit = acc.buffer_memory - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND
     batch_limit = acc.batch_size - _PLAIN_RECORD_BOUND
     batch_size = acc.batch_size
