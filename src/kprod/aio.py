@@ -128,8 +128,9 @@ class AsyncProducer:
                 if action & WAKE_SENDER:
                     engine.wake()
                 if action & YIELD_GIL:
-                    # A batch is full: let the sender run before queueing more, or a tight
-                    # enqueue loop fills buffer.memory before anything is sent.
+                    # Let the sender run (a batch is full and nothing is in flight, or answers have
+                    # waited a millisecond): a tight enqueue loop that never yields would fill
+                    # buffer.memory before anything is sent or acknowledged.
                     await asyncio.sleep(0)
                 return future
             remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)

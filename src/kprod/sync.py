@@ -106,8 +106,9 @@ class RecordFuture:
 
     Mirrors ``concurrent.futures.Future``: ``result(timeout=None)``,
     ``exception(timeout=None)``, ``done()``, ``add_done_callback(fn)``.
-    Created once per record, so it holds two slots and has no ``__init__``: each
-    producer makes its own subclass whose class attribute ``_engine`` names it.
+    Created once per record, so it holds three slots (batch, index, timestamp) and has
+    no ``__init__``: each producer makes its own subclass whose class attribute
+    ``_engine`` names it.
     """
 
     __slots__ = ("_batch", "_index", "_timestamp")
@@ -146,7 +147,7 @@ class RecordFuture:
                 stage="producer",
             )
         event = batch.waiter
-        if event is None:  # a batch this producer's facade did not create (e.g. a split's parent)
+        if event is None:  # every batch _send/send_batch open gets one; kept for any other opener
             with engine.lock:
                 if batch.done:  # completed while we took the lock
                     return
