@@ -55,6 +55,7 @@ REQUEST_TIMED_OUT = 7
 NOT_ENOUGH_REPLICAS = 19
 NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
 TOPIC_AUTHORIZATION_FAILED = 29
+PRODUCER_FENCED = 90
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -314,6 +315,27 @@ def test_topic_authorization_failed_fails_the_records_at_once_without_retry(
         assert elapsed < 2.0
         # The producer goes on (under a new producer id): the next record is delivered.
         assert producer.send(topic, b"allowed").result(10).offset >= 0
+
+
+@pytest.mark.timeout(30)
+def test_producer_fenced_is_fatal_and_later_sends_raise_it(mock_cluster: MockCluster) -> None:
+    """An idempotent producer answered PRODUCER_FENCED stops: its records fail with it, and every
+    later send() raises it at once, also for a topic whose open batch the fast path would use."""
+    mc = mock_cluster
+    topic = "fenced"
+    mc.create_topic(topic, 1, 3)
+    with producing(mc, retry_backoff_ms=50, enable_idempotence=True, acks="all") as producer:
+        producer.send(topic, b"warm-up").result(10)
+        mc.push_request_errors(PRODUCE, PRODUCER_FENCED)
+        futures = [producer.send(topic, b"fenced-%d" % i) for i in range(20)]
+        producer.flush(10)
+        errors = [f.exception(0) for f in futures]
+        assert all(isinstance(e, KafkaError) and e.name == "PRODUCER_FENCED" for e in errors), Counter(
+            repr(e) for e in errors
+        )
+        for _ in range(3):  # raises, not queues: nothing would ever send it
+            with pytest.raises(KafkaError, match="PRODUCER_FENCED"):
+                producer.send(topic, b"after")
 
 
 @pytest.mark.timeout(30)

@@ -983,6 +983,8 @@ class ProducerEngine:
                 return  # the close fails this plan through its callback
             with self.lock:
                 completed = self.core.on_produce_response(plan, response, now)
+                if self.core.fatal_error is not None and self.accepting:
+                    self._stop_accepting()  # fenced or unauthorized: send() raises from now on
         else:
             if not isinstance(error, KprodError):
                 error = BrokerConnectionError(str(error))
