@@ -25,6 +25,8 @@ __all__ = ["AsyncProducer"]
 
 log = logging.getLogger("kprod.producer")
 
+_time_ns = time.time_ns
+
 
 class AsyncProducer:
     """A native asyncio Kafka producer with the settings of :class:`kprod.Producer`.
@@ -39,6 +41,8 @@ class AsyncProducer:
         self.config = ProducerConfig.from_user(config, **kwargs)
         check_supported(self.config)
         self._preparer = RecordPreparer(self.config)
+        self._plain = self._preparer.fast
+        """Raw bytes keys and values need no serializer call (enqueue() may take its fast path)."""
         self._engine: ProducerEngine | None = None
         self._closed = False
 
@@ -99,9 +103,63 @@ class AsyncProducer:
 
         Returns a future of the record's RecordMetadata.
         """
-        engine = await self._running_engine()
-        loop = engine.loop
-        future: asyncio.Future[RecordMetadata] = loop.create_future()
+        engine = self._engine
+        if engine is None:
+            engine = await self._running_engine()
+        future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
+        # Raw bytes into an open batch: the engine's fast path, as in Producer.send.
+        if (
+            (type(value) is bytes or value is None)
+            and (key is None or type(key) is bytes)
+            and headers is None
+            and timestamp is None
+            and type(topic) is str
+            and self._plain
+        ):
+            ts = _time_ns() // 1_000_000
+            lock = engine.lock
+            lock.acquire()
+            try:
+                batch = engine.try_append_plain(topic, partition, ts, key, value)
+                if batch is not None:
+                    index = batch.record_count - 1
+                    batch.add_callback(index, future, ts)
+                    if on_delivery is not None:
+                        batch.add_callback(index, on_delivery, ts)
+                    action = 0 if batch.accepting else engine.after_append_locked(batch)
+            finally:
+                lock.release()
+            if batch is not None:
+                if action:
+                    await self._after_append(engine, action)
+                return future
+        return await self._enqueue(
+            engine, future, topic, value, key, partition, timestamp, headers, on_delivery
+        )
+
+    async def _after_append(self, engine: ProducerEngine, action: int) -> None:
+        """Act on ``ProducerEngine.after_append_locked``'s answer, the lock released."""
+        if action & WAKE_SENDER:
+            engine.wake()
+        if action & YIELD_GIL:
+            # Let the sender run (a batch is full and nothing is in flight, or answers have
+            # waited a millisecond): a tight enqueue loop that never yields would fill
+            # buffer.memory before anything is sent or acknowledged.
+            await asyncio.sleep(0)
+
+    async def _enqueue(
+        self,
+        engine: ProducerEngine,
+        future: asyncio.Future[RecordMetadata],
+        topic: str,
+        value: Any,
+        key: Any,
+        partition: int | None,
+        timestamp: int | None,
+        headers: Any,
+        on_delivery: DeliveryCallback | None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """enqueue() in general: serializers, validation, new batches, waits for metadata or memory."""
         try:
             kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, wall_ms())
         except RecordTooLargeError as error:
@@ -125,13 +183,8 @@ class AsyncProducer:
                 elif result == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1
             if type(result) is not int:
-                if action & WAKE_SENDER:
-                    engine.wake()
-                if action & YIELD_GIL:
-                    # Let the sender run (a batch is full and nothing is in flight, or answers have
-                    # waited a millisecond): a tight enqueue loop that never yields would fill
-                    # buffer.memory before anything is sent or acknowledged.
-                    await asyncio.sleep(0)
+                if action:
+                    await self._after_append(engine, action)
                 return future
             remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)
             try:
