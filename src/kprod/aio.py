@@ -108,14 +108,7 @@ class AsyncProducer:
             engine = await self._running_engine()
         future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
         # Raw bytes into an open batch: the engine's fast path, as in Producer.send.
-        if (
-            (type(value) is bytes or value is None)
-            and (key is None or type(key) is bytes)
-            and headers is None
-            and timestamp is None
-            and type(topic) is str
-            and self._plain
-        ):
+        if headers is None and timestamp is None and self._plain:
             ts = _time_ns() // 1_000_000
             lock = engine.lock
             lock.acquire()

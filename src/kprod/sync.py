@@ -280,15 +280,9 @@ class Producer:
         after close(). A record too large for ``max.request.size`` fails alone: its
         future fails with RecordTooLargeError.
         """
-        # The common case, raw bytes with the default serializers into an open batch, in two frames.
-        if (
-            (type(value) is bytes or value is None)
-            and (key is None or type(key) is bytes)
-            and headers is None
-            and timestamp is None
-            and type(topic) is str
-            and self._plain
-        ):
+        # The common case, raw bytes with the default serializers into an open batch, in two
+        # frames; try_append_plain checks the rest of the arguments.
+        if headers is None and timestamp is None and self._plain:
             ts = _time_ns() // 1_000_000
             lock = self._lock
             lock.acquire()  # not ``with``: acquire/release calls cost half as much

@@ -98,8 +98,8 @@ _NULL = b"\x01"  # varint(-1): a null key (and _T[-1])
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
-PlainAppender = Callable[[str, "int | None", int, "bytes | None", "bytes | None"], "ProducerBatch | None"]
-"""``try_append_plain(topic, partition, timestamp_ms, key, value)``."""
+PlainAppender = Callable[[Any, Any, int, Any, Any], "ProducerBatch | None"]
+"""``try_append_plain(topic, partition, timestamp_ms, key, value)``: arguments as send() got them."""
 
 _YIELD_INTERVAL_MS = 1
 """With answers pending, an appending thread offers the I/O thread the GIL at most this often."""
@@ -1014,7 +1014,7 @@ def _plain_appender(engine: ProducerEngine) -> PlainAppender:
     switch_sticky = engine._switch_sticky
 
     def try_append_plain(
-        topic: str, partition: int | None, timestamp_ms: int, key: bytes | None, value: bytes | None
+        topic: Any, partition: Any, timestamp_ms: int, key: Any, value: Any
     ) -> ProducerBatch | None:
         """Append one record of raw bytes without headers the fast way, or return None (lock held).
 
@@ -1025,14 +1025,26 @@ def _plain_appender(engine: ProducerEngine) -> PlainAppender:
         accounting, the key's cached murmur2 hash and :meth:`RecordBatchBuilder.append`
         inlined (the tests check both paths place and encode every record alike).
         None means "not this way" and changes nothing: the caller then takes the
-        general path (serializers, validation, new batches, waits). ``key`` and
-        ``value`` are bytes or None; ``topic`` any hashable.
+        general path (serializers, validation, new batches, waits), which also
+        reports bad arguments: this one takes only a ``str`` topic, ``bytes`` or
+        None for key and value (the default serializers pass them through), and an
+        ``int`` partition or None.
         """
-        appender = fast_appenders_get(topic)
+        if type(value) is bytes:
+            value_size = len(value)
+        elif value is None:
+            value_size = -1
+        else:
+            return None
+        if key is None:
+            key_size = -1
+        elif type(key) is bytes:
+            key_size = len(key)
+        else:
+            return None
+        appender = fast_appenders_get(topic) if type(topic) is str else None
         if appender is None:
             return None
-        key_size = -1 if key is None else len(key)
-        value_size = -1 if value is None else len(value)
         # _PLAIN_RECORD_BOUND + key_size + value_size bounds the record's size from above (like
         # record_size_upper_bound); the limits below have the constant part folded in.
         data_size = key_size + value_size
