@@ -38,7 +38,7 @@ class CyclingRandom(random.Random):
 
 def sticky() -> StickyPartitioner:
     part = StickyPartitioner(BATCH_SIZE, CyclingRandom())
-    assert part.partition(4, ALL4, None) == 0
+    assert part.partition(4, ALL4, lambda: None) == 0
     return part
 
 
@@ -46,7 +46,7 @@ def feed(part: StickyPartitioner, appended: int, full: bool) -> int:
     """Account an append the way the producer does: switch when on_append says so."""
     if part.on_append(appended, full):
         part.next_partition(4, ALL4, None)
-    return part.partition(4, ALL4, None)
+    return part.partition(4, ALL4, lambda: None)
 
 
 def chi_square(counts: Counter[int], expected: dict[int, float]) -> float:
@@ -61,7 +61,7 @@ def switches(
     for _ in range(n):
         assert part.on_append(2 * BATCH_SIZE, True)
         part.next_partition(count, available, queue_sizes)
-        seen[part.partition(count, available, queue_sizes)] += 1
+        seen[part.partition(count, available, lambda: queue_sizes)] += 1
     return seen
 
 
@@ -108,7 +108,7 @@ def test_byte_count_restarts_on_the_new_partition() -> None:
 def test_a_fresh_choice_is_made_when_the_partition_count_shrinks() -> None:
     part = StickyPartitioner(BATCH_SIZE, CyclingRandom())
     part.current = 7
-    assert part.partition(4, ALL4, None) in ALL4
+    assert part.partition(4, ALL4, lambda: None) in ALL4
 
 
 # -- where it goes --------------------------------------------------------------------------------

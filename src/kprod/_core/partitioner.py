@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["StickyPartitioner"]
 
@@ -41,17 +41,17 @@ class StickyPartitioner:
         self,
         partition_count: int,
         available: Sequence[int],
-        queue_sizes: Sequence[int] | None,
+        queue_sizes: Callable[[], Sequence[int] | None],
     ) -> int:
         """The partition for the next keyless record, choosing one if needed.
 
-        ``available`` lists partitions with a known leader; ``queue_sizes`` (one
-        per partition, or None) holds the number of batches waiting per
-        partition for adaptive partitioning.
+        ``available`` lists partitions with a known leader; ``queue_sizes()``
+        returns the number of batches waiting per partition (or None) for
+        adaptive partitioning, and is called only when a partition is chosen.
         """
         current = self.current
         if current < 0 or current >= partition_count:
-            self.next_partition(partition_count, available, queue_sizes)
+            self.next_partition(partition_count, available, queue_sizes())
             current = self.current
         return current
 

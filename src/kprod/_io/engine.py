@@ -342,11 +342,9 @@ class ProducerEngine:
                 partition = partition_for_key(key, count)
             else:
                 sticky = appender.sticky
-                partition = sticky.current
-                if partition < 0 or partition >= count:  # StickyPartitioner.partition, without
-                    # computing queue sizes for adaptive partitioning unless it chooses
-                    sticky.next_partition(count, appender.info.available, self._queue_sizes(topic, count))
-                    partition = sticky.current
+                partition = sticky.partition(
+                    count, appender.info.available, lambda: self._queue_sizes(topic, count)
+                )
         elif partition < 0 or partition >= count:
             raise KprodError(
                 f"partition {partition} does not exist: topic {topic!r} has {count} partition(s) "
