@@ -210,7 +210,7 @@ class RecordBatchBuilder:
         self.max_timestamp_ms = -1
         """The largest record timestamp appended, in ms; -1 while the batch is empty."""
         # These four attributes are public because the producer's append fast path
-        # (ProducerEngine.try_append_locked) inlines append() for records without headers and
+        # (ProducerEngine.try_append_plain) inlines append() for records without headers and
         # updates them itself; tests check that both paths build the same bytes.
         # The last compressed batch and what it was built from; see build().
         self._compressed: bytearray | None = None
