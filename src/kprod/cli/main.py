@@ -38,11 +38,27 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     broker = sub.add_parser(
         "broker",
-        help="run the embedded Tansu broker until Ctrl-C or SIGTERM",
-        description="Start the embedded Tansu broker (in-memory storage) on 127.0.0.1, create topics, "
-        "print 'bootstrap.servers=127.0.0.1:PORT' and run until Ctrl-C or SIGTERM.",
+        help="run a broker on 127.0.0.1 (embedded Tansu, or Apache Kafka) until Ctrl-C or SIGTERM",
+        description="Start a broker on 127.0.0.1, create topics, print 'bootstrap.servers=HOST:PORT' and run "
+        "until Ctrl-C or SIGTERM. The default engine is the embedded Tansu broker (in-memory storage, "
+        "no Java needed). --engine kafka runs Apache Kafka itself (KRaft, Java 17+ and Maven; the jars "
+        "are fetched once into ~/.cache/kprod) with PLAINTEXT, SSL, MTLS, SASL_PLAINTEXT and SASL_SSL "
+        "listeners, and prints each listener's address, the CA file and the SASL users.",
     )
-    broker.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    broker.add_argument(
+        "--engine",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="tansu (default: embedded, starts in milliseconds) or kafka (Apache Kafka 4.x from Maven Central)",
+    )
+    broker.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Apache Kafka nodes (--engine kafka only; default 1)",
+    )
+    broker.add_argument("--port", type=int, default=0, help="TCP port (Tansu only; default: a free one)")
     broker.add_argument(
         "--topic", action="extend", nargs="+", default=[], metavar="NAME", help="topic(s) to create"
     )
@@ -74,14 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_broker(args: argparse.Namespace) -> int:
+    if args.engine == "kafka":
+        return _run_kafka(args)
+    if args.nodes != 1:
+        print("kprod broker: --nodes needs --engine kafka (Tansu is a single node)", file=sys.stderr)
+        return 2
     from kprod.broker import EmbeddedBroker, EmbeddedBrokerError
 
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_requested = _StopRequest()
     broker = EmbeddedBroker(port=args.port)
     try:
         broker.start()
@@ -99,8 +115,69 @@ def _run_broker(args: argparse.Namespace) -> int:
         return 1
     finally:
         broker.stop()
-        for sig, handler in previous.items():
+        stop_requested.restore()
+
+
+class _StopRequest(threading.Event):
+    """Set by SIGINT or SIGTERM; :meth:`restore` puts the previous handlers back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.set()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _run_kafka(args: argparse.Namespace) -> int:
+    from kprod.kafka_broker import LISTENERS, USERS, KafkaBrokerError, KafkaCluster
+
+    if args.port:
+        print("kprod broker: --port is for Tansu; Apache Kafka takes free ports", file=sys.stderr)
+        return 2
+    if args.nodes < 1:
+        print(f"kprod broker: --nodes must be >= 1, got {args.nodes}", file=sys.stderr)
+        return 2
+    stop_requested = _StopRequest()
+    cluster = KafkaCluster(nodes=args.nodes)
+    try:
+        print(
+            f"# starting Apache Kafka {cluster.version} ({args.nodes} node(s))...",
+            file=sys.stderr,
+            flush=True,
+        )
+        cluster.start()
+        for topic in args.topic:
+            cluster.create_topic(topic, partitions=args.partitions)
+        print(f"bootstrap.servers={cluster.bootstrap_servers}", flush=True)
+        for listener in LISTENERS[1:]:
+            print(f"# {listener}: {cluster.bootstrap(listener)}", file=sys.stderr)
+        certs = cluster.certificates
+        print(
+            f"# CA {certs.ca}; client certificate {certs.client_cert}, key {certs.client_key}\n"
+            f"# SASL users (PLAIN, SCRAM-SHA-256/512): {', '.join(f'{u}/{p}' for u, p in USERS.items())}; "
+            "OAUTHBEARER takes unsecured JWTs\n"
+            f"# started in {cluster.start_seconds:.1f} s; pids {[n.pid for n in cluster.nodes]}; "
+            f"logs {cluster.nodes[0].log_path.parent.parent}; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop_requested.wait(0.5):
+            dead = [n.node_id for n in cluster.nodes if not n.running]
+            if dead:
+                print(f"kprod broker: Kafka node(s) {dead} exited unexpectedly", file=sys.stderr)
+                return 1
+        return 0
+    except KafkaBrokerError as exc:
+        print(f"kprod broker: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.stop()
+        stop_requested.restore()
 
 
 if __name__ == "__main__":
