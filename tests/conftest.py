@@ -17,6 +17,9 @@ are missing, Kafka runs are skipped with a message that says what to install, ex
 collection shows a test that needs them, so the JVMs boot while other tests run.
 * ``fresh_broker`` (function): a private embedded broker, always Tansu, for fault tests (``kill()``,
   ``restart()``) and heavy tests (Tansu never frees memory).
+* ``private_broker`` (function, parametrized ``[tansu]`` and ``[kafka]``): a private broker of each
+  kind that the test may freeze (``os.kill(private_broker.pid, SIGSTOP)``) or ``kill()``; a Kafka
+  node costs a JVM start (~3 s), so only tests that must disturb the broker take it.
 * ``make_topic`` / ``topic_factory`` (function): ``make_topic(partitions=3) -> str`` creates a topic
   with a fresh unique name on ``broker`` and returns the name once Metadata shows it.
 * ``topic`` (function): one such topic with 3 partitions.
@@ -44,7 +47,9 @@ from mock_cluster import MockCluster
 BrokerLike = EmbeddedBroker | ExternalCluster | KafkaCluster
 MakeTopic = Callable[..., str]
 
-_BROKER_FIXTURES = frozenset({"broker", "fresh_broker", "make_topic", "topic_factory", "topic"})
+_BROKER_FIXTURES = frozenset(
+    {"broker", "fresh_broker", "private_broker", "make_topic", "topic_factory", "topic"}
+)
 _KAFKA_FIXTURES = frozenset({"kafka", "kafka_cluster"})
 
 
@@ -96,22 +101,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         if names & (_BROKER_FIXTURES | _KAFKA_FIXTURES):
             item.add_marker(pytest.mark.broker)
-        if names & _KAFKA_FIXTURES or _param_of(item) == "kafka":
+        if names & _KAFKA_FIXTURES or _param_of(item, "broker", "private_broker") == "kafka":
             item.add_marker(pytest.mark.kafka)
         if "mock_cluster" in names:
             item.add_marker(pytest.mark.mock_cluster)
 
 
-def _param_of(item: pytest.Item) -> str | None:
+def _param_of(item: pytest.Item, *fixtures: str) -> str | None:
     callspec = getattr(item, "callspec", None)
-    return None if callspec is None else callspec.params.get("broker")
+    if callspec is None:
+        return None
+    return next((callspec.params[f] for f in fixtures if f in callspec.params), None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Boot the JVMs while the first tests run: only those the selected tests need.
     if os.environ.get("KPROD_BOOTSTRAP_SERVERS") or java_problem() is not None:
         return
-    single = any("kafka" in getattr(i, "fixturenames", ()) or _param_of(i) == "kafka" for i in session.items)
+    single = any(
+        "kafka" in getattr(i, "fixturenames", ()) or _param_of(i, "broker") == "kafka" for i in session.items
+    )
     if single:
         _kafka[1].start()
     if any("kafka_cluster" in getattr(i, "fixturenames", ()) for i in session.items):
@@ -149,6 +158,19 @@ def broker(request: pytest.FixtureRequest) -> Iterator[BrokerLike]:
     external = os.environ.get("KPROD_BOOTSTRAP_SERVERS")
     if external:
         yield ExternalCluster(external)
+        return
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+@pytest.fixture(params=["tansu", "kafka"])
+def private_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaCluster]:
+    if request.param == "kafka":
+        problem = _kafka_unavailable()
+        if problem is not None:
+            pytest.skip(problem)
+        with KafkaCluster() as cluster:
+            yield cluster
         return
     with EmbeddedBroker() as embedded:
         yield embedded

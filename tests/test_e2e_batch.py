@@ -1,4 +1,4 @@
-"""``Producer.send_batch`` against the real Tansu broker: many records, one call, per-record errors."""
+"""``Producer.send_batch`` against Tansu and Apache Kafka: many records, one call, per-record errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -86,20 +87,18 @@ def test_send_batch_fails_bad_records_alone(broker: EmbeddedBroker, make_topic: 
 
 
 @pytest.mark.timeout(90)
-def test_send_batch_stops_at_a_full_buffer_and_keeps_order(
-    fresh_broker: EmbeddedBroker, make_topic: MakeTopic
-) -> None:
+def test_send_batch_stops_at_a_full_buffer_and_keeps_order(private_broker: Any) -> None:
     topic = "batch-full"
-    fresh_broker.create_topic(topic, partitions=1)
+    private_broker.create_topic(topic, partitions=1)
     config = {
-        "bootstrap.servers": fresh_broker.bootstrap_servers,
+        "bootstrap.servers": private_broker.bootstrap_servers,
         "buffer.memory": 32_768,
         "max.block.ms": 500,
         "request.timeout.ms": 30_000,
     }
     with Producer(config) as producer:
         producer.send(topic, b"warm").result(timeout=10)
-        pid = fresh_broker.pid
+        pid = private_broker.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -115,5 +114,7 @@ def test_send_batch_stops_at_a_full_buffer_and_keeps_order(
             os.kill(pid, signal.SIGCONT)
         for f in futures[:first_failed]:
             f.result(timeout=30)
-    read = consume_all(fresh_broker.bootstrap_servers, topic, 1, first_failed + 1, timeout_s=30, linger_s=0.5)
+    read = consume_all(
+        private_broker.bootstrap_servers, topic, 1, first_failed + 1, timeout_s=30, linger_s=0.5
+    )
     assert [r.value for r in read[1:]] == [b"r%04d" % i + b"." * 100 for i in range(first_failed)]

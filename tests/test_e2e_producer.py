@@ -1,10 +1,10 @@
-"""End-to-end behaviour of ``Producer`` and ``AsyncProducer`` against the real Tansu broker.
+"""End-to-end behaviour of ``Producer`` and ``AsyncProducer`` against Tansu and Apache Kafka.
 
 Every record written here is read back with confluent-kafka (``consume_all``, ``check.crcs=true``),
 the independent judge of what kprod put on the wire. Each test uses its own topic, is bounded in
 time (``pytest.mark.timeout``) and in record count, and closes every producer it opens.
 
-Fault tests (a full buffer, close against a dead broker) run on a private broker (``fresh_broker``)
+Fault tests (a full buffer, close against a dead broker) run on a private broker (``private_broker``)
 that they freeze with ``SIGSTOP`` or kill, so the session broker is never disturbed.
 """
 
@@ -41,7 +41,7 @@ from kprod import (
     RecordTooLargeError,
 )
 from kprod._core.murmur2 import partition_for_key
-from kprod.broker import EmbeddedBroker
+from kprod.errors import UnknownTopicError
 
 pytestmark = pytest.mark.broker
 
@@ -96,7 +96,7 @@ def assert_metadata_matches_readback(
 
 
 @contextmanager
-def frozen(broker: EmbeddedBroker) -> Iterator[int]:
+def frozen(broker: Any) -> Iterator[int]:
     """Freeze the broker process (SIGSTOP): it keeps its sockets but answers nothing until thawed."""
     pid = broker.pid
     assert pid is not None, "the broker is not running"
@@ -362,13 +362,13 @@ def test_on_delivery_runs_exactly_once_per_record_without_poll(broker: Any, make
 
 
 @pytest.mark.timeout(180)
-def test_full_buffer_blocks_then_raises_and_loses_nothing(fresh_broker: EmbeddedBroker) -> None:
+def test_full_buffer_blocks_then_raises_and_loses_nothing(private_broker: Any) -> None:
     topic = "buffer-full"
-    fresh_broker.create_topic(topic, partitions=3)
+    private_broker.create_topic(topic, partitions=3)
     max_block_ms = 1000
     accepted: list[tuple[bytes, RecordFuture]] = []
     with producing(
-        fresh_broker.bootstrap_servers,
+        private_broker.bootstrap_servers,
         buffer_memory=64 * 1024,
         max_block_ms=max_block_ms,
         request_timeout_ms=30_000,
@@ -376,7 +376,7 @@ def test_full_buffer_blocks_then_raises_and_loses_nothing(fresh_broker: Embedded
         producer.send(topic, b"warm-up").result(timeout=30)  # connection, metadata and producer id ready
         error: BufferExhaustedError | None = None
         blocked_s = 0.0
-        with frozen(fresh_broker):
+        with frozen(private_broker):
             for i in range(20_000):  # 64 KiB hold ~600 records of 100 B: the buffer fills long before
                 value = b"%08d" % i + b"." * 92
                 start = time.monotonic()
@@ -405,7 +405,7 @@ def test_full_buffer_blocks_then_raises_and_loses_nothing(fresh_broker: Embedded
         failures = [(v, f.exception(timeout=0)) for v, f in accepted if f.exception(timeout=0) is not None]
         assert not failures[:5], f"{len(failures)} accepted records failed"
     records = consume_all(
-        fresh_broker.bootstrap_servers, topic, 3, len(accepted) + 1, timeout_s=60, linger_s=1.0
+        private_broker.bootstrap_servers, topic, 3, len(accepted) + 1, timeout_s=60, linger_s=1.0
     )
     counts = Counter(r.value for r in records)
     missing = [v for v, _ in accepted if counts[v] == 0]
@@ -415,7 +415,31 @@ def test_full_buffer_blocks_then_raises_and_loses_nothing(fresh_broker: Embedded
     assert len(records) == len(accepted) + 1
 
 
-# ----------------------------------------------------------------------------- 5. oversized record
+# ----------------------------------------------------------------------------- 5. oversized record and unknown topic
+
+
+@pytest.mark.timeout(60)
+def test_unknown_topic_raises_after_max_block_and_loses_nothing_else(
+    broker: Any, make_topic: MakeTopic
+) -> None:
+    topic = make_topic(1)
+    missing = f"missing-{topic}"
+    with producing(broker.bootstrap_servers, allow_auto_create_topics=False, max_block_ms=1000) as producer:
+        before = producer.send(topic, b"before")
+        started = time.monotonic()
+        with pytest.raises(UnknownTopicError) as info:
+            producer.send(missing, b"x")
+        elapsed = time.monotonic() - started
+        after = producer.send(topic, b"after")
+        producer.flush(timeout=30)
+        assert before.result(timeout=0).offset == 0 and after.result(timeout=0).offset == 1
+    assert 0.9 <= elapsed < 3.0, f"send() to an unknown topic blocked {elapsed:.2f} s, max.block.ms=1000"
+    assert missing in str(info.value) and "max.block.ms" in str(info.value), str(info.value)
+    assert info.value.stage == "metadata" and info.value.persisted is Persisted.NOT_PERSISTED
+    assert [r.value for r in consume_all(broker.bootstrap_servers, topic, 1, 2, timeout_s=30)] == [
+        b"before",
+        b"after",
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -447,20 +471,22 @@ def test_oversized_record_fails_alone(broker: Any, make_topic: MakeTopic) -> Non
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
 def test_close_with_timeout_against_a_dead_broker(
-    fresh_broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture, fault: str
+    private_broker: Any, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
     topic = "close-dead"
-    fresh_broker.create_topic(topic, partitions=3)
+    private_broker.create_topic(topic, partitions=3)
     caplog.set_level(logging.WARNING, logger="kprod")
-    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers}, max_block_ms=5000, linger_ms=0)
-    pid = fresh_broker.pid
+    producer = Producer(
+        {"bootstrap.servers": private_broker.bootstrap_servers}, max_block_ms=5000, linger_ms=0
+    )
+    pid = private_broker.pid
     assert pid is not None
     try:
         delivered = [producer.send(topic, b"ok-%d" % i) for i in range(100)]
         producer.flush(timeout=30)
         assert all(f.exception(timeout=0) is None for f in delivered)
         if fault == "killed":
-            fresh_broker.kill()
+            private_broker.kill()
         else:
             os.kill(pid, signal.SIGSTOP)
         n = 200
@@ -492,7 +518,7 @@ def test_close_with_timeout_against_a_dead_broker(
         producer.close(timeout=1)  # a second close is a no-op
     finally:
         producer.close(timeout=1)
-        if fault == "frozen" and fresh_broker.running:
+        if fault == "frozen" and private_broker.running:
             os.kill(pid, signal.SIGCONT)
 
 
@@ -688,11 +714,11 @@ def _established_sockets_to(port: int) -> int:
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not os.path.exists("/proc/self/net/tcp"), reason="needs Linux /proc")
-def test_close_releases_every_connection(fresh_broker: EmbeddedBroker) -> None:
-    fresh_broker.create_topic("sockets", partitions=3)
-    port = fresh_broker.port
+def test_close_releases_every_connection(private_broker: Any) -> None:
+    private_broker.create_topic("sockets", partitions=3)
+    port = private_broker.port
     assert _established_sockets_to(port) == 0
-    with producing(fresh_broker.bootstrap_servers) as producer:
+    with producing(private_broker.bootstrap_servers) as producer:
         producer.send("sockets", b"one").result(timeout=30)
         assert _established_sockets_to(port) >= 1
     deadline = time.monotonic() + 2.0

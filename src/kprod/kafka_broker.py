@@ -478,6 +478,13 @@ class KafkaCluster:
         return self._nodes[0].pid if self._nodes else None
 
     @property
+    def port(self) -> int:
+        """The first node's PLAINTEXT port (the only one on a single node)."""
+        if not self._nodes:
+            raise KafkaBrokerError("the Kafka cluster has not been started: it has no port yet")
+        return self._nodes[0].ports["PLAINTEXT"]
+
+    @property
     def log_path(self) -> Path:
         """The first node's log."""
         if not self._nodes:
@@ -612,6 +619,11 @@ class KafkaCluster:
         if self._own_directory and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
+
+    def kill(self) -> None:
+        """``SIGKILL`` every node (a crash of the whole cluster); data stays for :meth:`start_node`."""
+        for node in self._nodes:
+            self._reap(node, 0.0)
 
     def kill_node(self, node_id: int) -> None:
         """``SIGKILL`` one node (a crash) and reap it; its data stays for :meth:`start_node`."""
