@@ -23,6 +23,9 @@ Users (:data:`USERS`) exist for PLAIN and both SCRAM mechanisms. The authorizer 
 test adds ACLs. ``User:admin`` and ``User:ANONYMOUS`` (the PLAINTEXT listener's principal) are
 super users.
 
+Why one module of about 1,000 lines: jar fetching, certificates, node configuration and the process
+lifecycle only ever change together with the launcher, and nothing else in kprod imports them.
+
 Rules this file keeps (as ``kprod.broker`` does): every wait has a deadline and a timeout error
 carries the tail of the node's log; nodes run in their own sessions, die with their parent
 (``PR_SET_PDEATHSIG``) and are stopped at interpreter exit; storage lives in a temporary
