@@ -1,0 +1,511 @@
+"""The transaction manager (``kprod._core.transactions``) stepped by hand with canned answers.
+
+Like Kafka's ``TransactionManagerTest``: no broker, no clock; each test plays the coordinator by
+answering the requests :meth:`TransactionManager.next_request` hands out, and checks the states,
+the requests and the outcome of the user's operations. The error sorting follows Java's
+``TransactionManager`` handlers (retriable, abortable, fatal).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kprod._core.transactions import (
+    VALID_SOURCES,
+    ConsumerGroupMetadata,
+    CoordinatorType,
+    InvalidTxnStateError,
+    ProducerFencedError,
+    TransactionAbortableError,
+    TransactionManager,
+    TxnOperation,
+    TxnRequest,
+    TxnRequestKind,
+    TxnResponse,
+    TxnState,
+)
+from kprod.errors import KafkaError
+
+K = TxnRequestKind
+TXN_COORDINATOR = 2
+GROUP_COORDINATOR = 3
+
+
+def manager(can_bump_epoch: bool = True) -> TransactionManager:
+    return TransactionManager(
+        "txn-1",
+        transaction_timeout_ms=60_000,
+        retry_backoff_ms=100,
+        retry_backoff_max_ms=1_000,
+        rng=random.Random(7),
+        can_bump_epoch=can_bump_epoch,
+    )
+
+
+def expect(
+    tm: TransactionManager, kind: TxnRequestKind, now_ms: int = 0, incomplete: bool = False
+) -> TxnRequest:
+    request = tm.next_request(now_ms, incomplete)
+    assert request is not None, f"expected a {kind.name} request, got none (state {tm.state})"
+    assert request.kind is kind, f"expected {kind.name}, got {request.kind.name}"
+    return request
+
+
+def answer_coordinator(tm: TransactionManager, node: int = TXN_COORDINATOR, now_ms: int = 0) -> None:
+    request = expect(tm, K.FIND_COORDINATOR, now_ms)
+    assert request.coordinator is None  # FindCoordinator goes to any broker
+    tm.on_response(request, TxnResponse(node_id=node), now_ms)
+
+
+def initialized(can_bump_epoch: bool = True) -> TransactionManager:
+    tm = manager(can_bump_epoch)
+    operation = tm.init_transactions()
+    assert tm.state is TxnState.INITIALIZING
+    answer_coordinator(tm)
+    request = expect(tm, K.INIT_PRODUCER_ID)
+    tm.on_response(request, TxnResponse(producer_id=1000, producer_epoch=0), 0)
+    assert operation.done and operation.error is None
+    assert tm.state is TxnState.READY and tm.take_sequences_reset()
+    return tm
+
+
+def in_transaction_with(tm: TransactionManager, *partitions: tuple[str, int]) -> None:
+    tm.begin_transaction()
+    for topic, partition in partitions:
+        tm.add_partition(topic, partition)
+    request = expect(tm, K.ADD_PARTITIONS)
+    assert set(request.partitions) == set(partitions)
+    tm.on_response(request, TxnResponse(partition_errors=dict.fromkeys(partitions, 0)), 0)
+
+
+# ----------------------------------------------------------------------------- the happy path
+
+
+def test_init_begin_add_partitions_commit() -> None:
+    tm = initialized()
+    assert tm.producer_id == 1000 and tm.producer_epoch == 0
+    assert tm.coordinator(CoordinatorType.TRANSACTION) == TXN_COORDINATOR
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    tm.add_partition("t", 1)
+    tm.add_partition("t", 0)  # once is enough
+    assert not tm.is_send_allowed("t", 0), "a partition may not be drained before it is added"
+    request = expect(tm, K.ADD_PARTITIONS)
+    assert request.partitions == (("t", 0), ("t", 1))
+    assert tm.next_request(0, False) is None, "one transactional request in flight at a time"
+    tm.on_response(request, TxnResponse(partition_errors={("t", 0): 0, ("t", 1): 0}), 0)
+    assert tm.is_send_allowed("t", 0) and tm.is_send_allowed("t", 1)
+    commit = tm.commit_transaction()
+    assert tm.state is TxnState.COMMITTING and tm.is_completing
+    assert tm.next_request(0, has_incomplete_batches=True) is None, "EndTxn waits for the batches"
+    end = expect(tm, K.END_TXN)
+    assert end.committed
+    tm.on_response(end, TxnResponse(), 0)
+    assert commit.done and commit.error is None
+    assert tm.state is TxnState.READY
+    assert not tm.is_send_allowed("t", 0), "a new transaction adds its partitions again"
+
+
+def test_partitions_added_while_a_request_is_in_flight_go_in_the_next_add_partitions() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    first = expect(tm, K.ADD_PARTITIONS)
+    tm.add_partition("t", 1)
+    tm.on_response(first, TxnResponse(partition_errors={("t", 0): 0}), 0)
+    second = expect(tm, K.ADD_PARTITIONS)
+    assert second.partitions == (("t", 1),)
+
+
+def test_commit_of_an_empty_transaction_sends_no_end_txn() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    commit = tm.commit_transaction()
+    assert tm.next_request(0, False) is None
+    assert commit.done and commit.error is None and tm.state is TxnState.READY
+
+
+def test_abort_fails_nothing_and_ends_the_transaction() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    abort = tm.abort_transaction()
+    assert tm.is_aborting
+    end = expect(tm, K.END_TXN)
+    assert not end.committed
+    tm.on_response(end, TxnResponse(), 0)
+    assert abort.done and abort.error is None and tm.state is TxnState.READY
+
+
+def test_send_offsets_adds_offsets_then_commits_them_at_the_group_coordinator() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    group = ConsumerGroupMetadata("g1", generation_id=4, member_id="m-1")
+    operation = tm.send_offsets_to_transaction({("in", 0): 42, ("in", 1): 7}, group)
+    add = expect(tm, K.ADD_OFFSETS)
+    assert add.group == group and add.coordinator is CoordinatorType.TRANSACTION
+    tm.on_response(add, TxnResponse(), 0)
+    assert not operation.done, "the offsets are not committed yet"
+    find = expect(tm, K.FIND_COORDINATOR)
+    assert find.find_type is CoordinatorType.GROUP and find.coordinator_key == "g1"
+    tm.on_response(find, TxnResponse(node_id=GROUP_COORDINATOR), 0)
+    commit_offsets = expect(tm, K.TXN_OFFSET_COMMIT)
+    assert commit_offsets.coordinator is CoordinatorType.GROUP
+    assert tm.coordinator(CoordinatorType.GROUP) == GROUP_COORDINATOR
+    assert dict(commit_offsets.offsets) == {("in", 0): 42, ("in", 1): 7}
+    tm.on_response(commit_offsets, TxnResponse(partition_errors={("in", 0): 0, ("in", 1): 0}), 0)
+    assert operation.done and operation.error is None
+    commit = tm.commit_transaction()
+    end = expect(tm, K.END_TXN)  # offsets alone make a transaction that must be ended
+    tm.on_response(end, TxnResponse(), 0)
+    assert commit.done and commit.error is None
+
+
+# ----------------------------------------------------------------------------- the state table
+
+
+def test_calls_in_the_wrong_state_raise_and_change_nothing() -> None:
+    tm = manager()
+    with pytest.raises(InvalidTxnStateError, match="before init_transactions"):
+        tm.begin_transaction()
+    with pytest.raises(InvalidTxnStateError, match="before init_transactions"):
+        tm.add_partition("t", 0)
+    assert tm.state is TxnState.UNINITIALIZED
+    tm = initialized()
+    with pytest.raises(InvalidTxnStateError, match="init_transactions\\(\\) was called already"):
+        tm.init_transactions()
+    with pytest.raises(InvalidTxnStateError, match="begin_transaction\\(\\) first"):
+        tm.add_partition("t", 0)
+    with pytest.raises(InvalidTxnStateError):
+        tm.commit_transaction()
+    with pytest.raises(InvalidTxnStateError):
+        tm.abort_transaction()
+    tm.begin_transaction()
+    with pytest.raises(InvalidTxnStateError, match="in progress already"):
+        tm.begin_transaction()
+    assert tm.state is TxnState.IN_TRANSACTION
+
+
+def test_an_operation_refuses_a_second_completion() -> None:
+    operation = TxnOperation("commit_transaction")
+    operation.complete()
+    with pytest.raises(InvalidTxnStateError, match="completed twice"):
+        operation.complete(RuntimeError("late"))
+
+
+def test_the_transition_table_refuses_what_it_does_not_list() -> None:
+    tm = manager()
+    for target in TxnState:
+        allowed = TxnState.UNINITIALIZED in VALID_SOURCES[target]
+        probe = manager()
+        if target in (TxnState.ABORTABLE_ERROR, TxnState.FATAL_ERROR):
+            continue
+        if allowed:
+            probe._transition(target)
+            assert probe.state is target
+        else:
+            with pytest.raises(InvalidTxnStateError, match="cannot go from uninitialized"):
+                probe._transition(target)
+    assert tm.state is TxnState.UNINITIALIZED
+
+
+# ----------------------------------------------------------------------------- retriable
+
+
+def test_coordinator_moved_is_looked_up_again_and_the_request_retried() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    tm.commit_transaction()
+    end = expect(tm, K.END_TXN)
+    tm.on_response(end, TxnResponse(error_code=16), 0)  # NOT_COORDINATOR
+    assert tm.coordinator(CoordinatorType.TRANSACTION) is None
+    answer_coordinator(tm, node=5, now_ms=0)  # the lookup goes at once, the retry after a backoff
+    assert tm.next_request(0, False) is None, "backing off"
+    assert tm.coordinator(CoordinatorType.TRANSACTION) == 5
+    again = expect(tm, K.END_TXN, now_ms=1_000)
+    assert again is end and again.attempts == 1
+    tm.on_response(again, TxnResponse(), 1_000)
+    assert tm.state is TxnState.READY
+
+
+def test_a_lost_answer_retries_after_a_new_lookup() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    tm.commit_transaction()
+    end = expect(tm, K.END_TXN)
+    tm.on_request_failed(end, 0)
+    assert tm.coordinator(CoordinatorType.TRANSACTION) is None
+    answer_coordinator(tm, now_ms=500)
+    assert expect(tm, K.END_TXN, now_ms=500) is end
+
+
+def test_retriable_errors_back_off_exponentially_up_to_the_max() -> None:
+    tm = manager()
+    tm.init_transactions()
+    answer_coordinator(tm)
+    now = 0
+    waits = []
+    for _ in range(6):
+        request = expect(tm, K.INIT_PRODUCER_ID, now)
+        tm.on_response(request, TxnResponse(error_code=14), now)  # COORDINATOR_LOAD_IN_PROGRESS
+        deadline = tm.next_deadline_ms()
+        assert deadline is not None
+        waits.append(deadline - now)
+        assert tm.next_request(deadline - 1, False) is None
+        now = deadline
+    assert [80 <= w <= 120 for w in waits[:1]] == [True]
+    assert 160 <= waits[1] <= 240 and 320 <= waits[2] <= 480
+    assert all(800 <= w <= 1_200 for w in waits[4:]), waits
+    request = expect(tm, K.INIT_PRODUCER_ID, now)
+    tm.on_response(request, TxnResponse(producer_id=9, producer_epoch=3), now)
+    assert tm.state is TxnState.READY
+
+
+def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    request = expect(tm, K.ADD_PARTITIONS)
+    tm.on_response(request, TxnResponse(partition_errors={("t", 0): 51}), 1_000)
+    assert tm.next_deadline_ms() == 1_020, (
+        "the previous transaction is finishing: 20 ms, not retry.backoff.ms"
+    )
+    assert expect(tm, K.ADD_PARTITIONS, 1_020) is request
+
+
+def test_txn_offset_commit_retries_only_the_partitions_that_failed() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    operation = tm.send_offsets_to_transaction({("in", 0): 1, ("in", 1): 2}, ConsumerGroupMetadata("g"))
+    tm.on_response(expect(tm, K.ADD_OFFSETS), TxnResponse(), 0)
+    answer_coordinator(tm, node=GROUP_COORDINATOR)
+    request = expect(tm, K.TXN_OFFSET_COMMIT)
+    tm.on_response(request, TxnResponse(partition_errors={("in", 0): 0, ("in", 1): 14}), 0)
+    retry = expect(tm, K.TXN_OFFSET_COMMIT, now_ms=10_000)
+    assert dict(retry.offsets) == {("in", 1): 2}
+    tm.on_response(retry, TxnResponse(partition_errors={("in", 1): 0}), 10_000)
+    assert operation.done and operation.error is None
+
+
+# ----------------------------------------------------------------------------- abortable
+
+
+def test_a_failed_record_makes_the_transaction_abortable_then_abort_recovers() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    tm.on_batch_error(KafkaError(10, "record too large"))
+    assert tm.state is TxnState.ABORTABLE_ERROR and tm.is_aborting
+    with pytest.raises(TransactionAbortableError, match="must be aborted") as info:
+        tm.commit_transaction()
+    assert isinstance(info.value.cause, KafkaError) and info.value.cause.code == 10
+    with pytest.raises(TransactionAbortableError):
+        tm.add_partition("t", 1)
+    abort = tm.abort_transaction()
+    end = expect(tm, K.END_TXN)
+    tm.on_response(end, TxnResponse(), 0)
+    assert abort.done and abort.error is None and tm.state is TxnState.READY
+    in_transaction_with(tm, ("t", 0))  # usable again
+    assert tm.state is TxnState.IN_TRANSACTION
+
+
+def test_a_record_failing_during_commit_fails_the_commit_and_its_end_txn_is_not_sent() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    commit = tm.commit_transaction()
+    assert tm.next_request(0, has_incomplete_batches=True) is None
+    tm.on_batch_error(KafkaError(6))
+    assert commit.done and isinstance(commit.error, KafkaError)
+    assert tm.next_request(0, has_incomplete_batches=False) is None, "a commit EndTxn must not follow"
+    abort = tm.abort_transaction()
+    end = expect(tm, K.END_TXN)
+    assert not end.committed
+    tm.on_response(end, TxnResponse(), 0)
+    assert abort.done and abort.error is None
+
+
+def test_topic_authorization_failure_is_abortable_and_names_the_topic() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    tm.add_partition("secret", 0)
+    tm.add_partition("open", 0)
+    request = expect(tm, K.ADD_PARTITIONS)
+    tm.on_response(request, TxnResponse(partition_errors={("secret", 0): 29, ("open", 0): 55}), 0)
+    assert tm.state is TxnState.ABORTABLE_ERROR
+    assert isinstance(tm.last_error, KafkaError) and "secret" in str(tm.last_error)
+    assert not tm.is_send_allowed("open", 0)
+
+
+def test_rebalanced_group_makes_the_offsets_commit_abortable() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    operation = tm.send_offsets_to_transaction({("in", 0): 5}, ConsumerGroupMetadata("g", 3, "m"))
+    tm.on_response(expect(tm, K.ADD_OFFSETS), TxnResponse(), 0)
+    answer_coordinator(tm, node=GROUP_COORDINATOR)
+    tm.on_response(expect(tm, K.TXN_OFFSET_COMMIT), TxnResponse(partition_errors={("in", 0): 22}), 0)
+    assert operation.done and "rebalanced" in str(operation.error)
+    assert tm.state is TxnState.ABORTABLE_ERROR
+
+
+def test_unknown_producer_id_is_abortable_and_the_abort_bumps_the_epoch() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    tm.take_sequences_reset()
+    tm.on_batch_error(KafkaError(59))
+    assert tm.state is TxnState.ABORTABLE_ERROR
+    abort = tm.abort_transaction()
+    tm.on_response(expect(tm, K.END_TXN), TxnResponse(), 0)
+    assert tm.state is TxnState.INITIALIZING and not abort.done
+    bump = expect(tm, K.EPOCH_BUMP)
+    assert bump.bump_epoch
+    tm.on_response(bump, TxnResponse(producer_id=1000, producer_epoch=1), 0)
+    assert abort.done and abort.error is None
+    assert tm.state is TxnState.READY and tm.producer_epoch == 1 and tm.take_sequences_reset()
+
+
+def test_unknown_producer_id_is_fatal_where_the_coordinator_cannot_bump_epochs() -> None:
+    tm = initialized(can_bump_epoch=False)
+    in_transaction_with(tm, ("t", 0))
+    tm.on_batch_error(KafkaError(59))
+    assert tm.state is TxnState.FATAL_ERROR
+
+
+# ----------------------------------------------------------------------------- fatal
+
+
+@pytest.mark.parametrize("code", [90, 47])  # PRODUCER_FENCED, INVALID_PRODUCER_EPOCH
+def test_fenced_is_fatal_for_every_later_call(code: int) -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    commit = tm.commit_transaction()
+    tm.on_response(expect(tm, K.END_TXN), TxnResponse(error_code=code), 0)
+    assert tm.state is TxnState.FATAL_ERROR
+    assert isinstance(commit.error, ProducerFencedError) and commit.error.code == 90
+    assert "fenced" in str(commit.error) and "txn-1" in str(commit.error)
+    for call in (tm.begin_transaction, tm.abort_transaction, lambda: tm.add_partition("t", 0)):
+        with pytest.raises(ProducerFencedError):
+            call()
+    assert not tm.is_send_allowed("t", 0)
+
+
+def test_transactional_id_authorization_is_fatal_and_says_what_to_grant() -> None:
+    tm = manager()
+    operation = tm.init_transactions()
+    answer_coordinator(tm)
+    tm.on_response(expect(tm, K.INIT_PRODUCER_ID), TxnResponse(error_code=53), 0)
+    assert tm.state is TxnState.FATAL_ERROR
+    assert operation.done and "TransactionalId" in str(operation.error)
+
+
+def test_queued_requests_fail_with_the_fatal_error() -> None:
+    tm = initialized()
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    add = expect(tm, K.ADD_PARTITIONS)
+    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"))
+    tm.on_response(add, TxnResponse(partition_errors={("t", 0): 90}), 0)
+    assert tm.next_request(0, False) is None
+    assert offsets.done and isinstance(offsets.error, ProducerFencedError)
+
+
+# ----------------------------------------------------------------------------- timeouts
+
+
+def test_a_timed_out_commit_is_resumed_by_calling_commit_again_and_abort_is_refused() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    commit = tm.commit_transaction()
+    # The caller's timeout passes here; the commit goes on.
+    assert tm.commit_transaction() is commit
+    with pytest.raises(InvalidTxnStateError, match="previous commit_transaction timed out"):
+        tm.abort_transaction()
+    tm.on_response(expect(tm, K.END_TXN), TxnResponse(), 0)
+    assert commit.done and tm.state is TxnState.READY
+    tm.begin_transaction()  # the cached call is gone once done
+
+
+def test_a_timed_out_init_is_resumed_by_calling_init_again() -> None:
+    tm = manager()
+    init = tm.init_transactions()
+    assert tm.init_transactions() is init
+
+
+def test_close_fails_every_pending_operation() -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))
+    commit = tm.commit_transaction()
+    error = RuntimeError("closed")
+    tm.close(error)
+    assert commit.done and commit.error is error
+    assert tm.next_request(0, False) is None
+
+
+# ----------------------------------------------------------------------------- transactions v2
+
+
+def test_transactions_v2_adds_partitions_implicitly_and_takes_the_epoch_from_end_txn() -> None:
+    tm = initialized()
+    tm.transactions_v2 = True
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    assert tm.is_send_allowed("t", 0), "KIP-890: Produce adds the partition"
+    commit = tm.commit_transaction()
+    end = expect(tm, K.END_TXN)  # no AddPartitionsToTxn went out
+    tm.take_sequences_reset()
+    tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=1), 0)
+    assert commit.done and tm.producer_epoch == 1 and tm.take_sequences_reset()
+
+
+# ----------------------------------------------------------------------------- any sequence
+
+
+_CALLS = ["begin", "add", "offsets", "commit", "abort", "batch_error", "answer_ok", "answer_err", "lost"]
+_ERROR_CODES = [6, 14, 15, 16, 29, 47, 51, 53, 59, 90, 120, 22]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_CALLS), st.sampled_from(_ERROR_CODES)), max_size=40))
+def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]]) -> None:
+    """Whatever the user calls and the broker answers: no path attempts a transition the table does
+    not list (``_transition`` would raise "cannot go from"), a refused call changes nothing, at most
+    one request is in flight, nothing is completed twice (TxnOperation would raise), and a fatal
+    state is never left."""
+    tm = initialized()
+    seen_fatal = False
+    now = 0
+    in_flight: TxnRequest | None = None
+    for call, code in steps:
+        before = tm.state
+        now += 1_000
+        try:
+            if call == "begin":
+                tm.begin_transaction()
+            elif call == "add":
+                tm.add_partition("t", code % 3)
+            elif call == "offsets":
+                tm.send_offsets_to_transaction({("in", 0): code}, ConsumerGroupMetadata("g"))
+            elif call == "commit":
+                tm.commit_transaction()
+            elif call == "abort":
+                tm.abort_transaction()
+            elif call == "batch_error":
+                tm.on_batch_error(KafkaError(code))
+        except (InvalidTxnStateError, TransactionAbortableError, KafkaError) as exc:
+            assert "cannot go from" not in str(exc), exc
+            assert tm.state is before, "a refused call must not change the state"
+        if in_flight is None:
+            in_flight = tm.next_request(now, False)
+        elif call in ("answer_ok", "answer_err", "lost"):
+            request, in_flight = in_flight, None
+            if call == "lost":
+                tm.on_request_failed(request, now)
+            elif call == "answer_err":
+                errors = {tp: code for tp in request.partitions} or {tp: code for tp in request.offsets}
+                tm.on_response(request, TxnResponse(error_code=code, partition_errors=errors), now)
+            else:
+                tm.on_response(request, TxnResponse(node_id=1, producer_id=1000, producer_epoch=1), now)
+        assert tm.in_flight is in_flight
+        seen_fatal = seen_fatal or tm.state is TxnState.FATAL_ERROR
+        assert not seen_fatal or tm.state is TxnState.FATAL_ERROR
