@@ -5,6 +5,12 @@ pipeline: record creation, serialization, partitioning, buffering, batching,
 compression, acknowledgements, retries and metadata. See ARCHITECTURE.md.
 """
 
+from kprod._core.transactions import (
+    ConsumerGroupMetadata,
+    InvalidTxnStateError,
+    ProducerFencedError,
+    TransactionAbortableError,
+)
 from kprod.aio import AsyncProducer
 from kprod.config import ProducerConfig
 from kprod.errors import (
@@ -30,6 +36,8 @@ __all__ = [
     "BrokerConnectionError",
     "BufferExhaustedError",
     "ConfigError",
+    "ConsumerGroupMetadata",
+    "InvalidTxnStateError",
     "KafkaError",
     "KafkaTimeoutError",
     "KprodError",
@@ -37,10 +45,12 @@ __all__ = [
     "Producer",
     "ProducerClosedError",
     "ProducerConfig",
+    "ProducerFencedError",
     "RecordFuture",
     "RecordMetadata",
     "RecordTooLargeError",
     "SerializationError",
+    "TransactionAbortableError",
     "UnknownTopicError",
     "__version__",
 ]

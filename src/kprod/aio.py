@@ -7,17 +7,20 @@ coroutine that calls ``send``/``enqueue``; the sender task runs on the same loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch
+from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
+from kprod._io import transactional
 from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, wall_ms
 from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
-from kprod.errors import KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
+from kprod.errors import KafkaError, KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
 from kprod.sync import DeliveryCallback
 from kprod.types import RecordMetadata
 
@@ -232,6 +235,89 @@ class AsyncProducer:
         finally:
             with engine.lock:
                 engine.set_flushing(-1)
+
+    # -- transactions (see kprod.Producer for the semantics of each call) -----------------
+
+    async def init_transactions(self, timeout: float | None = None) -> None:
+        """Initialize the transactional producer (once, before the first transaction); waits up to
+        ``timeout`` s (default ``max.block.ms``). See :meth:`kprod.Producer.init_transactions`."""
+        engine = await self._running_engine()
+        await self._wait_txn(
+            transactional.start(engine, "init_transactions", lambda t: t.init_transactions()), timeout
+        )
+
+    async def begin_transaction(self) -> None:
+        """Start a transaction (does not wait). See :meth:`kprod.Producer.begin_transaction`."""
+        transactional.begin(await self._running_engine())
+
+    async def send_offsets_to_transaction(
+        self, offsets: transactional.OffsetsArg, group_metadata: object, timeout: float | None = None
+    ) -> None:
+        """Add a consumer group's offsets to the transaction. See
+        :meth:`kprod.Producer.send_offsets_to_transaction`."""
+        engine = await self._running_engine()
+        offsets_map = transactional.offsets_of(offsets)
+        group = transactional.group_metadata_of(group_metadata)
+        operation = transactional.start(
+            engine, "send_offsets_to_transaction", lambda t: t.send_offsets_to_transaction(offsets_map, group)
+        )
+        await self._wait_txn(operation, timeout)
+
+    async def commit_transaction(self, timeout: float | None = None) -> None:
+        """Flush and commit the transaction. See :meth:`kprod.Producer.commit_transaction`."""
+        engine = await self._running_engine()
+        await self._wait_txn(
+            transactional.start(engine, "commit_transaction", lambda t: t.commit_transaction()), timeout
+        )
+
+    async def abort_transaction(self, timeout: float | None = None) -> None:
+        """Abort the transaction. See :meth:`kprod.Producer.abort_transaction`."""
+        engine = await self._running_engine()
+        await self._wait_txn(
+            transactional.start(engine, "abort_transaction", lambda t: t.abort_transaction()), timeout
+        )
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[AsyncProducer]:
+        """``async with producer.transaction():`` commits on a normal exit and aborts when the block
+        raises (see :meth:`kprod.Producer.transaction`)."""
+        await self.begin_transaction()
+        try:
+            yield self
+        except BaseException:
+            await self._abort_quietly(timeout)
+            raise
+        try:
+            await self.commit_transaction(timeout)
+        except KafkaError:
+            engine = self._engine
+            if engine is not None and engine.txn is not None and engine.txn.state is TxnState.ABORTABLE_ERROR:
+                await self._abort_quietly(timeout)
+            raise
+        except TransactionAbortableError:
+            await self._abort_quietly(timeout)
+            raise
+
+    async def _abort_quietly(self, timeout: float | None) -> None:
+        try:
+            await self.abort_transaction(timeout)
+        except KprodError as exc:
+            log.warning("aborting the transaction failed too: %s", exc)
+
+    async def _wait_txn(self, operation: TxnOperation, timeout: float | None) -> None:
+        engine = self._engine
+        assert engine is not None
+        timeout_s = self.config.max_block_ms / 1000 if timeout is None else timeout
+        deadline = time.monotonic() + timeout_s
+        while not operation.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise transactional.timed_out(engine, operation, timeout_s)
+            try:
+                await asyncio.wait_for(engine.async_waiter(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+        transactional.result(operation)
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout`` s), fail what is left with ProducerClosedError, stop. Always returns."""

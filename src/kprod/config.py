@@ -577,23 +577,12 @@ class ProducerConfig:
 
 
 def check_supported(config: ProducerConfig) -> None:
-    """Raise ConfigError for a setting that parses but that kprod cannot honour yet.
-
-    ``transactional.id`` is kept in :class:`ProducerConfig` (its idempotence rules are
-    Java's), but there is no transaction API: a producer built with it would write
-    non-transactional records without a word.
-    """
+    """Raise ConfigError for a setting that parses but that kprod cannot honour yet."""
     if config.partitioner_availability_timeout_ms:
         raise ConfigError(
             f"Setting 'partitioner.availability.timeout.ms'={config.partitioner_availability_timeout_ms} "
             "is not supported yet: kprod does not track per-broker drain latency; leave it at 0 (the "
             "default: adaptive partitioning by queue length is on)"
-        )
-    if config.transactional_id is not None:
-        raise ConfigError(
-            f"Setting 'transactional.id'={config.transactional_id!r} is not supported yet: kprod has no "
-            "transaction API, so records would be written outside any transaction; leave transactional.id "
-            "unset (the producer is idempotent by default)"
         )
 
 

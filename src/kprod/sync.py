@@ -9,19 +9,23 @@ functions run on the I/O thread: keep them short, and do not block in them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
+from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
+from kprod._io import transactional
 from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine
 from kprod._io.frontend import RecordPreparer
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
     BufferExhaustedError,
+    KafkaError,
     KafkaTimeoutError,
     KprodError,
     ProducerClosedError,
@@ -545,6 +549,129 @@ class Producer:
             finally:
                 engine.sync_waiters -= 1
                 engine.set_flushing(-1)
+
+    # -- transactions -------------------------------------------------------------------
+
+    def init_transactions(self, timeout: float | None = None) -> None:
+        """Initialize a transactional producer (``transactional.id`` set): find its coordinator, get
+        a producer id and epoch, and fence any earlier producer with the same ``transactional.id``
+        (its open transaction is aborted). Call once, before the first transaction.
+
+        Blocks up to ``timeout`` seconds (default ``max.block.ms``).
+
+        :raises KafkaTimeoutError: if it did not finish in time (it goes on: call it again).
+        :raises ConfigError: without ``transactional.id``.
+        :raises KafkaError: a fatal answer (transactional id not authorized, ...).
+        """
+        self._wait_txn(
+            transactional.start(self._engine, "init_transactions", lambda t: t.init_transactions()), timeout
+        )
+
+    def begin_transaction(self) -> None:
+        """Start a transaction: records sent from now until commit or abort belong to it. Does not block.
+
+        :raises InvalidTxnStateError: before ``init_transactions()`` or inside a transaction.
+        :raises TransactionAbortableError: if the previous transaction must be aborted first.
+        :raises ProducerFencedError: if another producer took over this ``transactional.id``.
+        """
+        transactional.begin(self._engine)
+
+    def send_offsets_to_transaction(
+        self, offsets: transactional.OffsetsArg, group_metadata: object, timeout: float | None = None
+    ) -> None:
+        """Add a consumer group's offsets to the transaction (consume-transform-produce): they are
+        committed if and only if the transaction is.
+
+        :param offsets: the next offsets to consume, ``{(topic, partition): offset}``,
+            ``{TopicPartition: offset}`` or a list of confluent-kafka ``TopicPartition`` with offsets.
+        :param group_metadata: ``consumer.consumer_group_metadata()`` of a confluent-kafka consumer,
+            or :class:`kprod.ConsumerGroupMetadata`.
+        :param timeout: seconds to block (default ``max.block.ms``).
+        :raises KafkaTimeoutError: if it did not finish in time.
+        :raises TransactionAbortableError: e.g. the group rebalanced (abort, then process again).
+        """
+        offsets_map = transactional.offsets_of(offsets)
+        group = transactional.group_metadata_of(group_metadata)
+        operation = transactional.start(
+            self._engine,
+            "send_offsets_to_transaction",
+            lambda t: t.send_offsets_to_transaction(offsets_map, group),
+        )
+        self._wait_txn(operation, timeout)
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        """Send every record of the transaction, wait for their acknowledgements, and commit.
+
+        Blocks up to ``timeout`` seconds (default ``max.block.ms``). A commit that timed out goes
+        on: calling ``commit_transaction()`` again waits for the same commit.
+
+        :raises TransactionAbortableError: (or the record's error) if a record of the transaction
+            failed: call ``abort_transaction()``, then the producer can begin a new transaction.
+        :raises ProducerFencedError: another producer took over this ``transactional.id``: close.
+        :raises KafkaTimeoutError: if it did not finish in time.
+        """
+        self._wait_txn(
+            transactional.start(self._engine, "commit_transaction", lambda t: t.commit_transaction()), timeout
+        )
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        """Abort the transaction: records not sent yet fail, sent ones are never visible to
+        ``read_committed`` consumers. Blocks up to ``timeout`` seconds (default ``max.block.ms``).
+
+        :raises ProducerFencedError: another producer took over this ``transactional.id``: close.
+        :raises KafkaTimeoutError: if it did not finish in time (call it again to keep waiting).
+        """
+        self._wait_txn(
+            transactional.start(self._engine, "abort_transaction", lambda t: t.abort_transaction()), timeout
+        )
+
+    @contextlib.contextmanager
+    def transaction(self, timeout: float | None = None) -> Iterator[Producer]:
+        """``with producer.transaction():`` begins a transaction, commits it when the block ends
+        normally and aborts it when the block raises (the exception then propagates). A commit
+        that fails with an abortable error is aborted too before its error propagates.
+        """
+        self.begin_transaction()
+        try:
+            yield self
+        except BaseException:
+            self._abort_quietly(timeout)
+            raise
+        try:
+            self.commit_transaction(timeout)
+        except TransactionAbortableError:
+            self._abort_quietly(timeout)
+            raise
+        except KafkaError:
+            if self._engine.txn is not None and self._engine.txn.state is TxnState.ABORTABLE_ERROR:
+                self._abort_quietly(timeout)
+            raise
+
+    def _abort_quietly(self, timeout: float | None) -> None:
+        try:
+            self.abort_transaction(timeout)
+        except KprodError as exc:
+            log.warning("aborting the transaction failed too: %s", exc)
+
+    def _wait_txn(self, operation: TxnOperation, timeout: float | None) -> None:
+        engine = self._engine
+        if threading.current_thread() is self._thread:
+            raise KprodError(f"{operation.name}() cannot be called from a delivery callback (the I/O thread)")
+        timeout_s = self.config.max_block_ms / 1000 if timeout is None else timeout
+        deadline = time.monotonic() + timeout_s
+        with engine.cond:
+            engine.sync_waiters += 1
+            try:
+                while not operation.done and self._thread.is_alive():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    engine.cond.wait(min(remaining, 0.5))
+            finally:
+                engine.sync_waiters -= 1
+        if not operation.done:
+            raise transactional.timed_out(engine, operation, timeout_s)
+        transactional.result(operation)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, then stop. Always returns.

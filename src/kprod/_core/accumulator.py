@@ -517,6 +517,24 @@ class RecordAccumulator:
             batch.accepting = False
         return out
 
+    def abort_undrained(self) -> list[ProducerBatch]:
+        """Remove and return every queued batch that never left (no sequence yet): an aborting
+        transaction fails them instead of sending them. Batches in retry keep their place: the
+        broker may have them, and their sequences must resolve."""
+        out: list[ProducerBatch] = []
+        for q in list(self._nonempty):
+            kept = [b for b in q.batches if b.base_sequence >= 0]
+            if len(kept) == len(q.batches):
+                continue
+            out.extend(b for b in q.batches if b.base_sequence < 0)
+            q.batches.clear()
+            q.batches.extend(kept)
+            if not kept:
+                del self._nonempty[q]
+        for batch in out:
+            batch.accepting = False
+        return out
+
     def queued_batches(self) -> Iterable[ProducerBatch]:
         for q in self._nonempty:
             yield from q.batches

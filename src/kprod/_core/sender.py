@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from kprod._core.accumulator import BatchState, PartitionQueue, ProducerBatch, RecordAccumulator
 from kprod._core.metadata import ClusterMetadata
 from kprod._core.ratio import CompressionRatioEstimator
+from kprod._core.transactions import TransactionManager
 from kprod.errors import (
     KafkaError,
     KafkaTimeoutError,
@@ -96,11 +97,13 @@ class ProduceRequestPlan:
         """
         by_topic: dict[str, list[tuple[int, bytes | bytearray]]] = {}
         self.compressed = compressor is not None
+        transactional = self.transactional_id is not None
         for batch in self.batches:
             encoded = batch.build(
                 producer_id=batch.producer_id,
                 producer_epoch=batch.producer_epoch,
                 base_sequence=batch.base_sequence,
+                transactional=transactional,
                 compression=compressor,
             )
             batch.encoded = encoded
@@ -150,13 +153,29 @@ class SenderCore:
         self.retries_total = 0
         self.producer_id_resets = 0
         self.batch_splits = 0
+        self.txn: TransactionManager | None = None
+        """The transaction manager of a producer with a transactional.id: it owns the producer id
+        and epoch, says which partitions may be drained, and hears of every failed batch."""
 
     # -- idempotence ----------------------------------------------------------------
 
     @property
     def needs_producer_id(self) -> bool:
-        """True while an idempotent producer has no producer id: nothing may be drained."""
+        """True while an idempotent producer has no producer id: nothing may be drained.
+
+        A transactional producer gets its id from the transaction manager (``init_transactions``),
+        so the I/O layer must not ask for one itself; its batches wait all the same.
+        """
         return self.settings.idempotent and self.producer_id < 0 and self.fatal_error is None
+
+    def _sync_transactional_producer_id(self) -> None:
+        """Take the transaction manager's producer id and epoch when they changed: sequences
+        restart at 0 (after init_transactions, an epoch bump, or an EndTxn under transactions v2)."""
+        txn = self.txn
+        if txn is not None and txn.take_sequences_reset():
+            self.producer_id = txn.producer_id
+            self.producer_epoch = txn.producer_epoch
+            self.accumulator.reset_sequences()
 
     def on_producer_id(self, producer_id: int, producer_epoch: int) -> None:
         """InitProducerId succeeded: sequences start from 0 under the new id."""
@@ -172,6 +191,9 @@ class SenderCore:
         return out
 
     def _can_send(self, q: PartitionQueue) -> bool:
+        txn = self.txn
+        if txn is not None and not txn.is_send_allowed(q.topic, q.partition):
+            return False  # its AddPartitionsToTxn has not been answered yet
         if self.settings.max_in_flight == 1 and q.in_flight > 0:
             return False  # max.in.flight=1 guarantees order by sending one batch per partition at a time
         if self.settings.idempotent:
@@ -216,13 +238,17 @@ class SenderCore:
         result = PollResult()
         settings = self.settings
         acc = self.accumulator
+        if self.txn is not None:
+            self._sync_transactional_producer_id()
+            if self.txn.is_aborting:
+                self._abort_undrained(result.completed)
         self._expire(now_ms, result.completed)
         metadata = self.metadata
         leader_of = metadata.leader
         ready, next_ms, unknown = acc.ready(now_ms, leader_of, self._can_send)
         if unknown:
             metadata.request_update()
-        if settings.idempotent:
+        if settings.idempotent and self.txn is None:
             self._maybe_reset_producer_id()
         if not self.needs_producer_id and self.fatal_error is None:
             for node_id in ready:
@@ -249,6 +275,7 @@ class SenderCore:
                         acks=settings.acks,
                         timeout_ms=settings.request_timeout_ms,
                         created_ms=now_ms,
+                        transactional_id=None if self.txn is None else self.txn.transactional_id,
                     )
                     result.requests.append(plan)
                     if plan.expects_response:
@@ -265,6 +292,26 @@ class SenderCore:
                         next_ms = deadline
         result.next_wakeup_ms = max(next_ms, now_ms)
         return result
+
+    def _abort_undrained(self, completed: list[ProducerBatch]) -> None:
+        """An aborting transaction: fail the batches that never left with the transaction's error
+        (Java's ``abortUndrainedBatches``); none of them can be part of a committed transaction."""
+        txn = self.txn
+        assert txn is not None
+        undrained = self.accumulator.abort_undrained()
+        if not undrained:
+            return
+        error = txn.last_error
+        reason = (
+            KprodError(
+                f"the transaction was aborted before this record was sent (cause: {error})",
+                stage="transactions",
+            )
+            if error is not None
+            else KprodError("the transaction was aborted before this record was sent", stage="transactions")
+        )
+        for batch in undrained:
+            self._complete(batch, -1, -1, reason, completed, report_to_txn=False)
 
     def _assign_sequences(self, batches: list[ProducerBatch]) -> None:
         acc = self.accumulator
@@ -493,15 +540,24 @@ class SenderCore:
         log_append_time_ms: int,
         error: BaseException | None,
         completed: list[ProducerBatch],
+        report_to_txn: bool = True,
     ) -> None:
-        """Complete ``batch`` once, release its memory, and list it (and a finished split parent)."""
+        """Complete ``batch`` once, release its memory, and list it (and a finished split parent).
+
+        ``report_to_txn`` False: the failure is the transaction's own abort, not news for it.
+        """
         batch.state = BatchState.DONE
         batch.base_offset = base_offset
         batch.log_append_time_ms = log_append_time_ms
         batch.error = error
         self.accumulator.release(batch)
         completed.append(batch)
-        if error is not None and batch.base_sequence >= 0:
+        txn = self.txn
+        if error is not None and txn is not None and report_to_txn:
+            # A failed record makes its transaction abortable (fenced or epoch errors: fatal); the
+            # transaction manager owns the producer id, so no producer-id reset here.
+            txn.on_batch_error(error, sequenced=batch.base_sequence >= 0)
+        elif error is not None and txn is None and batch.base_sequence >= 0:
             # Later sequences of this partition now follow a gap: start again under a new producer id.
             self._bump_required = True
         parent = batch.parent

@@ -183,6 +183,13 @@ class ConsumerGroupMetadata:
     group_instance_id: str | None = None
 
 
+def _finish(operation: TxnOperation) -> None:
+    """Complete ``operation`` successfully unless an error completed it first: an abortable error
+    fails the user's pending call at once, while that call's request may still be answered."""
+    if not operation.done:
+        operation.complete()
+
+
 class TxnOperation:
     """One user call in progress (``init_transactions``, ``commit_transaction``, ...).
 
@@ -327,6 +334,18 @@ class TransactionManager:
     def coordinator(self, kind: CoordinatorType) -> int | None:
         """The node id of the transaction or group coordinator, or None while unknown."""
         return self._coordinators[kind]
+
+    def phase(self) -> str:
+        """Where the current operation is, in words (for the error of a call that timed out)."""
+        if self.in_flight is not None:
+            return f"waiting for the answer to {self.in_flight.kind.name}"
+        if self._queue:
+            head = self._queue[0]
+            if head.kind is TxnRequestKind.END_TXN:
+                return "EndTxn waits for the transaction's records to be acknowledged"
+            retry = f", retry {head.attempts}" if head.attempts else ""
+            return f"{head.kind.name} queued{retry}"
+        return f"state {self.state.value}"
 
     def take_sequences_reset(self) -> bool:
         """True once after the producer id or epoch changed: the sender restarts every partition's
@@ -521,19 +540,24 @@ class TransactionManager:
 
     # ----------------------------------------------------------------- errors from records
 
-    def on_batch_error(self, error: BaseException) -> None:
+    def on_batch_error(self, error: BaseException, sequenced: bool = False) -> None:
         """A batch of the transaction failed: the transaction can no longer commit.
 
-        Fenced and epoch errors are fatal; anything else makes the transaction abortable.
+        Fenced and epoch errors are fatal; anything else makes the transaction abortable. A batch
+        that had a sequence leaves a gap in its partition's sequences, so the abort ends with an
+        epoch bump (sequences restart at 0), or, where the coordinator cannot bump epochs, the
+        producer cannot go on (Java's ``handleFailedBatch``).
         """
-        if self.state in (TxnState.FATAL_ERROR, TxnState.UNINITIALIZED, TxnState.READY):
+        if self.state in (TxnState.FATAL_ERROR, TxnState.UNINITIALIZED):
             return
         code = error.code if isinstance(error, KafkaError) else None
         if code in _FENCED:
             self._fail_fatal(self._fenced_error(code or _PRODUCER_FENCED))
             return
-        if code in (_UNKNOWN_PRODUCER_ID, _INVALID_PRODUCER_ID_MAPPING):
+        if sequenced or code in (_UNKNOWN_PRODUCER_ID, _INVALID_PRODUCER_ID_MAPPING):
             self._abortable_if_possible(error)
+            return
+        if self.state is TxnState.READY:
             return
         self._abortable(error)
 
@@ -588,7 +612,7 @@ class TransactionManager:
             if request.kind is TxnRequestKind.END_TXN and not self._transaction_started:
                 # Nothing reached the broker: there is no transaction there to end.
                 self._complete_transaction()
-                request.operation.complete()
+                _finish(request.operation)
                 continue
             self.in_flight = request
             return request
@@ -660,6 +684,11 @@ class TransactionManager:
     def on_response(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
         """Apply the answer to ``request`` (the one :meth:`next_request` returned)."""
         self._take_in_flight(request)
+        if self.state is TxnState.FATAL_ERROR:
+            # Nothing an answer says matters any more; its caller gets the fatal error.
+            if not request.operation.done:
+                request.operation.complete(self._fatal_error_for(request.operation.name))
+            return
         handler = {
             TxnRequestKind.FIND_COORDINATOR: self._on_find_coordinator,
             TxnRequestKind.INIT_PRODUCER_ID: self._on_init_producer_id,
@@ -692,7 +721,7 @@ class TransactionManager:
         code = response.error_code
         if code == _NONE and response.node_id >= 0:
             self._coordinators[request.find_type] = response.node_id
-            request.operation.complete()
+            _finish(request.operation)
         elif code == _NONE or is_retriable(code):
             self._retry(request, now_ms)
         elif code == _TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
@@ -717,7 +746,7 @@ class TransactionManager:
             self._epoch_bump_required = False
             if self.state is not TxnState.READY:
                 self._transition(TxnState.READY)
-            request.operation.complete()
+            _finish(request.operation)
             if self._pending_call is not None and self._pending_call[1] is request.operation:
                 self._pending_call = None
         elif self._common(request, code, now_ms, response.message):
@@ -781,7 +810,7 @@ class TransactionManager:
         else:
             self._partitions |= added
             self._transaction_started = True
-            request.operation.complete()
+            _finish(request.operation)
 
     def _on_add_offsets(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
         code = response.error_code
@@ -858,7 +887,7 @@ class TransactionManager:
             request.offsets = retry
             self._retry(request, now_ms)
         else:
-            request.operation.complete()
+            _finish(request.operation)
 
     def _on_end_txn(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
         code = response.error_code
@@ -872,7 +901,7 @@ class TransactionManager:
                 self._transition(TxnState.INITIALIZING)
                 self._enqueue(TxnRequest(TxnRequestKind.EPOCH_BUMP, request.operation, bump_epoch=True))
                 return
-            request.operation.complete()
+            _finish(request.operation)
             if self._pending_call is not None and self._pending_call[1] is request.operation:
                 self._pending_call = None
         elif self._common(request, code, now_ms, response.message):
@@ -926,6 +955,10 @@ class TransactionManager:
     def _abortable(self, error: BaseException, request: TxnRequest | None = None) -> None:
         if request is not None and not request.operation.done:
             request.operation.complete(error)
+        if self.state is TxnState.READY:
+            # A batch of a finished transaction failed late: the next abort must still bump the
+            # epoch (if asked), but there is no transaction to make abortable.
+            return
         if self.state is TxnState.ABORTING:
             # Already aborting: the abort goes on; the error is only this request's.
             return
@@ -933,6 +966,11 @@ class TransactionManager:
             self._fail_fatal(error)
             return
         self._transition(TxnState.ABORTABLE_ERROR, error)
+        # A commit's EndTxn still queued must never go out now: only an abort may end this transaction.
+        for queued in [r for r in self._queue if r.kind is TxnRequestKind.END_TXN]:
+            self._queue.remove(queued)
+            if not queued.operation.done:
+                queued.operation.complete(error)
         if self._pending_call is not None and not self._pending_call[1].done:
             self._pending_call[1].complete(error)
             self._pending_call = None

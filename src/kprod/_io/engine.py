@@ -41,6 +41,13 @@ from kprod._core.metadata import ClusterMetadata, TopicInfo
 from kprod._core.murmur2 import cached_positive_hash, partition_for_key
 from kprod._core.partitioner import StickyPartitioner
 from kprod._core.sender import ProduceRequestPlan, SenderCore, SenderSettings
+from kprod._core.transactions import (
+    CoordinatorType,
+    TransactionManager,
+    TxnRequest,
+    TxnRequestKind,
+    TxnResponse,
+)
 from kprod._io.connection import BrokerConnection
 from kprod.config import ProducerConfig
 from kprod.errors import (
@@ -63,6 +70,18 @@ from kprod.protocol.messages import (
     parse_metadata,
 )
 from kprod.protocol.produce import decode_produce_response, encode_produce_request
+from kprod.protocol.txn import (
+    add_offsets_to_txn_request,
+    add_partitions_to_txn_request,
+    end_txn_request,
+    find_coordinator_request,
+    parse_add_offsets_to_txn,
+    parse_add_partitions_to_txn,
+    parse_end_txn,
+    parse_find_coordinator,
+    parse_txn_offset_commit,
+    txn_offset_commit_request,
+)
 from kprod.records.compression import make_compressor
 from kprod.records.varint import ZIGZAG_TABLE
 from kprod.types import RecordMetadata
@@ -163,6 +182,19 @@ class ProducerEngine:
             "zstd": config.compression_zstd_level,
         }.get(config.compression_type)
         self.compressor = make_compressor(config.compression_type, level)
+        self.txn: TransactionManager | None = None
+        """The transaction manager, with a transactional.id; guarded by ``lock`` like the core."""
+        if config.transactional_id is not None:
+            self.txn = TransactionManager(
+                config.transactional_id,
+                transaction_timeout_ms=config.transaction_timeout_ms,
+                retry_backoff_ms=config.retry_backoff_ms,
+                retry_backoff_max_ms=config.retry_backoff_max_ms,
+                rng=self.rng,
+            )
+            self.core.txn = self.txn
+        self._coordinator_addresses: dict[int, tuple[str, int]] = {}
+        """Where FindCoordinator said each coordinator is (it may not be in Metadata yet)."""
         self.partitioners: dict[str, StickyPartitioner] = {}
         self._appenders: dict[str, _TopicAppender] = {}
         self._fast_appenders: dict[str, _TopicAppender] = {}
@@ -351,6 +383,8 @@ class ProducerEngine:
                 f"(0..{count - 1})",
                 stage="partitioning",
             )
+        if self.txn is not None:
+            self.txn.add_partition(topic, partition)  # raises outside a transaction
         q = queues[partition]
         before = acc.used_bytes
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
@@ -382,7 +416,8 @@ class ProducerEngine:
         queues = [self.accumulator.queue(topic, p) for p in range(len(info.leaders))]
         appender = _TopicAppender(metadata.version, info, queues, sticky)
         self._appenders[topic] = appender
-        if self._custom_partitioner is None and self.accepting:
+        if self._custom_partitioner is None and self.accepting and self.txn is None:
+            # Transactional records go the general way: each partition must join the transaction.
             self._fast_appenders[topic] = appender
         return appender
 
@@ -608,21 +643,33 @@ class ProducerEngine:
                     250, min(self.config.connections_max_idle_ms // 4, 60_000)
                 )
             with self.lock:
+                txn = self.txn
+                if txn is not None:
+                    # Committing or aborting sends everything at once, as flush() does.
+                    self.accumulator.flushing = self.flush_count > 0 or txn.is_completing
                 result = self.core.poll(now, self._node_slots)
+                txn_request = None
+                if txn is not None:
+                    txn_request = txn.next_request(
+                        now, self.accumulator.has_queued() or self.core.in_flight_count > 0
+                    )
                 metadata = self.metadata
                 refresh = metadata.should_update(now)
                 topics: list[str] = []
                 if refresh:
                     topics = metadata.wanted_topics(now)
                     metadata.on_update_started(now)
-                init_pid = (
-                    self.core.needs_producer_id and not self._pid_pending and now >= self._pid_retry_at_ms
-                )
+                own_pid = txn is None and self.core.needs_producer_id  # else init_transactions() gets it
+                init_pid = own_pid and not self._pid_pending and now >= self._pid_retry_at_ms
                 if init_pid:
                     self._pid_pending = True
                 next_ms = min(result.next_wakeup_ms, metadata.next_update_ms(now), request_deadline_ms)
-                if self.core.needs_producer_id and not self._pid_pending:
+                if own_pid and not self._pid_pending:
                     next_ms = min(next_ms, self._pid_retry_at_ms)
+                if txn is not None and txn_request is None:
+                    txn_deadline_ms = txn.next_deadline_ms()
+                    if txn_deadline_ms is not None:
+                        next_ms = min(next_ms, max(txn_deadline_ms, now + 1))
                 if self._open_conns and self.config.connections_max_idle_ms >= 0:
                     next_ms = min(next_ms, self._next_idle_check_ms)
                 for retry_at, _ in self._node_backoff.values():
@@ -640,6 +687,8 @@ class ProducerEngine:
                 self._spawn(self._refresh_metadata(topics))
             if init_pid:
                 self._spawn(self._init_producer_id())
+            if txn_request is not None:
+                self._spawn(self._send_txn_request(txn_request))
             for node_id in result.connect_nodes:
                 self._ensure_connection(node_id, now)
             for plan in result.requests:
@@ -892,6 +941,137 @@ class ProducerEngine:
         finally:
             self._pid_pending = False
             self._wake()
+
+    # -- transactional requests ------------------------------------------------------------------
+
+    async def _send_txn_request(self, request: TxnRequest) -> None:
+        """Send one request the transaction manager asked for and hand it the answer (or the loss)."""
+        txn = self.txn
+        assert txn is not None
+        try:
+            if request.coordinator is None:
+                conn = await self._any_connection()
+            else:
+                conn = await self._coordinator_connection(request.coordinator)
+            api_key, build, parse = self._txn_exchange(request, txn)
+            response = await conn.request(api_key, build, self.config.request_timeout_ms)
+            answer = parse(response)
+        except KprodError as exc:
+            log.debug("%s request failed, will retry: %s", request.kind.name, exc)
+            with self.lock:
+                txn.on_request_failed(request, monotonic_ms())
+        else:
+            if answer.error_code:
+                log.debug("%s answered %s", request.kind.name, KafkaError(answer.error_code).name)
+            with self.lock:
+                txn.on_response(request, answer, monotonic_ms())
+        finally:
+            self.notify_waiters()
+            self._wake()
+
+    async def _coordinator_connection(self, kind: CoordinatorType) -> BrokerConnection:
+        txn = self.txn
+        assert txn is not None
+        node_id = txn.coordinator(kind)
+        if node_id is None:
+            raise BrokerConnectionError(f"the {kind.name.lower()} coordinator is not known")
+        conn = self.connections.get(node_id)
+        if conn is not None and conn.ready:
+            return conn
+        pending = self._connecting.get(node_id)
+        if pending is not None:
+            await asyncio.wait({pending})
+            conn = self.connections.get(node_id)
+            if conn is not None and conn.ready:
+                return conn
+        address = self._coordinator_addresses.get(node_id) or self.metadata.node_address(node_id)
+        if address is None:
+            raise BrokerConnectionError(f"no address for coordinator {node_id}")
+        conn = await self._open(node_id, address[0], address[1])
+        existing = self.connections.get(node_id)
+        if existing is not None and existing.ready:
+            conn.close()
+            return existing
+        self.connections[node_id] = conn
+        return conn
+
+    def _txn_exchange(
+        self, request: TxnRequest, txn: TransactionManager
+    ) -> tuple[int, Callable[[int], Any], Callable[[Any], TxnResponse]]:
+        """The API key, the request builder (by version) and the answer parser for ``request``."""
+        txn_id = txn.transactional_id
+        kind = request.kind
+        if kind is TxnRequestKind.FIND_COORDINATOR:
+            key = request.coordinator_key
+
+            def found(response: Any) -> TxnResponse:
+                answer = parse_find_coordinator(response, key)
+                if answer.error_code == 0 and answer.node_id >= 0:
+                    self._coordinator_addresses[answer.node_id] = (answer.host, answer.port)
+                return TxnResponse(
+                    error_code=answer.error_code, node_id=answer.node_id, message=answer.message
+                )
+
+            return (
+                ApiKey.FIND_COORDINATOR,
+                lambda v: find_coordinator_request(v, int(request.find_type), key),
+                found,
+            )
+        if kind in (TxnRequestKind.INIT_PRODUCER_ID, TxnRequestKind.EPOCH_BUMP):
+            pid, epoch = (txn.producer_id, txn.producer_epoch) if request.bump_epoch else (-1, -1)
+
+            def initialized(response: Any) -> TxnResponse:
+                code, producer_id, producer_epoch = parse_init_producer_id(response)
+                return TxnResponse(error_code=code, producer_id=producer_id, producer_epoch=producer_epoch)
+
+            return (
+                ApiKey.INIT_PRODUCER_ID,
+                lambda v: init_producer_id_request(v, txn_id, txn.transaction_timeout_ms, pid, epoch),
+                initialized,
+            )
+        pid, epoch = txn.producer_id, txn.producer_epoch
+        if kind is TxnRequestKind.ADD_PARTITIONS:
+            return (
+                ApiKey.ADD_PARTITIONS_TO_TXN,
+                lambda v: add_partitions_to_txn_request(v, txn_id, pid, epoch, request.partitions),
+                lambda r: TxnResponse(partition_errors=parse_add_partitions_to_txn(r)),
+            )
+        if kind is TxnRequestKind.ADD_OFFSETS:
+            assert request.group is not None
+            group_id = request.group.group_id
+            return (
+                ApiKey.ADD_OFFSETS_TO_TXN,
+                lambda v: add_offsets_to_txn_request(v, txn_id, pid, epoch, group_id),
+                lambda r: TxnResponse(error_code=parse_add_offsets_to_txn(r)),
+            )
+        if kind is TxnRequestKind.TXN_OFFSET_COMMIT:
+            group = request.group
+            assert group is not None
+            return (
+                ApiKey.TXN_OFFSET_COMMIT,
+                lambda v: txn_offset_commit_request(
+                    v,
+                    txn_id,
+                    group.group_id,
+                    pid,
+                    epoch,
+                    request.offsets,
+                    group.generation_id,
+                    group.member_id,
+                    group.group_instance_id,
+                ),
+                lambda r: TxnResponse(partition_errors=parse_txn_offset_commit(r)),
+            )
+
+        def ended(response: Any) -> TxnResponse:
+            code, producer_id, producer_epoch = parse_end_txn(response)
+            return TxnResponse(error_code=code, producer_id=producer_id, producer_epoch=producer_epoch)
+
+        return (
+            ApiKey.END_TXN,
+            lambda v: end_txn_request(v, txn_id, pid, epoch, request.committed),
+            ended,
+        )
 
     # -- produce requests ------------------------------------------------------------------------
 

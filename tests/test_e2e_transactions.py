@@ -1,0 +1,247 @@
+"""Transactions end to end on Apache Kafka (Tansu shows aborted records to read_committed readers,
+so only the real broker can decide). Every outcome is read back by confluent-kafka with
+``isolation.level=read_committed`` (and ``read_uncommitted`` where a test must show that aborted
+records were written and then hidden)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from helpers import consume_all
+from kprod import (
+    AsyncProducer,
+    ConfigError,
+    ConsumerGroupMetadata,
+    InvalidTxnStateError,
+    KafkaTimeoutError,
+    KprodError,
+    Producer,
+    ProducerFencedError,
+)
+from kprod.kafka_broker import KafkaCluster
+
+pytestmark = pytest.mark.timeout(180)
+
+COMMITTED: dict[str, str | int | bool] = {"isolation.level": "read_committed"}
+UNCOMMITTED: dict[str, str | int | bool] = {"isolation.level": "read_uncommitted"}
+
+
+@contextmanager
+def transactional(kafka: KafkaCluster, txn_id: str, **settings: Any) -> Iterator[Producer]:
+    producer = Producer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": txn_id}, **settings
+    )
+    try:
+        producer.init_transactions(timeout=60)
+        yield producer
+    finally:
+        producer.close(timeout=10)
+
+
+def values_of(
+    kafka: KafkaCluster, topic: str, partitions: int, expected: int, config: dict[str, Any]
+) -> list[bytes]:
+    records = consume_all(
+        kafka.bootstrap_servers, topic, partitions, expected, timeout_s=60, linger_s=1.0, config=config
+    )
+    return [r.value for r in records if r.value is not None]
+
+
+def test_committed_transactions_are_all_visible_in_order(kafka: KafkaCluster) -> None:
+    topic = "txn-commit"
+    kafka.create_topic(topic, partitions=6)
+    with transactional(kafka, "txn-commit-1") as producer:
+        for t in range(10):
+            producer.begin_transaction()
+            for i in range(1_000):
+                producer.send(topic, b"%d-%04d" % (t, i), key=b"k%d" % (i % 50))
+            producer.commit_transaction(timeout=60)
+    values = values_of(kafka, topic, 6, 10_000, COMMITTED)
+    assert len(values) == 10_000 and len(set(values)) == 10_000, "each committed record exactly once"
+    records = consume_all(kafka.bootstrap_servers, topic, 6, 10_000, timeout_s=60, config=COMMITTED)
+    by_key: dict[bytes | None, list[bytes | None]] = {}
+    for r in records:
+        by_key.setdefault(r.key, []).append(r.value)
+    assert all(vs == sorted(vs) for vs in by_key.values()), "per-key order is send order"
+
+
+def test_aborted_records_are_written_but_never_visible_to_read_committed(kafka: KafkaCluster) -> None:
+    topic = "txn-abort"
+    kafka.create_topic(topic, partitions=3)
+    with transactional(kafka, "txn-abort-1") as producer:
+        for t in range(4):
+            producer.begin_transaction()
+            futures = [producer.send(topic, b"%d-%03d" % (t, i)) for i in range(300)]
+            if t % 2:
+                producer.flush(timeout=30)  # written to the log before the abort
+                assert all(f.exception(timeout=0) is None for f in futures)
+                producer.abort_transaction(timeout=60)
+            else:
+                producer.commit_transaction(timeout=60)
+    committed = values_of(kafka, topic, 3, 600, COMMITTED)
+    assert sorted(committed) == sorted(b"%d-%03d" % (t, i) for t in (0, 2) for i in range(300))
+    everything = values_of(kafka, topic, 3, 1_200, UNCOMMITTED)
+    assert len(everything) == 1_200, "the aborted records were in the log, hidden by the abort markers"
+
+
+def test_a_non_transactional_producer_interleaves_freely(kafka: KafkaCluster) -> None:
+    topic = "txn-mixed"
+    kafka.create_topic(topic, partitions=3)
+    with (
+        transactional(kafka, "txn-mixed-1") as txn,
+        Producer({"bootstrap.servers": kafka.bootstrap_servers}) as plain,
+    ):
+        txn.begin_transaction()
+        for i in range(200):
+            txn.send(topic, b"txn-%03d" % i)
+            plain.send(topic, b"plain-%03d" % i)
+        plain.flush(timeout=30)
+        txn.abort_transaction(timeout=60)
+        with txn.transaction(timeout=60):
+            for i in range(200):
+                txn.send(topic, b"txn2-%03d" % i)
+    values = values_of(kafka, topic, 3, 400, COMMITTED)
+    assert Counter(v.split(b"-")[0] for v in values) == {b"plain": 200, b"txn2": 200}
+
+
+def test_a_second_producer_with_the_same_id_fences_the_first(kafka: KafkaCluster) -> None:
+    topic = "txn-fence"
+    kafka.create_topic(topic, partitions=2)
+    first = Producer({"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": "txn-fence-1"})
+    try:
+        first.init_transactions(timeout=60)
+        first.begin_transaction()
+        for i in range(100):
+            first.send(topic, b"zombie-%d" % i)
+        first.flush(timeout=30)
+        with transactional(kafka, "txn-fence-1") as second:  # init_transactions fences the first
+            with second.transaction(timeout=60):
+                second.send(topic, b"successor")
+            started = time.monotonic()
+            with pytest.raises(ProducerFencedError, match="fenced") as info:
+                first.commit_transaction(timeout=30)
+            assert time.monotonic() - started < 10, "fencing is fatal at once, not retried"
+            assert "txn-fence-1" in str(info.value)
+            with pytest.raises(ProducerFencedError):
+                first.begin_transaction()
+    finally:
+        first.close(timeout=5)
+    assert values_of(kafka, topic, 2, 1, COMMITTED) == [b"successor"]
+
+
+def test_a_failed_record_makes_the_commit_fail_then_abort_recovers(kafka: KafkaCluster) -> None:
+    topic = "txn-abortable"
+    kafka.create_topic(topic, partitions=1, configs={"max.message.bytes": "2000"})
+    with transactional(kafka, "txn-abortable-1", compression_type="none", linger_ms=0) as producer:
+        producer.begin_transaction()
+        ok = producer.send(topic, b"fine")
+        producer.flush(timeout=30)
+        big = producer.send(topic, b"x" * 5_000)  # over the topic's max.message.bytes
+        assert isinstance(big.exception(timeout=30), KprodError)
+        with pytest.raises(KprodError):
+            producer.commit_transaction(timeout=30)
+        assert ok.exception(timeout=0) is None
+        producer.abort_transaction(timeout=60)
+        with producer.transaction(timeout=60):
+            producer.send(topic, b"after")
+    assert values_of(kafka, topic, 1, 1, COMMITTED) == [b"after"]
+
+
+def test_offsets_commit_with_the_transaction_and_only_then(kafka: KafkaCluster) -> None:
+    topic = "txn-offsets"
+    kafka.create_topic(topic, partitions=2)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "txn-offsets-group"})
+    try:
+        metadata = consumer.consumer_group_metadata()
+        with transactional(kafka, "txn-offsets-1") as producer:
+            producer.begin_transaction()
+            producer.send(topic, b"out")
+            producer.send_offsets_to_transaction({(topic, 0): 11, (topic, 1): 22}, metadata, timeout=60)
+            producer.abort_transaction(timeout=60)
+            assert _committed(consumer, topic) == [-1001, -1001], "aborted offsets are not committed"
+            producer.begin_transaction()
+            producer.send(topic, b"out2")
+            producer.send_offsets_to_transaction(
+                [TopicPartition(topic, 0, 5), TopicPartition(topic, 1, 7)], metadata
+            )
+            producer.commit_transaction(timeout=60)
+        assert _committed(consumer, topic) == [5, 7]
+    finally:
+        consumer.close()
+
+
+def _committed(consumer: Consumer, topic: str) -> list[int]:
+    return [
+        tp.offset
+        for tp in consumer.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=30)
+    ]
+
+
+def test_a_commit_that_timed_out_is_finished_by_calling_commit_again(kafka: KafkaCluster) -> None:
+    topic = "txn-timeout"
+    kafka.create_topic(topic, partitions=1)
+    with transactional(kafka, "txn-timeout-1") as producer:
+        producer.begin_transaction()
+        for i in range(2_000):
+            producer.send(topic, b"%04d" % i)
+        with pytest.raises(KafkaTimeoutError, match="commit_transaction\\(\\) again") as info:
+            producer.commit_transaction(timeout=0)
+        assert info.value.stage == "transactions"
+        with pytest.raises(InvalidTxnStateError, match="previous commit_transaction timed out"):
+            producer.abort_transaction(timeout=1)
+        producer.commit_transaction(timeout=60)
+    assert len(values_of(kafka, topic, 1, 2_000, COMMITTED)) == 2_000
+
+
+def test_calls_out_of_order_raise_clear_errors(kafka: KafkaCluster) -> None:
+    kafka.create_topic("txn-order", partitions=1)
+    with Producer({"bootstrap.servers": kafka.bootstrap_servers}) as plain:
+        with pytest.raises(ConfigError, match=r"transactional\.id"):
+            plain.begin_transaction()
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": "txn-order-1"})
+    try:
+        with pytest.raises(InvalidTxnStateError, match="init_transactions"):
+            producer.begin_transaction()
+        producer.init_transactions(timeout=60)
+        with pytest.raises(InvalidTxnStateError, match="begin_transaction\\(\\) first"):
+            producer.send("txn-order", b"outside")
+        with pytest.raises(InvalidTxnStateError):
+            producer.commit_transaction()
+        with pytest.raises(InvalidTxnStateError, match="offsets="):
+            producer.begin_transaction()
+            producer.send_offsets_to_transaction({"txn-order": 1}, ConsumerGroupMetadata("g"))
+    finally:
+        producer.close(timeout=5)
+
+
+def test_async_producer_transactions(kafka: KafkaCluster) -> None:
+    topic = "txn-async"
+    kafka.create_topic(topic, partitions=3)
+
+    async def main() -> None:
+        async with AsyncProducer(
+            bootstrap_servers=kafka.bootstrap_servers, transactional_id="txn-async-1"
+        ) as producer:
+            await producer.init_transactions(timeout=60)
+            async with producer.transaction(timeout=60):
+                for i in range(500):
+                    await producer.enqueue(topic, b"c-%03d" % i)
+            with pytest.raises(RuntimeError, match="boom"):
+                async with producer.transaction(timeout=60):
+                    for i in range(500):
+                        await producer.enqueue(topic, b"a-%03d" % i)
+                    raise RuntimeError("boom")
+            async with producer.transaction(timeout=60):
+                await producer.send(topic, b"last")
+
+    asyncio.run(main())
+    values = values_of(kafka, topic, 3, 501, COMMITTED)
+    assert sorted(values) == sorted([b"c-%03d" % i for i in range(500)] + [b"last"])
