@@ -211,13 +211,13 @@ def test_nodes_die_with_a_killed_parent(tmp_path: Path) -> None:
         """
         import sys, time
         from kprod.kafka_broker import KafkaCluster
-        cluster = KafkaCluster()
+        cluster = KafkaCluster(directory=sys.argv[1])  # in the test's tmp_path: no atexit cleans up
         cluster.start()
         print(cluster.pid, flush=True)
         time.sleep(600)
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
         jvm = int(parent.stdout.readline())
