@@ -509,3 +509,18 @@ def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]]) -> None
         assert tm.in_flight is in_flight
         seen_fatal = seen_fatal or tm.state is TxnState.FATAL_ERROR
         assert not seen_fatal or tm.state is TxnState.FATAL_ERROR
+
+
+@pytest.mark.parametrize(
+    ("answered_ms", "expected"), [(1_000, "newer producer"), (70_000, "longer than transaction")]
+)
+def test_the_fenced_error_says_when_the_transaction_outlived_its_timeout(
+    answered_ms: int, expected: str
+) -> None:
+    tm = initialized()
+    in_transaction_with(tm, ("t", 0))  # the coordinator heard of the transaction at 0 ms
+    commit = tm.commit_transaction()
+    tm.on_response(expect(tm, K.END_TXN, answered_ms), TxnResponse(error_code=90), answered_ms)
+    assert isinstance(commit.error, ProducerFencedError) and expected in str(commit.error)
+    if answered_ms > 60_000:
+        assert "transaction.timeout.ms=60000" in str(commit.error)

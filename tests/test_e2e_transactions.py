@@ -245,3 +245,33 @@ def test_async_producer_transactions(kafka: KafkaCluster) -> None:
     asyncio.run(main())
     values = values_of(kafka, topic, 3, 501, COMMITTED)
     assert sorted(values) == sorted([b"c-%03d" % i for i in range(500)] + [b"last"])
+
+
+@pytest.mark.timeout(120)
+def test_a_transaction_open_past_its_timeout_is_aborted_by_the_broker(kafka: KafkaCluster) -> None:
+    topic = "txn-expired"
+    kafka.create_topic(topic, partitions=1)
+    with transactional(kafka, "txn-expired-1", transaction_timeout_ms=2_000) as producer:
+        producer.begin_transaction()
+        producer.send(topic, b"stalled")
+        producer.flush(timeout=30)
+        # The coordinator looks for expired transactions every 10 s
+        # (transaction.abort.timed.out.transaction.cleanup.interval.ms) and aborts them.
+        deadline = time.monotonic() + 40
+        while not _aborted_by_broker(kafka, topic):
+            assert time.monotonic() < deadline, "the broker did not abort the expired transaction"
+            time.sleep(0.5)
+        with pytest.raises(KprodError, match=r"longer than transaction\.timeout\.ms=2000") as info:
+            producer.commit_transaction(timeout=30)
+        assert isinstance(info.value, ProducerFencedError), repr(info.value)
+    assert values_of(kafka, topic, 1, 0, COMMITTED) == []
+
+
+def _aborted_by_broker(kafka: KafkaCluster, topic: str) -> bool:
+    """True once the partition holds an abort marker: the high watermark passed the one record."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "txn-expired-watch"})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        return bool(high >= 2)
+    finally:
+        consumer.close()

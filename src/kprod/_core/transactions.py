@@ -304,6 +304,8 @@ class TransactionManager:
         self._partitions: set[TopicPartition] = set()
         self._transaction_started = False
         """Something was added on the broker's side (partitions or offsets): EndTxn is needed."""
+        self._txn_started_ms: int | None = None
+        """When the coordinator first heard of the current transaction (its timeout runs from there)."""
         self._epoch_bump_required = False
         self._sequences_reset = False
         self._queue: list[TxnRequest] = []
@@ -710,7 +712,7 @@ class TransactionManager:
             self._retry(request, now_ms)
             return True
         if code in _FENCED:
-            self._fail_fatal(self._fenced_error(code), request)
+            self._fail_fatal(self._fenced_error(code, now_ms), request)
             return True
         if code == _TRANSACTION_ABORTABLE:
             self._abortable(KafkaError(code, message, stage="transactions"), request)
@@ -809,14 +811,14 @@ class TransactionManager:
             )
         else:
             self._partitions |= added
-            self._transaction_started = True
+            self._mark_started(now_ms)
             _finish(request.operation)
 
     def _on_add_offsets(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
         code = response.error_code
         assert request.group is not None
         if code == _NONE:
-            self._transaction_started = True
+            self._mark_started(now_ms)
             # The offsets themselves go to the group's coordinator, under the same operation.
             self._enqueue(
                 TxnRequest(
@@ -862,7 +864,7 @@ class TransactionManager:
             elif code in (_COORDINATOR_LOAD_IN_PROGRESS, _UNKNOWN_TOPIC_OR_PARTITION) or is_retriable(code):
                 retry[tp] = request.offsets[tp]
             elif code in _FENCED:
-                self._fail_fatal(self._fenced_error(code), request)
+                self._fail_fatal(self._fenced_error(code, now_ms), request)
                 return
             elif code == _TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
                 self._fail_fatal(self._authorization_error(code, response.message), request)
@@ -915,6 +917,11 @@ class TransactionManager:
         else:
             self._fail_fatal(KafkaError(code, response.message, stage="transactions"), request)
 
+    def _mark_started(self, now_ms: int) -> None:
+        self._transaction_started = True
+        if self._txn_started_ms is None:
+            self._txn_started_ms = now_ms
+
     def _complete_transaction(self) -> None:
         if self.state in (TxnState.COMMITTING, TxnState.ABORTING) and not self._epoch_bump_required:
             self._transition(TxnState.READY)
@@ -922,15 +929,27 @@ class TransactionManager:
         self._pending_partitions.clear()
         self._new_partitions.clear()
         self._transaction_started = False
+        self._txn_started_ms = None
 
     # ----------------------------------------------------------------- error transitions
 
-    def _fenced_error(self, code: int) -> ProducerFencedError:
+    def _fenced_error(self, code: int, now_ms: int | None = None) -> ProducerFencedError:
+        started = self._txn_started_ms
+        if now_ms is not None and started is not None and now_ms - started >= self.transaction_timeout_ms:
+            # The coordinator aborts a transaction that outlived transaction.timeout.ms and bumps
+            # the epoch, so the answer looks like fencing (Kafka 4 says PRODUCER_FENCED).
+            why = (
+                f"the transaction was open {now_ms - started} ms, longer than "
+                f"transaction.timeout.ms={self.transaction_timeout_ms}, so the broker aborted it and "
+                "bumped the epoch (or a newer producer with the same transactional.id took over)"
+            )
+        else:
+            why = "a newer producer with the same transactional.id took over"
         return ProducerFencedError(
             _PRODUCER_FENCED,
             f"transactional.id {self.transactional_id!r} (producer id {self.producer_id}, epoch "
-            f"{self.producer_epoch}) was fenced by a newer producer with the same transactional.id "
-            f"(the broker answered {KafkaError(code).name}); close this producer",
+            f"{self.producer_epoch}) was fenced: {why} (the broker answered {KafkaError(code).name}); "
+            "close this producer",
             stage="transactions",
         )
 
