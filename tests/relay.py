@@ -138,6 +138,9 @@ class Relay:
         self._blackhole = False
         self._blackhole_keys: frozenset[int] | None = None
         self._refusing = False
+        self._corrupt_left = 0
+        self._corrupt_keys: frozenset[int] | None = None
+        self._corrupt_from_end = 0
         self._requests: collections.deque[RelayedRequest] = collections.deque(maxlen=_REQUEST_LOG_SIZE)
         self.stats: collections.Counter[str] = collections.Counter()
         """Counters: connections, refused, requests, responses, delayed, held, held_bytes, cut."""
@@ -255,6 +258,21 @@ class Relay:
 
         self._apply(apply)
 
+    def corrupt_requests(
+        self, count: int = 1, api_keys: Iterable[int] | None = (0,), from_end: int = 16
+    ) -> None:
+        """Flip every bit of one byte ``from_end`` bytes before the end of the next ``count``
+        matching requests on their way to the broker. In a Produce request (the default) that byte
+        is in the records of the request's last batch, so the batch's CRC-32C no longer matches
+        (the producer's own copy stays intact)."""
+
+        def apply() -> None:
+            self._corrupt_left = count
+            self._corrupt_keys = None if api_keys is None else frozenset(api_keys)
+            self._corrupt_from_end = from_end
+
+        self._apply(apply)
+
     def refuse(self, on: bool = True) -> None:
         """Close every new connection at once (``on=False``: accept again)."""
 
@@ -284,6 +302,7 @@ class Relay:
             self._blackhole = False
             self._blackhole_keys = None
             self._refusing = False
+            self._corrupt_left = 0
 
         self._apply(apply)
 
@@ -365,6 +384,16 @@ class Relay:
                         RelayedRequest(conn.number, api_key, api_version, correlation_id, time.monotonic())
                     )
                     self.stats["requests"] += 1
+                    if (
+                        self._corrupt_left > 0
+                        and _matches(api_key, self._corrupt_keys)
+                        and len(frame) > self._corrupt_from_end + 12
+                    ):
+                        damaged = bytearray(frame)
+                        damaged[-self._corrupt_from_end] ^= 0xFF
+                        frame = bytes(damaged)
+                        self._corrupt_left -= 1
+                        self.stats["corrupted"] += 1
                 conn.upstream.write(frame)
                 await conn.upstream.drain()
 

@@ -102,6 +102,20 @@ class Harness:
         assert result.next_wakeup_ms >= now_ms
         return result
 
+    def prime(self, *partitions: int) -> None:
+        """Write and acknowledge one single-record batch (sequence 0) in each partition, at time 0.
+
+        An idempotent producer sends a partition's first batch alone (the broker takes any first
+        sequence while it has no state for the producer); tests of pipelining start after it.
+        """
+        for partition in partitions:
+            batch = self.append(partition, 0)
+            batch.accepting = False
+        plans = self.send(0)
+        for plan in plans:
+            assert all(b.done for b in self.core.on_produce_response(plan, respond(plan), 0))
+        assert all(self.acc.queue(TOPIC, p).last_acked_sequence == 0 for p in partitions)
+
     def send(self, now_ms: int, slots: int | dict[int, int] = 5) -> list[ProduceRequestPlan]:
         """poll, then write every plan (``on_sent``)."""
         plans = self.poll(now_ms, slots).requests
@@ -226,6 +240,7 @@ def test_nothing_is_drained_while_a_producer_id_is_needed() -> None:
 def test_batches_carry_the_producer_id_epoch_and_contiguous_sequences() -> None:
     h = Harness(idempotent=True, batch_size=BATCH_HEADER_BYTES + 3 * BOUND)
     h.core.on_producer_id(7, 0)
+    h.prime(0)  # sequence 0
     first = [h.append(0, 0) for _ in range(5)]
     other = h.append(1, 0)
     plans = h.send(LINGER)
@@ -235,9 +250,58 @@ def test_batches_carry_the_producer_id_epoch_and_contiguous_sequences() -> None:
     assert p0 == [*dict.fromkeys(first), later]
     counts = [b.record_count for b in p0]
     assert len(set(counts)) > 1, "batches of different sizes make the sequence check meaningful"
-    assert [b.base_sequence for b in p0] == [sum(counts[:i]) for i in range(len(counts))]
+    assert [b.base_sequence for b in p0] == [1 + sum(counts[:i]) for i in range(len(counts))]
     assert all((b.producer_id, b.producer_epoch) == (7, 0) for b in drained(plans))
     assert other.base_sequence == 0
+
+
+def test_a_partitions_first_batch_goes_alone_until_the_broker_acknowledged_one() -> None:
+    """The broker keeps no sequence state before a partition's first write under a producer id, and
+    then takes any first sequence: a second batch in flight could be written before a refused first."""
+    h = Harness(idempotent=True, batch_size=1)
+    h.core.on_producer_id(7, 0)
+    first, second = h.append(0, 0), h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    assert plan.batches == [first], "the second batch must wait for the first one's answer"
+    assert h.send(LINGER + 1) == []
+    h.core.on_produce_response(plan, respond(plan), LINGER + 2)
+    third = h.append(0, LINGER + 2)
+    third.accepting = False
+    plans = h.send(LINGER + 3)
+    assert drained(plans) == [second, third], "after the first acknowledgement, batches pipeline"
+
+
+def test_a_split_batch_hands_its_sequence_range_to_its_children() -> None:
+    """KIP-126 as Java does it: no new producer id, no gap; the children carry the parent's
+    sequences in order, and a later batch that was in flight goes after them."""
+    h = Harness(idempotent=True, batch_size=BATCH_HEADER_BYTES + 4 * BOUND)
+    h.core.on_producer_id(7, 0)
+    h.prime(0)  # sequence 0
+    parent = h.append(0, 0)
+    for _ in range(3):
+        h.append(0, 0)
+    assert parent.record_count == 4
+    later = h.append(0, 0)
+    later.accepting = False
+    p1, p2 = h.send(LINGER)
+    assert p1.batches == [parent] and p2.batches == [later] and later.base_sequence == 5
+    assert h.core.on_produce_response(p1, respond(p1, MESSAGE_TOO_LARGE), 200) == []
+    assert h.core.on_produce_response(p2, respond(p2, OUT_OF_ORDER), 201) == []
+    assert not h.core.wants_poll, "a split needs no new producer id"
+    sent: list[ProducerBatch] = []
+    t = 300
+    while later not in sent and t < 10_000:
+        for plan in h.send(t):
+            sent.extend(plan.batches)
+            h.core.on_produce_response(plan, respond(plan), t)
+        t += BACKOFF_MAX
+    children, last = sent[:-1], sent[-1]
+    assert len(children) >= 2 and all(c.parent is parent for c in children) and last is later
+    assert all(c.producer_id == 7 for c in children)
+    starts = [1 + sum(c.record_count for c in children[:i]) for i in range(len(children))]
+    assert [c.base_sequence for c in children] == starts, "the parent's range, contiguous and in order"
+    assert sum(c.record_count for c in children) == 4
+    assert later.base_sequence == 5 and parent.done and parent.error is None
 
 
 # -- answers --------------------------------------------------------------------------------------
@@ -337,34 +401,36 @@ def test_duplicate_sequence_completes_as_success_without_offset() -> None:
 def test_out_of_order_for_a_batch_that_is_not_next_is_retried_with_its_sequence() -> None:
     h = Harness(idempotent=True, batch_size=1)
     h.core.on_producer_id(7, 0)
+    h.prime(0)  # sequence 0
     h.append(0, 0)
     second = h.append(0, 0)
     _, second_plan = h.send(LINGER)
-    assert second_plan.batches == [second] and second.base_sequence == 1
+    assert second_plan.batches == [second] and second.base_sequence == 2
     assert h.core.on_produce_response(second_plan, respond(second_plan, OUT_OF_ORDER), 200) == []
-    assert not second.done and second.attempts == 1 and second.base_sequence == 1
+    assert not second.done and second.attempts == 1 and second.base_sequence == 2
 
 
 def test_a_later_batch_waits_until_the_retried_earlier_one_is_through() -> None:
     h = Harness(idempotent=True, batch_size=1)
     h.core.on_producer_id(7, 0)
+    h.prime(0)  # sequence 0
     first = h.append(0, 0)
     first_plan = only_plan(h.send(LINGER))
     second = h.append(0, LINGER)
     second_plan = only_plan(h.send(2 * LINGER))
-    assert (first.base_sequence, second.base_sequence) == (0, 1)
-    # The broker rejects seq 0, so it must answer seq 1 with OUT_OF_ORDER.
+    assert (first.base_sequence, second.base_sequence) == (1, 2)
+    # The broker rejects seq 1, so it must answer seq 2 with OUT_OF_ORDER.
     h.core.on_produce_response(first_plan, respond(first_plan, NOT_LEADER), 210)
     h.core.on_produce_response(second_plan, respond(second_plan, OUT_OF_ORDER), 215)
     assert not first.done and not second.done
     t = 215 + 2 * BACKOFF_MAX
     resend = only_plan(h.send(t))
-    assert resend.batches == [first], "seq 1 may not leave before seq 0"
-    assert h.send(t + 1) == [], "seq 1 may not leave while seq 0 is in flight again"
+    assert resend.batches == [first], "seq 2 may not leave before seq 1"
+    assert h.send(t + 1) == [], "seq 2 may not leave while seq 1 is in flight again"
     h.core.on_produce_response(resend, respond(resend), t + 2)
     assert first.done and first.error is None
     last = only_plan(h.send(t + 3))
-    assert last.batches == [second] and second.base_sequence == 1
+    assert last.batches == [second] and second.base_sequence == 2
     h.core.on_produce_response(last, respond(last), t + 4)
     assert second.done and second.error is None
 
@@ -938,6 +1004,7 @@ def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None
     must not wait for the in-doubt batch queued behind it (it can never leave under the old id)."""
     h = Harness(idempotent=True, linger_ms=0)
     h.core.on_producer_id(7, 0)
+    h.prime(0)
     a = h.append(0, 0)
     a.accepting = False
     first = h.send(0)
@@ -962,6 +1029,7 @@ def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None
 def test_a_failure_elsewhere_resets_the_producer_id_despite_an_in_doubt_batch_behind_a_retry() -> None:
     h = Harness(idempotent=True, linger_ms=0)
     h.core.on_producer_id(7, 0)
+    h.prime(0)
     a = h.append(0, 0)
     a.accepting = False
     p1 = h.send(0)

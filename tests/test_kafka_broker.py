@@ -217,7 +217,9 @@ def test_nodes_die_with_a_killed_parent(tmp_path: Path) -> None:
         time.sleep(600)
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert parent.stdout is not None
         jvm = int(parent.stdout.readline())

@@ -427,6 +427,9 @@ class KafkaCluster:
         when the cluster is stopped for good or the interpreter exits.
     :param jvm_options: JVM flags; default :data:`DEFAULT_JVM_OPTIONS`.
     :param version: Kafka release; default ``KPROD_KAFKA_VERSION`` or :data:`DEFAULT_KAFKA_VERSION`.
+    :param advertised_ports: for a single node, listener name -> the port to name in Metadata
+        instead of the listener's own (a fault-injecting relay in front of it: clients then open
+        every connection through the relay). Admin requests and readiness probes go direct.
     """
 
     def __init__(
@@ -436,9 +439,16 @@ class KafkaCluster:
         directory: str | os.PathLike[str] | None = None,
         jvm_options: Sequence[str] | None = None,
         version: str | None = None,
+        advertised_ports: Mapping[str, int] | None = None,
     ) -> None:
         if nodes < 1:
             raise KafkaBrokerError(f"nodes must be >= 1, got {nodes}")
+        if advertised_ports and nodes != 1:
+            raise KafkaBrokerError("advertised_ports is for a single node")
+        unknown = set(advertised_ports or ()) - set(LISTENERS)
+        if unknown:
+            raise KafkaBrokerError(f"unknown listener(s) in advertised_ports: {sorted(unknown)}")
+        self._advertised_ports = dict(advertised_ports or {})
         self.version = version or _kafka_version()
         self._node_count = nodes
         self._broker_config = dict(broker_config or {})
@@ -831,7 +841,9 @@ class KafkaCluster:
             "controller.quorum.voters": voters,
             "controller.listener.names": "CONTROLLER",
             "listeners": listeners,
-            "advertised.listeners": ",".join(f"{name}://{HOST}:{node.ports[name]}" for name in LISTENERS),
+            "advertised.listeners": ",".join(
+                f"{name}://{HOST}:{self._advertised_ports.get(name, node.ports[name])}" for name in LISTENERS
+            ),
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in _PROTOCOL_OF.items()),
             "log.dirs": str(node.directory / "data"),

@@ -406,18 +406,13 @@ class RecordAccumulator:
         if not batches:
             self._nonempty[q] = None
         if batch.base_sequence >= 0:
-            # Keep retried batches sorted by sequence ahead of batches never sent.
-            index = 0
-            for other in batches:
-                if other.base_sequence < 0 or other.base_sequence > batch.base_sequence:
-                    break
-                index += 1
-            batches.insert(index, batch)
+            self._insert_by_sequence(batches, batch)  # retried batches stay sorted by sequence
         else:
             batches.appendleft(batch)
 
     def split(self, batch: ProducerBatch, now_ms: int) -> list[ProducerBatch]:
-        """Split a rejected batch into halves-or-smaller batches at the front of its queue (KIP-126).
+        """Split a rejected batch into halves-or-smaller batches at the front of its queue (KIP-126);
+        a sequenced batch's children take over its sequences (see below).
 
         Each child holds at most ``batch.size`` bytes and at most half of the
         parent's records, so repeated rejections converge on single records.
@@ -456,9 +451,32 @@ class RecordAccumulator:
         batches = q.batches
         if not batches:
             self._nonempty[q] = None
-        for c in reversed(out):
-            batches.appendleft(c)
+        if batch.base_sequence >= 0:
+            # As Java: the children take over the parent's sequence range, contiguous and in order,
+            # and stand among the queue's sequenced batches in sequence order (several batches of a
+            # partition may be split, answered in any order).
+            sequence = batch.base_sequence
+            for c in out:
+                c.producer_id = batch.producer_id
+                c.producer_epoch = batch.producer_epoch
+                c.base_sequence = sequence
+                sequence = (sequence + c.record_count) & 0x7FFFFFFF
+                self._insert_by_sequence(batches, c)
+        else:
+            for c in reversed(out):
+                batches.appendleft(c)
         return out
+
+    @staticmethod
+    def _insert_by_sequence(batches: deque[ProducerBatch], batch: ProducerBatch) -> None:
+        """Insert a sequenced batch after the queued batches of lower sequence, ahead of batches
+        never sent (the broker takes a partition's sequences strictly in order)."""
+        index = 0
+        for other in batches:
+            if other.base_sequence < 0 or other.base_sequence > batch.base_sequence:
+                break
+            index += 1
+        batches.insert(index, batch)
 
     def reset_sequences(self) -> None:
         """Forget every partition's sequence state and every queued batch's sequence (new producer id)."""

@@ -197,6 +197,13 @@ class SenderCore:
         if self.settings.max_in_flight == 1 and q.in_flight > 0:
             return False  # max.in.flight=1 guarantees order by sending one batch per partition at a time
         if self.settings.idempotent:
+            if q.last_acked_sequence < 0 and q.in_flight > 0:
+                # Until the broker has acknowledged a batch of this partition under the current
+                # producer id and epoch, it keeps no sequence state for it and takes a batch with
+                # any first sequence (ProducerAppendInfo.checkSequence): were the first batch
+                # refused (too large, say) while the second is in flight, the second would be
+                # written first. So the first batch goes alone; pipelining starts after its answer.
+                return False
             head = q.batches[0]
             if head.base_sequence >= 0 and q.outstanding and head.base_sequence != q.outstanding[0]:
                 return False
@@ -430,17 +437,23 @@ class SenderCore:
         where = f"{batch.topic}-{batch.partition}"
         error: KprodError = KafkaError(code, f"{part.error_message or 'produce failed'} for {where}")
         if code == _MESSAGE_TOO_LARGE and batch.record_count > 1:
-            # KIP-126: split and resend; attempts are not consumed, sequences start afresh.
+            # KIP-126: split and resend; attempts are not consumed. As in Java, the children take
+            # over the parent's sequence range, contiguous and in order: the broker wrote none of
+            # it, so the partition's sequences go on without a gap (batches after it that were in
+            # flight are answered OUT_OF_ORDER and follow the children).
             self.batch_splits += 1
+            children = acc.split(batch, now_ms)
             if batch.base_sequence >= 0:
-                self._forget_sequence(acc.queue(batch.topic, batch.partition), batch)
-                self._bump_required = True
-            acc.split(batch, now_ms)
+                q = acc.queue(batch.topic, batch.partition)
+                self._forget_sequence(q, batch)
+                q.outstanding.extend(child.base_sequence for child in children)
+                q.outstanding.sort()
             return
         if code == _MESSAGE_TOO_LARGE:
             error = RecordTooLargeError(
                 f"the broker rejected a record of {batch.size_bytes} bytes for {where} as too large "
-                "(MESSAGE_TOO_LARGE): lower max.request.size to the broker's message.max.bytes or raise that"
+                "(MESSAGE_TOO_LARGE): the topic's max.message.bytes (or the broker's message.max.bytes) is "
+                "smaller; raise it, or send smaller records (max.request.size only bounds requests)"
             )
         if idempotent and code in _FATAL_FOR_IDEMPOTENCE:
             # The producer id is fenced or not authorized: nothing more can be sent with it.

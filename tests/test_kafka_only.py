@@ -1,0 +1,124 @@
+"""What only Apache Kafka shows: a corrupt batch refused, a topic's own size limit, broker timestamps.
+
+Tansu accepts a batch whose CRC fails, records of any size and keeps CreateTime whatever the topic
+says (docs/brokers.md), so these paths are tested here, against the real broker, and read back
+with confluent-kafka."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from helpers import consume_all
+from kprod import KprodError, Producer, RecordTooLargeError
+from kprod.kafka_broker import KafkaCluster, java_problem
+from relay import Relay
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.kafka]
+
+
+@pytest.fixture(scope="module")
+def relayed_kafka() -> Iterator[tuple[KafkaCluster, Relay]]:
+    """One Kafka node that names a relay's port in Metadata: every client connection crosses it."""
+    problem = java_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    relay = Relay(upstream_port=1).start()
+    cluster = KafkaCluster(advertised_ports={"PLAINTEXT": relay.port})
+    try:
+        cluster.start()
+        relay.upstream_port = cluster.port
+        yield cluster, relay
+    finally:
+        cluster.stop()
+        relay.stop()
+
+
+def test_a_batch_corrupted_on_the_wire_is_refused_and_resent_intact(
+    relayed_kafka: tuple[KafkaCluster, Relay],
+) -> None:
+    cluster, relay = relayed_kafka
+    topic = "corrupt"
+    cluster.create_topic(topic, partitions=1)
+    values = [b"%05d-" % i + b"x" * 50 for i in range(5_000)]
+    with Producer({"bootstrap.servers": relay.address}, linger_ms=20) as producer:
+        producer.send(topic, b"warm-up").result(timeout=30)
+        relay.corrupt_requests(count=1)
+        futures = [producer.send(topic, v) for v in values]
+        producer.flush(timeout=60)
+        errors = [f.exception(timeout=0) for f in futures]
+        retries = producer.metrics()["record-retry-total"]
+    assert relay.stats["corrupted"] == 1
+    assert errors == [None] * len(values), next(e for e in errors if e is not None)
+    assert retries >= 1, "the refused batch must have been sent again"
+    read = consume_all(cluster.bootstrap_servers, topic, 1, len(values) + 1, timeout_s=60, linger_s=1.0)
+    assert [r.value for r in read] == [b"warm-up", *values], "each record once, in order, intact"
+
+
+def test_batches_over_the_topics_max_message_bytes_are_split(kafka: KafkaCluster) -> None:
+    topic = "split"
+    # The topic takes batches of at most 4 KB; the producer fills 64 KB batches.
+    kafka.create_topic(topic, partitions=2, configs={"max.message.bytes": "4096"})
+    values = [b"%05d-" % i + bytes(range(200)) for i in range(3_000)]
+    with Producer(
+        {"bootstrap.servers": kafka.bootstrap_servers},
+        batch_size=65_536,
+        linger_ms=50,
+        compression_type="none",
+    ) as producer:
+        futures = [producer.send(topic, v, key=b"k%d" % (i % 2)) for i, v in enumerate(values)]
+        producer.flush(timeout=60)
+        errors = [f.exception(timeout=0) for f in futures]
+        splits = producer.metrics()["batch-split-total"]
+    assert errors == [None] * len(values), next(e for e in errors if e is not None)
+    assert splits >= 1, "MESSAGE_TOO_LARGE should have split batches (KIP-126)"
+    read = consume_all(kafka.bootstrap_servers, topic, 2, len(values), timeout_s=60, linger_s=1.0)
+    assert sorted(r.value for r in read) == sorted(values), "every record exactly once"
+    for partition in (0, 1):
+        got = [r.value for r in read if r.partition == partition]
+        assert got == sorted(got), f"partition {partition} is out of send order"
+
+
+def test_a_record_over_the_topics_limit_fails_alone_naming_the_setting(kafka: KafkaCluster) -> None:
+    topic = "too-large"
+    kafka.create_topic(topic, partitions=1, configs={"max.message.bytes": "2000"})
+    with Producer(
+        {"bootstrap.servers": kafka.bootstrap_servers}, linger_ms=0, compression_type="none"
+    ) as producer:
+        before = producer.send(topic, b"before")
+        producer.flush(timeout=30)
+        big = producer.send(topic, b"x" * 5_000)
+        after = producer.send(topic, b"after")
+        producer.flush(timeout=30)
+        error = big.exception(timeout=0)
+        assert before.exception(timeout=0) is None and after.exception(timeout=0) is None
+    assert isinstance(error, KprodError), error
+    assert "MESSAGE_TOO_LARGE" in str(error) or isinstance(error, RecordTooLargeError), str(error)
+    assert "max.message.bytes" in str(error), f"the error should name the topic setting: {error}"
+    assert [
+        r.value for r in consume_all(kafka.bootstrap_servers, topic, 1, 2, timeout_s=30, linger_s=0.5)
+    ] == [
+        b"before",
+        b"after",
+    ]
+
+
+def test_log_append_time_topics_report_the_brokers_timestamp(kafka: KafkaCluster) -> None:
+    topic = "append-time"
+    kafka.create_topic(topic, partitions=1, configs={"message.timestamp.type": "LogAppendTime"})
+    create_time = 1_000_000  # 1970: far from any broker clock
+    with Producer({"bootstrap.servers": kafka.bootstrap_servers}, linger_ms=50) as producer:
+        started_ms = int(time.time() * 1000)
+        futures = [producer.send(topic, b"v%d" % i, timestamp=create_time + i) for i in range(20)]
+        metadata = [f.result(timeout=30) for f in futures]
+        ended_ms = int(time.time() * 1000)
+    stamps = {md.timestamp for md in metadata}
+    assert all(started_ms - 1_000 <= ts <= ended_ms + 1_000 for ts in stamps), (stamps, started_ms, ended_ms)
+    read = consume_all(kafka.bootstrap_servers, topic, 1, 20, timeout_s=30)
+    by_offset: dict[int, Any] = {r.offset: r.timestamp_ms for r in read}
+    assert [md.timestamp for md in metadata] == [by_offset[md.offset] for md in metadata], (
+        "RecordMetadata must carry the log-append time the broker stored"
+    )
