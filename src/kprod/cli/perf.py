@@ -34,6 +34,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -94,17 +95,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="throttle to about this many messages/sec; -1 (any negative) = no throttling",
     )
     parser.add_argument(
+        "--command-property",
         "--producer-props",
+        dest="producer_props",
         nargs="+",
+        action="extend",
         default=[],
         metavar="PROP-NAME=PROP-VALUE",
-        help="producer settings (Kafka names); they override --producer.config",
+        help="producer settings (Kafka names); they override --command-config "
+        "(--producer-props is the Java tool's older name)",
     )
     parser.add_argument(
+        "--command-config",
         "--producer.config",
         dest="producer_config",
         metavar="CONFIG-FILE",
-        help="producer settings in a Java properties file",
+        help="producer settings in a Java properties file (--producer.config is the older name)",
+    )
+    parser.add_argument(
+        "--transactional-id",
+        metavar="TRANSACTIONAL-ID",
+        help="produce in transactions with this transactional.id (overrides a transactional.id property)",
+    )
+    parser.add_argument(
+        "--transaction-duration-ms",
+        type=int,
+        metavar="TRANSACTION-DURATION",
+        help="commit each transaction after this many ms (default 3000 when transactions are on; "
+        "alone, it turns them on with the id performance-producer-<uuid>)",
+    )
+    parser.add_argument(
+        "--record-key-range",
+        type=int,
+        metavar="KEY-RANGE",
+        help="keys are the integers [0, KEY-RANGE) as decimal strings (with --key-distribution)",
+    )
+    parser.add_argument(
+        "--key-distribution",
+        choices=("none", "range", "random"),
+        default="none",
+        help="none: null keys (default); range: round-robin over [0, KEY-RANGE); random: uniform",
+    )
+    parser.add_argument(
+        "--reporting-interval",
+        type=int,
+        default=5000,
+        metavar="INTERVAL-MS",
+        help="print a window line this often (default 5000 ms)",
     )
     parser.add_argument(
         "--print-metrics", action="store_true", help="print the producer's metrics at the end of the test"
@@ -117,7 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="records excluded from a second, steady-state summary (must be < --num-records)",
     )
     parser.add_argument(
+        "--bootstrap-server",
         "--bootstrap-servers",
+        dest="bootstrap_servers",
         default=None,
         metavar="HOST:PORT",
         help="brokers (overrides a bootstrap.servers property); default: start the embedded broker",
@@ -146,7 +185,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time each record with its own callback (ns resolution, exact bytes); the default takes "
         "whole ms from the record's timestamp, like the Java tool, and costs less per record",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the payload generator (default 0)")
+    parser.add_argument(
+        "--random-seed",
+        "--seed",
+        dest="seed",
+        type=int,
+        default=0,
+        help="seed of the payload and key generators (default 0: the same run every time)",
+    )
 
 
 # ------------------------------------------------------------------------------ settings
@@ -234,6 +280,10 @@ def producer_settings(args: argparse.Namespace) -> dict[str, str]:
         props[name.strip()] = value.strip()
     if args.bootstrap_servers:
         props["bootstrap.servers"] = args.bootstrap_servers
+    if args.transactional_id:
+        props["transactional.id"] = args.transactional_id
+    elif args.transaction_duration_ms is not None and "transactional.id" not in props:
+        props["transactional.id"] = f"performance-producer-{uuid.uuid4()}"
     props.setdefault("client.id", DEFAULT_CLIENT_ID)
     return props
 
@@ -345,7 +395,15 @@ class Stats:
       bytes, at the price of one partial object per record.
     """
 
-    def __init__(self, start_ns: int, out: TextIO, precise: bool, record_bytes: float) -> None:
+    def __init__(
+        self,
+        start_ns: int,
+        out: TextIO,
+        precise: bool,
+        record_bytes: float,
+        report_interval_ns: int = REPORT_INTERVAL_NS,
+    ) -> None:
+        self.report_interval_ns = report_interval_ns
         self.start_ns = start_ns
         self.out = out
         self.unit_ns = 1 if precise else 1_000_000
@@ -457,7 +515,7 @@ class Stats:
             self.window_max = max(self.window_max, values[-1])
             record_sorted(self.hist, values, self.highest)
         self.next_drain_ns = now_ns + DRAIN_INTERVAL_NS
-        if now_ns - self.window_start_ns >= REPORT_INTERVAL_NS:
+        if now_ns - self.window_start_ns >= self.report_interval_ns:
             self.print_window(now_ns)
 
     def print_window(self, now_ns: int) -> None:
@@ -587,17 +645,36 @@ class _Run:
         self.metrics: dict[str, Any] | None = None
         self.send_error: BaseException | None = None
         self.sent = 0
+        self.key_rng = random.Random(args.seed)
+        self.txn_duration_ns: int | None = None
+        """With transactions: commit once a transaction is this old (ns), as the Java tool does."""
+        if "transactional.id" in props:
+            self.txn_duration_ns = (args.transaction_duration_ms or 3000) * 1_000_000
+        self.commits = 0
 
     def begin(self) -> Stats:
-        self.stats = Stats(time.time_ns(), self.progress, self.precise, self.record_bytes)
+        self.stats = self._stats()
         return self.stats
+
+    def _stats(self) -> Stats:
+        interval_ns = max(1, self.args.reporting_interval) * 1_000_000
+        return Stats(time.time_ns(), self.progress, self.precise, self.record_bytes, interval_ns)
+
+    def key(self, i: int) -> bytes | None:
+        """Record i's key, as the Java tool makes it: an integer of [0, KEY-RANGE) in decimal."""
+        distribution = self.args.key_distribution
+        if distribution == "range":
+            return str(i % self.args.record_key_range).encode()
+        if distribution == "random":
+            return str(self.key_rng.randrange(self.args.record_key_range)).encode()
+        return None
 
     def callback(self, steady: bool) -> Callable[..., None]:
         """The callback for the next records; at the first steady record, start the steady-state stats."""
         stats = self.stats
         assert stats is not None
         if steady:
-            self.steady = Stats(time.time_ns(), self.progress, self.precise, self.record_bytes)
+            self.steady = self._stats()
             self.steady_first = self.args.warmup_records
             stats.print_windows = False  # the steady-state stats print the windows from now on
             stats.also = self.steady
@@ -623,8 +700,34 @@ def _send_sync(run: _Run, producer: Any) -> None:
     throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
     send = producer.send
     clock = time.time_ns
+    txn_ns = run.txn_duration_ns
+    keyed = args.key_distribution != "none"
+    txn_started_ns = 0
+    if txn_ns is not None:
+        producer.init_transactions()
     for first, end, steady in run.ranges():
         ack = run.callback(steady)
+        if txn_ns is not None or keyed:
+            for i in range(first, end):
+                if txn_ns is not None and not txn_started_ns:
+                    producer.begin_transaction()
+                    txn_started_ns = clock()
+                payload = run.payload(i)
+                if run.precise:
+                    send(topic, payload, run.key(i), on_delivery=partial(ack, clock(), len(payload)))
+                else:
+                    send(topic, payload, run.key(i), on_delivery=ack)
+                run.sent = i + 1
+                now = clock()
+                if txn_ns is not None and now - txn_started_ns >= txn_ns:
+                    producer.commit_transaction()
+                    run.commits += 1
+                    txn_started_ns = 0
+                if throttler is not None:
+                    owed = throttler.owed_seconds(i + 1, now)
+                    if owed:
+                        time.sleep(owed)
+            continue
         if seq is not None and throttler is None:  # the hot loops: nothing per record but send()
             seq_len = len(seq)
             i = first
@@ -652,6 +755,9 @@ def _send_sync(run: _Run, producer: Any) -> None:
                 owed = throttler.owed_seconds(i + 1, clock())
                 if owed:
                     time.sleep(owed)
+    if txn_started_ns:
+        producer.commit_transaction()
+        run.commits += 1
 
 
 def _run_sync(run: _Run) -> None:
@@ -684,20 +790,36 @@ async def _run_async(run: _Run) -> None:
         throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
         enqueue = producer.enqueue
         clock = time.time_ns
+        txn_ns = run.txn_duration_ns
+        txn_started_ns = 0
         try:
+            if txn_ns is not None:
+                await producer.init_transactions()
             for first, end, steady in run.ranges():
                 ack = run.callback(steady)
                 for i in range(first, end):
+                    if txn_ns is not None and not txn_started_ns:
+                        await producer.begin_transaction()
+                        txn_started_ns = clock()
                     payload = run.payload(i)
                     if run.precise:
-                        await enqueue(topic, payload, on_delivery=partial(ack, clock(), len(payload)))
+                        await enqueue(
+                            topic, payload, run.key(i), on_delivery=partial(ack, clock(), len(payload))
+                        )
                     else:
-                        await enqueue(topic, payload, on_delivery=ack)
+                        await enqueue(topic, payload, run.key(i), on_delivery=ack)
                     run.sent = i + 1
+                    if txn_ns is not None and clock() - txn_started_ns >= txn_ns:
+                        await producer.commit_transaction()
+                        run.commits += 1
+                        txn_started_ns = 0
                     if throttler is not None:
                         owed = throttler.owed_seconds(i + 1, clock())
                         if owed:
                             await asyncio.sleep(owed)
+            if txn_started_ns:
+                await producer.commit_transaction()
+                run.commits += 1
         except KprodError as exc:
             run.send_error = exc
         if args.print_metrics:
@@ -722,6 +844,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not 0 <= args.warmup_records < args.num_records:
         print("kprod perf: --warmup-records must be >= 0 and < --num-records", file=sys.stderr)
+        return 2
+    if args.key_distribution != "none" and (args.record_key_range is None or args.record_key_range <= 0):
+        print(
+            f"kprod perf: --key-distribution {args.key_distribution} needs --record-key-range > 0",
+            file=sys.stderr,
+        )
+        return 2
+    if args.transaction_duration_ms is not None and args.transaction_duration_ms <= 0:
+        print("kprod perf: --transaction-duration-ms should be greater than zero", file=sys.stderr)
         return 2
     try:
         props = producer_settings(args)
@@ -799,6 +930,7 @@ def run(args: argparse.Namespace) -> int:
             "throughput_target": args.throughput,
             "producer_props": {k: v for k, v in props.items()},
             "embedded_broker": broker is not None,
+            "transactions_committed": perf_run.commits,
             "pid": os.getpid(),
         }
         if steady is not None:
