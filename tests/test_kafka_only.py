@@ -122,3 +122,61 @@ def test_log_append_time_topics_report_the_brokers_timestamp(kafka: KafkaCluster
     assert [md.timestamp for md in metadata] == [by_offset[md.offset] for md in metadata], (
         "RecordMetadata must carry the log-append time the broker stored"
     )
+
+
+def test_a_byte_rate_quota_throttles_and_is_honoured_and_reported(kafka: KafkaCluster) -> None:
+    """KIP-219: the broker answers at once with throttle_time_ms; the client must not send on that
+    connection before it has passed. The achieved rate stays near the quota, and metrics show it."""
+    from kio.static.primitive import f64
+
+    from kprod.protocol.messages import _request
+
+    rate = 250_000  # bytes/s for this client.id only
+    alter_client_quotas = 49  # api key
+    entry = _request(
+        alter_client_quotas,
+        1,
+        "EntryData",
+        entity=(
+            _request(
+                alter_client_quotas, 1, "EntityData", entity_type="client-id", entity_name="throttled-client"
+            ),
+        ),
+        ops=(
+            _request(
+                alter_client_quotas,
+                1,
+                "OpData",
+                key="producer_byte_rate",
+                value=f64(float(rate)),
+                remove=False,
+            ),
+        ),
+    )
+    answer = kafka.request(
+        _request(alter_client_quotas, 1, "AlterClientQuotasRequest", entries=(entry,), validate_only=False)
+    )
+    assert [int(e.error_code) for e in answer.entries] == [0]
+    topic = "quota"
+    kafka.create_topic(topic, partitions=1)
+    payload = b"q" * 1_000
+    count = 1_000  # 1 MB: about 4 s at the quota (the launcher sets quota.window.num=2)
+    time.sleep(1.5)  # quotas reach the broker's quota manager through the metadata log
+    with Producer(
+        {"bootstrap.servers": kafka.bootstrap_servers, "client.id": "throttled-client"},
+        linger_ms=5,
+        compression_type="none",
+    ) as producer:
+        started = time.monotonic()
+        futures = [producer.send(topic, payload) for _ in range(count)]
+        producer.flush(timeout=120)
+        elapsed = time.monotonic() - started
+        metrics = producer.metrics()
+    assert all(f.exception(timeout=0) is None for f in futures)
+    achieved = count * len(payload) / elapsed
+    assert metrics["produce-throttle-time-max"] > 0, metrics
+    assert metrics["produce-throttled-responses"] > 0
+    assert metrics["produce-throttle-time-avg"] > 0
+    # The broker's quota window lets the first burst through; over the run the rate stays near it.
+    assert achieved < 2.5 * rate, f"{achieved:.0f} B/s against a quota of {rate} B/s"
+    assert len(consume_all(kafka.bootstrap_servers, topic, 1, count, timeout_s=60)) == count

@@ -864,6 +864,9 @@ class KafkaCluster:
             "num.recovery.threads.per.data.dir": "1",
             "auto.create.topics.enable": "false",
             "auto.leader.rebalance.enable": "false",
+            # Quotas measure over 2 one-second samples instead of 11: a test sees throttling after
+            # a few hundred KB, not after ten seconds of traffic.
+            "quota.window.num": "2",
             "broker.session.timeout.ms": "4000",
             "broker.heartbeat.interval.ms": "500",
             # TLS (PEM, no store passwords); MTLS also asks for a client certificate.

@@ -243,6 +243,13 @@ class ProducerEngine:
         self.records_sent = 0
         self.batches_sent = 0
         self.requests_sent = 0
+        self._throttled_until_ms: dict[int, int] = {}
+        """KIP-219: a broker that throttles answers at once with throttle_time_ms and expects no
+        request on that connection until it has passed (node id -> monotonic ms)."""
+        self.throttle_time_total_ms = 0
+        self.throttle_time_max_ms = 0
+        self.throttled_responses = 0
+        self.produce_responses = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -607,6 +614,12 @@ class ProducerEngine:
                 "batches-sent-total": self.batches_sent,
                 "produce-requests-total": self.requests_sent,
                 "batch-split-total": core.batch_splits,
+                # Java's produce-throttle-time-avg/max (ms), over every Produce answer so far.
+                "produce-throttle-time-avg": (
+                    self.throttle_time_total_ms / self.produce_responses if self.produce_responses else 0.0
+                ),
+                "produce-throttle-time-max": self.throttle_time_max_ms,
+                "produce-throttled-responses": self.throttled_responses,
                 "producer-id-resets": core.producer_id_resets,
                 "producer-id": core.producer_id,
                 "producer-epoch": core.producer_epoch,
@@ -675,6 +688,8 @@ class ProducerEngine:
                 for retry_at, _ in self._node_backoff.values():
                     if retry_at > now:
                         next_ms = min(next_ms, retry_at)
+                for until in self._throttled_until_ms.values():
+                    next_ms = min(next_ms, max(until, now + 1))
                 linger_ms = self.config.linger_ms
                 if linger_ms > 0 and self.core.in_flight_count:
                     # While answers are pending, look again within linger.ms anyway: a batch created
@@ -750,6 +765,11 @@ class ProducerEngine:
     # -- connections -------------------------------------------------------------------------
 
     def _node_slots(self, node_id: int) -> int:
+        until = self._throttled_until_ms.get(node_id)
+        if until is not None:
+            if monotonic_ms() < until:
+                return 0  # throttled by a quota: nothing for this broker until then
+            del self._throttled_until_ms[node_id]
         conn = self.connections.get(node_id)
         if conn is not None and conn.ready:
             return self.config.max_in_flight_requests_per_connection - conn.in_flight_count
@@ -1159,7 +1179,14 @@ class ProducerEngine:
             except KprodError as exc:
                 conn.close(exc)
                 return  # the close fails this plan through its callback
+            throttle_ms = response.throttle_time_ms
             with self.lock:
+                self.produce_responses += 1
+                if throttle_ms > 0:
+                    self._throttled_until_ms[conn.node_id] = now + throttle_ms
+                    self.throttled_responses += 1
+                    self.throttle_time_total_ms += throttle_ms
+                    self.throttle_time_max_ms = max(self.throttle_time_max_ms, throttle_ms)
                 completed = self.core.on_produce_response(plan, response, now)
                 if self.core.fatal_error is not None and self.accepting:
                     self._stop_accepting()  # fenced or unauthorized: send() raises from now on
