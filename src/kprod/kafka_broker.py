@@ -722,6 +722,57 @@ class KafkaCluster:
                 return {int(p.partition_index): int(p.leader_id) for p in t.partitions}
         return {}
 
+    def active_controller(self, timeout_s: float = 10.0) -> int:
+        """The node id of the KRaft quorum's leader (the active controller), from DescribeQuorum.
+
+        :raises KafkaBrokerError: if the answer has an error or no leader.
+        """
+        from kprod.protocol.messages import _request
+
+        describe_quorum = 55  # api key
+        partition = _request(describe_quorum, 2, "PartitionData", partition_index=0)
+        topic = _request(
+            describe_quorum, 2, "TopicData", topic_name="__cluster_metadata", partitions=(partition,)
+        )
+        response = self.request(
+            _request(describe_quorum, 2, "DescribeQuorumRequest", topics=(topic,)), timeout_s=timeout_s
+        )
+        answers = [p for t in response.topics for p in t.partitions]
+        if (
+            int(response.error_code)
+            or not answers
+            or int(answers[0].error_code)
+            or int(answers[0].leader_id) < 0
+        ):
+            raise KafkaBrokerError(f"DescribeQuorum gave no leader: {response!r}"[:500])
+        return int(answers[0].leader_id)
+
+    def elect_preferred_leaders(
+        self, topic: str, partitions: Sequence[int], timeout_s: float = 30.0
+    ) -> dict[int, int]:
+        """Run a preferred-leader election (ElectLeaders) for ``partitions`` of ``topic``; return
+        ``{partition: error code}`` (0 elected, 84 ELECTION_NOT_NEEDED: already the preferred leader)."""
+        from kio.static.primitive import i8
+
+        from kprod.protocol.messages import _request
+
+        elect_leaders = 43  # api key
+        wanted = _request(elect_leaders, 2, "TopicPartitions", topic=topic, partitions=tuple(partitions))
+        request = _request(
+            elect_leaders,
+            2,
+            "ElectLeadersRequest",
+            election_type=i8(0),
+            topic_partitions=(wanted,),
+            timeout=_ms(int(timeout_s * 1000)),
+        )
+        response = self.request(request, timeout_s=timeout_s)
+        return {
+            int(p.partition_id): int(p.error_code)
+            for r in response.replica_election_results
+            for p in r.partition_result
+        }
+
     def create_topic(
         self,
         name: str,
