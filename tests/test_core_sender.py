@@ -13,7 +13,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kprod._core.accumulator import (
     BATCH_HEADER_BYTES,
@@ -52,6 +52,7 @@ NOT_ENOUGH_REPLICAS = 19
 TOPIC_AUTHORIZATION_FAILED = 29
 OUT_OF_ORDER = 45
 DUPLICATE_SEQUENCE = 46
+INVALID_PRODUCER_EPOCH = 47
 MESSAGE_TOO_LARGE = 10
 PRODUCER_FENCED = 90
 
@@ -304,6 +305,48 @@ def test_a_split_batch_hands_its_sequence_range_to_its_children() -> None:
     assert later.base_sequence == 5 and parent.done and parent.error is None
 
 
+def test_a_failed_sequenced_batch_bumps_the_epoch_locally_under_the_same_producer_id() -> None:
+    """KIP-360 as Java's idempotent producer: no request, epoch + 1, every partition from sequence 0."""
+    h = Harness(idempotent=True, batch_size=1)
+    h.core.on_producer_id(7, 0)
+    h.prime(0, 1)
+    h.append(0, 0)
+    after = h.append(1, 0)
+    plans = {plan.node_id: plan for plan in h.send(LINGER)}
+    h.core.on_produce_response(plans[1], respond(plans[1], TOPIC_AUTHORIZATION_FAILED), 200)
+    h.core.on_produce_response(plans[2], respond(plans[2]), 200)
+    assert after.base_sequence == 1
+    waiting = h.append(1, 200)
+    plan = only_plan(h.send(200 + LINGER))  # the round that bumps the epoch sends under it
+    assert plan.batches == [waiting]
+    assert (waiting.producer_id, waiting.producer_epoch, waiting.base_sequence) == (7, 1, 0)
+    assert not h.core.needs_producer_id and h.core.epoch_bumps == 1 and h.core.producer_id_resets == 0
+
+
+def test_a_broker_that_refuses_a_local_bump_gets_a_new_producer_id_instead() -> None:
+    """Tansu answers PRODUCER_FENCED to a locally bumped epoch: not fatal, the fallback takes over."""
+    h = Harness(idempotent=True, batch_size=1)
+    h.core.on_producer_id(7, 0)
+    h.prime(0)
+    h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    h.core.on_produce_response(plan, respond(plan, TOPIC_AUTHORIZATION_FAILED), 200)
+    bumped = h.append(0, 200)
+    plan = only_plan(h.send(200 + LINGER))
+    assert (bumped.producer_epoch, bumped.base_sequence) == (1, 0)
+    assert h.core.on_produce_response(plan, respond(plan, PRODUCER_FENCED), 300) == []
+    assert h.core.fatal_error is None and not h.core.local_epoch_bump
+    h.poll(300 + 2 * BACKOFF_MAX)
+    assert h.core.needs_producer_id
+    h.core.on_producer_id(8, 0)
+    retry = only_plan(h.send(301 + 2 * BACKOFF_MAX))
+    assert retry.batches == [bumped] and (
+        bumped.producer_id,
+        bumped.producer_epoch,
+        bumped.base_sequence,
+    ) == (8, 0, 0)
+
+
 # -- answers --------------------------------------------------------------------------------------
 
 
@@ -437,6 +480,7 @@ def test_a_later_batch_waits_until_the_retried_earlier_one_is_through() -> None:
 
 def test_a_real_sequence_gap_restarts_sequences_under_a_new_producer_id() -> None:
     h = Harness(idempotent=True)
+    h.core.local_epoch_bump = False  # the fallback where local epoch bumps are refused (Tansu)
     h.core.on_producer_id(7, 0)
     batch = h.append(0, 0)
     plan = only_plan(h.send(LINGER))
@@ -452,6 +496,7 @@ def test_a_real_sequence_gap_restarts_sequences_under_a_new_producer_id() -> Non
 
 def test_a_failed_sequenced_batch_resets_the_producer_id_once_nothing_is_in_flight() -> None:
     h = Harness(idempotent=True)
+    h.core.local_epoch_bump = False  # the fallback where local epoch bumps are refused (Tansu)
     h.core.on_producer_id(7, 0)
     h.append(0, 0)
     h.append(1, 0)
@@ -471,6 +516,7 @@ def test_a_failed_sequenced_batch_resets_the_producer_id_once_nothing_is_in_flig
 
 def test_a_batch_in_doubt_is_resent_under_its_old_producer_id_before_a_reset() -> None:
     h = Harness(idempotent=True)
+    h.core.local_epoch_bump = False  # the fallback where local epoch bumps are refused (Tansu)
     h.core.on_producer_id(7, 0)
     doubt = h.append(0, 0)
     refused = h.append(1, 0)
@@ -770,40 +816,48 @@ BROKER_MAX_RECORDS = 4
 class IdempotentBroker:
     """Kafka's per-producer sequence check, for the whole cluster (leaders never move here).
 
-    A batch is written when its base sequence is the next expected one for its (producer id,
-    partition); a batch already written answers DUPLICATE_SEQUENCE_NUMBER; anything else
-    OUT_OF_ORDER_SEQUENCE_NUMBER. Batches of more than BROKER_MAX_RECORDS records are too large.
+    State per (producer id, partition): the current epoch and the next expected sequence. A batch
+    of the current epoch is written when its base sequence is the next one; a batch already written
+    answers DUPLICATE_SEQUENCE_NUMBER; anything else OUT_OF_ORDER_SEQUENCE_NUMBER. A newer epoch
+    (KIP-360's bump) must start at sequence 0 and then becomes the current one; an older epoch is
+    INVALID_PRODUCER_EPOCH. Batches of more than BROKER_MAX_RECORDS records are too large.
     """
 
     def __init__(self) -> None:
-        self.next_seq: dict[tuple[int, int], int] = {}
-        self.written: dict[tuple[int, int], dict[int, ProducerBatch]] = {}
+        self.state: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, partition) -> (epoch, next seq)
+        self.written: dict[tuple[int, int, int], dict[int, ProducerBatch]] = {}
         self.log: dict[int, list[ProducerBatch]] = {p: [] for p in LEADERS}
-        # (producer id, base sequence, records) of each write, as it was at write time.
-        self.writes: dict[int, list[tuple[int, int, int]]] = {p: [] for p in LEADERS}
+        # (producer id, epoch, base sequence, records) of each write, as it was at write time.
+        self.writes: dict[int, list[tuple[int, int, int, int]]] = {p: [] for p in LEADERS}
 
     def has(self, batch: ProducerBatch) -> bool:
         return any(batch is b for b in self.log[batch.partition])
 
     def produce(self, batch: ProducerBatch) -> tuple[int, int]:
-        assert batch.producer_id >= 0 and batch.producer_epoch == 0 and batch.base_sequence >= 0
+        assert batch.producer_id >= 0 and batch.producer_epoch >= 0 and batch.base_sequence >= 0
         if batch.record_count > BROKER_MAX_RECORDS:
             return MESSAGE_TOO_LARGE, -1
-        key = (batch.producer_id, batch.partition)
-        written = self.written.setdefault(key, {})
+        epoch, next_seq = self.state.get((batch.producer_id, batch.partition), (batch.producer_epoch, 0))
+        if batch.producer_epoch < epoch:
+            return INVALID_PRODUCER_EPOCH, -1
+        if batch.producer_epoch > epoch:
+            epoch, next_seq = batch.producer_epoch, 0  # a bumped epoch starts at sequence 0
+        written = self.written.setdefault((batch.producer_id, epoch, batch.partition), {})
         seq = batch.base_sequence
         if seq in written:
-            assert written[seq] is batch, "one sequence was given to two batches under one producer id"
+            assert written[seq] is batch, (
+                "one sequence was given to two batches under one producer id and epoch"
+            )
             return DUPLICATE_SEQUENCE, -1
-        if seq != self.next_seq.get(key, 0):
+        if seq != next_seq:
             return OUT_OF_ORDER, -1
         log = self.log[batch.partition]
         offset = sum(b.record_count for b in log)
-        assert not self.has(batch), f"{batch} written twice (a duplicate under a new producer id)"
+        assert not self.has(batch), f"{batch} written twice (a duplicate under a new producer id or epoch)"
         log.append(batch)
-        self.writes[batch.partition].append((batch.producer_id, seq, batch.record_count))
+        self.writes[batch.partition].append((batch.producer_id, epoch, seq, batch.record_count))
         written[seq] = batch
-        self.next_seq[key] = seq + batch.record_count
+        self.state[(batch.producer_id, batch.partition)] = (epoch, seq + batch.record_count)
         return 0, offset
 
 
@@ -834,9 +888,14 @@ class SenderMachine(RuleBasedStateMachine):
         self.in_flight: dict[int, list[ProduceRequestPlan]] = {1: [], 2: []}
         self.batches: dict[int, ProducerBatch] = {}
         self.completed: set[int] = set()
-        self.acked: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        self.gap: set[tuple[int, int]] = set()
+        self.acked: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+        self.gap: set[tuple[int, int, int]] = set()
         self.init_producer_id()
+
+    @initialize(local_epoch_bump=st.booleans())
+    def choose_the_bump(self, local_epoch_bump: bool) -> None:
+        """Both ways to restart sequences: the epoch + 1 (Apache Kafka) or a new producer id (Tansu)."""
+        self.core.local_epoch_bump = local_epoch_bump
 
     # -- bookkeeping --
 
@@ -858,7 +917,7 @@ class SenderMachine(RuleBasedStateMachine):
             self.completed.add(id(batch))
             if batch.children is not None:
                 continue  # a split parent: its children were checked
-            key = (batch.producer_id, batch.partition)
+            key = (batch.producer_id, batch.producer_epoch, batch.partition)
             if batch.error is None:
                 assert self.broker.has(batch), f"{batch} acknowledged but the broker never wrote it"
                 # Acknowledgements may arrive out of order (a retried batch answered after a newer one
@@ -971,12 +1030,12 @@ class SenderMachine(RuleBasedStateMachine):
                 assert start == end, f"acknowledged sequences of {key} skip from {end} to {start}"
                 end = stop
         for partition, writes in self.broker.writes.items():
-            by_pid: dict[int, int] = {}
-            for pid, seq, count in writes:
-                # The log holds each producer id's sequences contiguous and in order.
-                expected = by_pid.get(pid, 0)
-                assert seq == expected, (partition, pid, seq, expected)
-                by_pid[pid] = seq + count
+            by_pid: dict[tuple[int, int], int] = {}
+            for pid, epoch, seq, count in writes:
+                # The log holds each producer id and epoch's sequences contiguous and in order.
+                expected = by_pid.get((pid, epoch), 0)
+                assert seq == expected, (partition, pid, epoch, seq, expected)
+                by_pid[(pid, epoch)] = seq + count
         for batch in self.all_batches():
             if batch.children is not None:
                 continue
@@ -1003,6 +1062,7 @@ def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None
     """Two batches in doubt after a disconnect; the head is answered UNKNOWN_PRODUCER_ID: the reset
     must not wait for the in-doubt batch queued behind it (it can never leave under the old id)."""
     h = Harness(idempotent=True, linger_ms=0)
+    # Local epoch bumps stay on: for a producer id the broker does not know, only a new id helps.
     h.core.on_producer_id(7, 0)
     h.prime(0)
     a = h.append(0, 0)
@@ -1028,6 +1088,7 @@ def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None
 
 def test_a_failure_elsewhere_resets_the_producer_id_despite_an_in_doubt_batch_behind_a_retry() -> None:
     h = Harness(idempotent=True, linger_ms=0)
+    h.core.local_epoch_bump = False  # the fallback where local epoch bumps are refused (Tansu)
     h.core.on_producer_id(7, 0)
     h.prime(0)
     a = h.append(0, 0)

@@ -95,6 +95,11 @@ def test_a_record_over_the_topics_limit_fails_alone_naming_the_setting(kafka: Ka
         producer.flush(timeout=30)
         error = big.exception(timeout=0)
         assert before.exception(timeout=0) is None and after.exception(timeout=0) is None
+        # The failed record left a gap in the partition's sequences: KIP-360, the Java way. The
+        # producer id stays, the epoch goes up by one, and Apache Kafka takes the new epoch.
+        metrics = producer.metrics()
+        assert (metrics["producer-epoch-bumps"], metrics["producer-id-resets"]) == (1, 0), metrics
+        assert metrics["producer-epoch"] == 1
     assert isinstance(error, KprodError), error
     assert "MESSAGE_TOO_LARGE" in str(error) or isinstance(error, RecordTooLargeError), str(error)
     assert "max.message.bytes" in str(error), f"the error should name the topic setting: {error}"

@@ -49,6 +49,7 @@ _DUPLICATE_SEQUENCE_NUMBER = 46
 _INVALID_PRODUCER_EPOCH = 47
 _UNKNOWN_PRODUCER_ID = 59
 _PRODUCER_FENCED = 90
+_MAX_EPOCH = 32767
 _FATAL_FOR_IDEMPOTENCE = frozenset({_CLUSTER_AUTHORIZATION_FAILED, _INVALID_PRODUCER_EPOCH, _PRODUCER_FENCED})
 """Errors after which an idempotent producer cannot go on (Java's fatal errors)."""
 
@@ -147,6 +148,18 @@ class SenderCore:
         # takes a new producer id and every partition restarts at sequence 0 (KIP-360's goal:
         # one bad partition does not kill the producer).
         self._bump_required = False
+        self.local_epoch_bump = True
+        """KIP-360 as Java's idempotent producer does it: restart sequences under the same producer
+        id with the epoch + 1, no request. Apache Kafka takes it (a new epoch may start at sequence
+        0); Tansu answers PRODUCER_FENCED, and then this turns off and the producer takes a new
+        producer id instead (one InitProducerId)."""
+        self._new_id_required = False
+        """UNKNOWN_PRODUCER_ID: the broker does not know the producer id at all, so a bumped epoch of
+        it would not be known either; the next reset takes a new producer id."""
+        self._epoch_base = -1
+        """The epoch InitProducerId gave: a fenced answer for a later, locally bumped epoch means
+        the broker refuses local bumps, not that the producer is fenced."""
+        self.epoch_bumps = 0
         self.compression_ratio = CompressionRatioEstimator()
         """Observed compressed/uncompressed ratio per topic (only fed when compression is on)."""
         self._compressed = False
@@ -181,6 +194,7 @@ class SenderCore:
         """InitProducerId succeeded: sequences start from 0 under the new id."""
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
+        self._epoch_base = producer_epoch
 
     def fail_fatally(self, error: KprodError) -> list[ProducerBatch]:
         """Stop sending: fail every queued batch with ``error`` and remember it for new sends."""
@@ -227,9 +241,14 @@ class SenderCore:
             # a head that is not in doubt can never go under the old id: it is not waited for.
             return False
         self._bump_required = False
-        self.producer_id = -1
-        self.producer_epoch = -1
-        self.producer_id_resets += 1
+        new_id, self._new_id_required = self._new_id_required, False
+        if self.local_epoch_bump and not new_id and 0 <= self.producer_epoch < _MAX_EPOCH:
+            self.producer_epoch += 1
+            self.epoch_bumps += 1
+        else:  # a broker that refuses local bumps, or the epoch is exhausted: a new producer id
+            self.producer_id = -1
+            self.producer_epoch = -1
+            self.producer_id_resets += 1
         self.accumulator.reset_sequences()
         return False
 
@@ -252,11 +271,13 @@ class SenderCore:
         self._expire(now_ms, result.completed)
         metadata = self.metadata
         leader_of = metadata.leader
+        if settings.idempotent and self.txn is None:
+            # Before readiness: a local epoch bump needs no request, so this round may already send
+            # under the new epoch (else nothing would wake the sender for the waiting batches).
+            self._maybe_reset_producer_id()
         ready, next_ms, unknown = acc.ready(now_ms, leader_of, self._can_send)
         if unknown:
             metadata.request_update()
-        if settings.idempotent and self.txn is None:
-            self._maybe_reset_producer_id()
         if not self.needs_producer_id and self.fatal_error is None:
             for node_id in ready:
                 slots = node_slots(node_id)
@@ -455,6 +476,20 @@ class SenderCore:
                 "(MESSAGE_TOO_LARGE): the topic's max.message.bytes (or the broker's message.max.bytes) is "
                 "smaller; raise it, or send smaller records (max.request.size only bounds requests)"
             )
+        if (
+            idempotent
+            and self.txn is None
+            and code in (_PRODUCER_FENCED, _INVALID_PRODUCER_EPOCH)
+            and batch.producer_epoch > self._epoch_base
+            and batch.producer_id == self.producer_id
+        ):
+            # Our own local epoch bump was refused (Tansu): not fenced. Take a new producer id
+            # from now on; the batch was not written and goes again under it.
+            self.local_epoch_bump = False
+            batch.doubt_settled = True
+            self._bump_required = True
+            self._retry_or_fail(batch, error, now_ms, completed)
+            return
         if idempotent and code in _FATAL_FOR_IDEMPOTENCE:
             # The producer id is fenced or not authorized: nothing more can be sent with it.
             acc.on_in_flight_done(batch)
@@ -471,8 +506,10 @@ class SenderCore:
             batch.doubt_settled = True
             q = acc.queue(batch.topic, batch.partition)
             if code == _UNKNOWN_PRODUCER_ID or batch.base_sequence == q.last_acked_sequence + 1:
-                # The broker lost our state, or a real gap: restart sequences under a new id and retry.
+                # The broker lost our state, or a real gap: restart sequences (a new epoch, or a new
+                # producer id for an id the broker does not know) and retry.
                 self._bump_required = True
+                self._new_id_required = self._new_id_required or code == _UNKNOWN_PRODUCER_ID
             # Otherwise an earlier batch failed first: this one goes again after it (Java's rule).
             retriable = True
         if retriable:

@@ -621,6 +621,7 @@ class ProducerEngine:
                 "produce-throttle-time-max": self.throttle_time_max_ms,
                 "produce-throttled-responses": self.throttled_responses,
                 "producer-id-resets": core.producer_id_resets,
+                "producer-epoch-bumps": core.epoch_bumps,
                 "producer-id": core.producer_id,
                 "producer-epoch": core.producer_epoch,
                 "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
