@@ -185,3 +185,30 @@ def test_a_byte_rate_quota_throttles_and_is_honoured_and_reported(kafka: KafkaCl
     # The broker's quota window lets the first burst through; over the run the rate stays near it.
     assert achieved < 2.5 * rate, f"{achieved:.0f} B/s against a quota of {rate} B/s"
     assert len(consume_all(kafka.bootstrap_servers, topic, 1, count, timeout_s=60)) == count
+
+
+def test_expired_producer_state_is_harmless(tmp_path: Any) -> None:
+    """The broker forgets an idle producer (producer.id.expiration.ms). Kafka 4 then takes the next
+    batch with any sequence (ProducerAppendInfo: no state, no check) instead of answering
+    UNKNOWN_PRODUCER_ID: the producer goes on under the same id, nothing lost or repeated."""
+    problem = java_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    config = {"producer.id.expiration.ms": "1000", "producer.id.expiration.check.interval.ms": "200"}
+    with KafkaCluster(broker_config=config, directory=tmp_path) as cluster:
+        cluster.create_topic("expiring", partitions=1)
+        with Producer({"bootstrap.servers": cluster.bootstrap_servers}, linger_ms=0) as producer:
+            first = [producer.send("expiring", b"a%d" % i) for i in range(100)]
+            producer.flush(timeout=30)
+            time.sleep(3)  # past producer.id.expiration.ms and a few expiration checks
+            second = [producer.send("expiring", b"b%d" % i) for i in range(100)]
+            producer.flush(timeout=30)
+            metrics = producer.metrics()
+        assert all(f.exception(timeout=0) is None for f in first + second)
+        assert (
+            metrics["producer-id-resets"],
+            metrics["producer-epoch-bumps"],
+            metrics["record-retry-total"],
+        ) == (0, 0, 0)
+        read = consume_all(cluster.bootstrap_servers, "expiring", 1, 200, timeout_s=30, linger_s=1.0)
+        assert [r.value for r in read] == [b"a%d" % i for i in range(100)] + [b"b%d" % i for i in range(100)]
