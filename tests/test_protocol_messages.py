@@ -149,7 +149,7 @@ def test_negotiate_versions_against_mock() -> None:
 
 def test_negotiate_versions_against_tansu() -> None:
     chosen = negotiate_versions(CLIENT_API_VERSIONS, TANSU_RANGES)
-    assert chosen == {0: 11, 3: 12, 18: 3, 22: 5, 10: 4, 24: 3, 25: 3, 26: 3, 28: 3}
+    assert chosen == {0: 11, 3: 12, 18: 3, 22: 5, 10: 4, 24: 3, 25: 3, 26: 4, 28: 3}
 
 
 def test_negotiation_rules() -> None:
@@ -222,6 +222,20 @@ def test_metadata_round_trip(version: int) -> None:
     partition = snapshot.topics["events"].partitions[0]
     assert type(partition.leader_id) is int and type(partition.error_code) is int
     assert all(type(r) is int for r in partition.replicas)
+
+
+def test_transactions_v2_versions_only_where_the_cluster_has_transaction_version_2() -> None:
+    from kprod.protocol.messages import cap_for_transaction_version
+
+    kafka_4 = {0: (0, 13), 26: (0, 5)}
+    negotiated = negotiate_versions(CLIENT_API_VERSIONS, kafka_4)
+    assert (negotiated[0], negotiated[26]) == (12, 5)
+    v1 = dict(negotiated)
+    cap_for_transaction_version(v1, 1)
+    assert (v1[0], v1[26]) == (11, 4), "Produce v12 / EndTxn v5 mean transactions v2"
+    v2 = dict(negotiated)
+    cap_for_transaction_version(v2, 2)
+    assert (v2[0], v2[26]) == (12, 5)
 
 
 # --- InitProducerId --------------------------------------------------------------------------

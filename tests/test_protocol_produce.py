@@ -1,4 +1,4 @@
-"""The hand-written Produce codec against kio's generic encoding, v3..v11.
+"""The hand-written Produce codec against kio's generic encoding, v3..v12.
 
 Requests: our frame must equal, byte for byte, kio's RequestHeader + ProduceRequest
 for the same values. Responses: kio writes them, our decoder reads them back.
@@ -40,7 +40,7 @@ from kprod.protocol.produce import (
     produce_topic_overhead_bytes,
 )
 
-VERSIONS = range(3, 12)
+VERSIONS = range(3, 13)
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text())
 BATCH = bytes.fromhex(VECTORS["record_batch_v2"]["hex"])
 
@@ -168,7 +168,7 @@ def test_record_batches_are_not_copied(version: int) -> None:
 
 
 def test_produce_request_rejects_unsupported_versions() -> None:
-    for version in (2, 12):
+    for version in (2, 13):
         with pytest.raises(ValueError):
             encode_produce_request(
                 version=version,
@@ -337,7 +337,7 @@ def test_decode_produce_response_from_kio(version: int) -> None:
         assert response.node_endpoints == {}
 
 
-@pytest.mark.parametrize("version", [9, 10, 11])
+@pytest.mark.parametrize("version", [9, 10, 11, 12])
 def test_decode_produce_response_skips_unknown_tags(version: int) -> None:
     body = b"".join(
         [

@@ -122,8 +122,11 @@ def test_a_transaction_by_hand_on_apache_kafka(kafka: KafkaCluster) -> None:
         lambda answer: answer[0],
     )
     assert code == 0 and producer_id >= 0 and epoch >= 0
-    added = parse_add_partitions_to_txn(
-        kafka.request(add_partitions_to_txn_request(3, txn_id, producer_id, epoch, [("txn-by-hand", 0)]))
+    added = _retried(
+        lambda: parse_add_partitions_to_txn(
+            kafka.request(add_partitions_to_txn_request(3, txn_id, producer_id, epoch, [("txn-by-hand", 0)]))
+        ),
+        lambda answer: 14 if set(answer.values()) & {3, 5, 6, 51} else 0,  # retriable: ask again
     )
     assert added == {("txn-by-hand", 0): 0}
     _produce_transactional(kafka, txn_id, producer_id, epoch, "txn-by-hand", 0, b"committed")
@@ -205,6 +208,11 @@ def _produce_transactional(
             ),
         ),
     )
-    response = kafka.request(data)
-    codes = [p.error_code for t in response.responses for p in t.partition_responses]
+    deadline = time.monotonic() + 30
+    while True:  # a new partition's leader may need a moment (NOT_LEADER_OR_FOLLOWER, retriable)
+        response = kafka.request(data)
+        codes = [int(p.error_code) for t in response.responses for p in t.partition_responses]
+        if codes[0] not in (3, 5, 6) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert codes == [0], codes

@@ -583,6 +583,9 @@ class TransactionManager:
         for the transaction's batches). The caller must send it (and later report its outcome with
         :meth:`on_response` or :meth:`on_request_failed`).
         """
+        if self.transactions_v2 and self._transaction_started and self._txn_started_ms is None:
+            # KIP-890: the transaction began on the broker with its first Produce, about now.
+            self._txn_started_ms = now_ms
         if self.in_flight is not None:
             return None
         if self._new_partitions and self.state in (TxnState.IN_TRANSACTION, TxnState.COMMITTING):
@@ -915,7 +918,21 @@ class TransactionManager:
         elif code == _TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
             self._fail_fatal(self._authorization_error(code, response.message), request)
         else:
-            self._fail_fatal(KafkaError(code, response.message, stage="transactions"), request)
+            # INVALID_TXN_STATE is what Kafka 4 answers under transactions v2 once the coordinator
+            # aborted a transaction that outlived its timeout.
+            message = self._expired_hint(now_ms) or response.message
+            self._fail_fatal(KafkaError(code, message, stage="transactions"), request)
+
+    def _expired_hint(self, now_ms: int) -> str | None:
+        """If the transaction outlived transaction.timeout.ms, the words that say so."""
+        started = self._txn_started_ms
+        if started is None or now_ms - started < self.transaction_timeout_ms:
+            return None
+        return (
+            f"the transaction was open {now_ms - started} ms, longer than "
+            f"transaction.timeout.ms={self.transaction_timeout_ms}, so the broker aborted it and bumped "
+            "the epoch"
+        )
 
     def _mark_started(self, now_ms: int) -> None:
         self._transaction_started = True
@@ -934,15 +951,11 @@ class TransactionManager:
     # ----------------------------------------------------------------- error transitions
 
     def _fenced_error(self, code: int, now_ms: int | None = None) -> ProducerFencedError:
-        started = self._txn_started_ms
-        if now_ms is not None and started is not None and now_ms - started >= self.transaction_timeout_ms:
-            # The coordinator aborts a transaction that outlived transaction.timeout.ms and bumps
-            # the epoch, so the answer looks like fencing (Kafka 4 says PRODUCER_FENCED).
-            why = (
-                f"the transaction was open {now_ms - started} ms, longer than "
-                f"transaction.timeout.ms={self.transaction_timeout_ms}, so the broker aborted it and "
-                "bumped the epoch (or a newer producer with the same transactional.id took over)"
-            )
+        # The coordinator aborts a transaction that outlived transaction.timeout.ms and bumps the
+        # epoch, so the answer looks like fencing (Kafka 4 says PRODUCER_FENCED under v1).
+        hint = None if now_ms is None else self._expired_hint(now_ms)
+        if hint is not None:
+            why = hint + " (or a newer producer with the same transactional.id took over)"
         else:
             why = "a newer producer with the same transactional.id took over"
         return ProducerFencedError(

@@ -30,6 +30,7 @@ from kprod.protocol.messages import (
     UNSUPPORTED_VERSION,
     ApiKey,
     api_versions_request,
+    cap_for_transaction_version,
     decode_response,
     encode_request,
     negotiate_versions,
@@ -75,6 +76,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._reader = FrameReader()
         self._in_flight = InFlightRequests()
         self.versions: dict[int, int] = {}
+        self.transaction_version = 0
+        """The cluster's finalized ``transaction.version`` feature (2: KIP-890 transactions v2)."""
         """Negotiated version per API key (after :meth:`connect`)."""
         self.ready = False
         """True once connected and versions are negotiated."""
@@ -143,6 +146,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
                     result.error_code, f"ApiVersions failed on {self.host}:{self.port}", stage="connection"
                 )
             self.versions = negotiate_versions(CLIENT_API_VERSIONS, result.api_ranges)
+            self.transaction_version = result.finalized_features.get("transaction.version", 0)
+            cap_for_transaction_version(self.versions, self.transaction_version)
             if ApiKey.PRODUCE not in self.versions:
                 raise ProtocolError(
                     f"broker {self.host}:{self.port} supports no Produce version kprod speaks "

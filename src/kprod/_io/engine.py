@@ -63,6 +63,8 @@ from kprod.errors import (
     is_retriable,
 )
 from kprod.protocol.messages import (
+    TRANSACTIONS_V2_END_TXN,
+    TRANSACTIONS_V2_PRODUCE,
     ApiKey,
     init_producer_id_request,
     metadata_request,
@@ -193,6 +195,9 @@ class ProducerEngine:
                 rng=self.rng,
             )
             self.core.txn = self.txn
+        self._transactions_v2 = False
+        """A transactional producer on a cluster with transaction.version 2 (decided at
+        init_transactions): Produce v12 and EndTxn v5, no AddPartitionsToTxn (KIP-890)."""
         self._coordinator_addresses: dict[int, tuple[str, int]] = {}
         """Where FindCoordinator said each coordinator is (it may not be in Metadata yet)."""
         self.partitioners: dict[str, StickyPartitioner] = {}
@@ -975,6 +980,8 @@ class ProducerEngine:
             else:
                 conn = await self._coordinator_connection(request.coordinator)
             api_key, build, parse = self._txn_exchange(request, txn)
+            if request.kind is TxnRequestKind.INIT_PRODUCER_ID:
+                self._decide_transactions_v2(conn, txn)
             response = await conn.request(api_key, build, self.config.request_timeout_ms)
             answer = parse(response)
         except KprodError as exc:
@@ -989,6 +996,19 @@ class ProducerEngine:
         finally:
             self.notify_waiters()
             self._wake()
+
+    def _decide_transactions_v2(self, conn: BrokerConnection, txn: TransactionManager) -> None:
+        """Use transactions v2 (KIP-890) when the coordinator's cluster has transaction.version 2
+        and speaks Produce v12 and EndTxn v5, as the Java producer does; decided once, at
+        init_transactions, for the producer's life."""
+        v2 = (
+            conn.transaction_version >= 2
+            and conn.versions.get(ApiKey.PRODUCE, 0) >= TRANSACTIONS_V2_PRODUCE
+            and conn.versions.get(ApiKey.END_TXN, 0) >= TRANSACTIONS_V2_END_TXN
+        )
+        with self.lock:
+            self._transactions_v2 = v2
+            txn.transactions_v2 = v2
 
     async def _coordinator_connection(self, kind: CoordinatorType) -> BrokerConnection:
         txn = self.txn
@@ -1099,6 +1119,8 @@ class ProducerEngine:
     def _send_plan(self, plan: ProduceRequestPlan) -> None:
         conn = self.connections.get(plan.node_id)
         version = conn.versions.get(ApiKey.PRODUCE, -1) if conn is not None else -1
+        if version >= TRANSACTIONS_V2_PRODUCE and not self._transactions_v2:
+            version = TRANSACTIONS_V2_PRODUCE - 1  # v12 would tell the broker we use transactions v2
         topic_data = plan.encode_batches(self.compressor)
         if conn is None or conn.closed:
             self._fail_plan(plan, BrokerConnectionError(f"no connection to broker {plan.node_id}"))

@@ -21,6 +21,8 @@ from typing import Any
 from kprod import Producer, RecordMetadata
 
 LATENCY_SAMPLE_EVERY = 20
+TRANSACTION_RECORDS = 10_000
+"""Records per transaction with --transactional."""
 """One record in this many reports its latency (a callback per record would cost throughput)."""
 
 
@@ -46,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--producer-props", nargs="*", default=[], metavar="K=V", help="extra producer settings, Kafka names"
+    )
+    parser.add_argument(
+        "--transactional",
+        action="store_true",
+        help="produce in transactions of 10,000 records (a fresh transactional.id) and read back with "
+        "isolation.level=read_committed",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip reading the records back")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -188,6 +196,9 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     codec = _Codec(args.serializer, size, filler)
     if codec.serializer is not None:
         props["value.serializer"] = codec.serializer
+    txn_size = TRANSACTION_RECORDS if args.transactional else 0
+    if txn_size:
+        props["transactional.id"] = f"kprod-demo-{uuid.uuid4().hex[:8]}"
     stats = _Stats()
     send_times: dict[int, float] = {}
 
@@ -214,12 +225,22 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     producer = Producer(props)
     print(
         f"producing {n:,} records of {size} bytes (acks={args.acks}, linger.ms={args.linger_ms}, "
-        f"compression={args.compression}, idempotence={producer.config.enable_idempotence})"
+        f"compression={args.compression}, idempotence={producer.config.enable_idempotence}"
+        + (f", transactions of {txn_size:,}" if txn_size else "")
+        + ")"
     )
     start = time.perf_counter()
     last_report = start
+    commits = 0
     try:
+        if txn_size:
+            producer.init_transactions()
         for i in range(n):
+            if txn_size and i % txn_size == 0:
+                if i:
+                    producer.commit_transaction()
+                    commits += 1
+                producer.begin_transaction()
             cb = count
             if i % LATENCY_SAMPLE_EVERY == 0:
                 send_times[i] = time.perf_counter()
@@ -241,6 +262,9 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
                         f"buffer {m['buffer-used-bytes'] / 1e6:.1f} MB  in-flight {m['requests-in-flight']}",
                         flush=True,
                     )
+        if txn_size:
+            producer.commit_transaction()
+            commits += 1
         producer.flush()
     finally:
         producer.close(30)
@@ -254,7 +278,9 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     problems: list[str] = []
     if not args.no_verify:
         print("reading back with confluent-kafka (check.crcs=true, assign()) ...", flush=True)
-        verified, problems = _verify(bootstrap, topic, n, codec, args.partitions)
+        verified, problems = _verify(
+            bootstrap, topic, n, codec, args.partitions, committed_only=bool(txn_size)
+        )
     print()
     print("summary")
     print(f"  sent                {n:,}")
@@ -262,6 +288,8 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
         f"  acknowledged        {stats.acked:,}"
         + (f"  (failed {stats.failed:,}: {stats.errors})" if stats.failed else "")
     )
+    if txn_size:
+        print(f"  transactions        {commits:,} committed (read back with isolation.level=read_committed)")
     if not args.no_verify:
         print(f"  verified byte-exact {verified:,}")
     print(f"  throughput          {rate:,.0f} records/s, {mb:.1f} MB/s (values only, send to last ack)")
@@ -273,7 +301,9 @@ def _produce_and_verify(args: argparse.Namespace, bootstrap: str, topic: str) ->
     return 0 if ok else 1
 
 
-def _verify(bootstrap: str, topic: str, n: int, codec: _Codec, partitions: int) -> tuple[int, list[str]]:
+def _verify(
+    bootstrap: str, topic: str, n: int, codec: _Codec, partitions: int, committed_only: bool = False
+) -> tuple[int, list[str]]:
     try:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
     except ImportError:
@@ -285,6 +315,7 @@ def _verify(bootstrap: str, topic: str, n: int, codec: _Codec, partitions: int) 
             "enable.auto.commit": False,
             "check.crcs": True,
             "fetch.max.bytes": 52_428_800,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         }
     )
     meta = consumer.list_topics(topic, timeout=10)

@@ -16,7 +16,7 @@ import datetime
 import io
 import re
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, TypeVar
 
 from kio.index import load_payload_module, load_response_schema
@@ -33,10 +33,13 @@ from kprod.protocol.metadata import MetadataSnapshot, PartitionSnapshot, TopicSn
 __all__ = [
     "API_VERSIONS_FALLBACK_VERSION",
     "CLIENT_API_VERSIONS",
+    "TRANSACTIONS_V2_END_TXN",
+    "TRANSACTIONS_V2_PRODUCE",
     "UNSUPPORTED_VERSION",
     "ApiKey",
     "ApiVersionsResult",
     "api_versions_request",
+    "cap_for_transaction_version",
     "decode_response",
     "encode_request",
     "init_producer_id_request",
@@ -69,7 +72,9 @@ class ApiKey:
 
 # What kprod speaks: api key -> (min, max) version, each within what kio 0.6.5 models.
 CLIENT_API_VERSIONS: Final[dict[int, tuple[int, int]]] = {
-    ApiKey.PRODUCE: (3, 11),  # v3 = first with record batch v2; v12+ need transactions V2 / topic ids
+    # v3 = first with record batch v2. v12 (same layout as v11) means "transactions v2" (KIP-890)
+    # and is used only by a transactional producer on such a cluster; v13+ name topics by id.
+    ApiKey.PRODUCE: (3, 12),
     ApiKey.METADATA: (1, 12),
     ApiKey.API_VERSIONS: (0, 3),
     # From v3 only: v3 adds ProducerId/ProducerEpoch for epoch bumps (KIP-360), and
@@ -78,7 +83,7 @@ CLIENT_API_VERSIONS: Final[dict[int, tuple[int, int]]] = {
     ApiKey.FIND_COORDINATOR: (1, 4),
     ApiKey.ADD_PARTITIONS_TO_TXN: (1, 3),  # v4+ are broker-to-broker only
     ApiKey.ADD_OFFSETS_TO_TXN: (1, 3),
-    ApiKey.END_TXN: (1, 3),
+    ApiKey.END_TXN: (1, 5),  # v5: transactions v2, the answer carries the bumped epoch
     ApiKey.TXN_OFFSET_COMMIT: (1, 3),
 }
 
@@ -172,6 +177,22 @@ class ApiVersionsResult:
 
     error_code: int
     api_ranges: dict[int, tuple[int, int]]
+    finalized_features: dict[str, int] = field(default_factory=dict)
+    """Cluster features in force (v3+), name -> version level, e.g. ``transaction.version``."""
+
+
+TRANSACTIONS_V2_PRODUCE: Final = 12
+TRANSACTIONS_V2_END_TXN: Final = 5
+
+
+def cap_for_transaction_version(versions: dict[int, int], transaction_version: int) -> None:
+    """Keep the API versions that mean "transactions v2" (Produce v12, EndTxn v5) only where the
+    cluster's ``transaction.version`` feature is 2 or more, as the Java client does."""
+    if transaction_version < 2:
+        if versions.get(ApiKey.PRODUCE, 0) >= TRANSACTIONS_V2_PRODUCE:
+            versions[ApiKey.PRODUCE] = TRANSACTIONS_V2_PRODUCE - 1
+        if versions.get(ApiKey.END_TXN, 0) >= TRANSACTIONS_V2_END_TXN:
+            versions[ApiKey.END_TXN] = TRANSACTIONS_V2_END_TXN - 1
 
 
 def api_versions_request(
@@ -213,7 +234,10 @@ def parse_api_versions_response(
         return ApiVersionsResult(error_code, {})
     response = decode_response(response_type(ApiKey.API_VERSIONS, version), frame, offset)
     ranges = {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in response.api_keys}
-    return ApiVersionsResult(int(response.error_code), ranges)
+    features = {
+        str(f.name): int(f.max_version_level) for f in (getattr(response, "finalized_features", None) or ())
+    }
+    return ApiVersionsResult(int(response.error_code), ranges, features)
 
 
 def negotiate_versions(

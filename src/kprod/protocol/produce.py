@@ -1,10 +1,11 @@
 """The Produce request envelope and Produce response, hand-written for the hot path.
 
-This module owns the wire layout of ProduceRequest and ProduceResponse, versions 3 to 11
+This module owns the wire layout of ProduceRequest and ProduceResponse, versions 3 to 12
 (v3 is the first with record batch v2 and TransactionalId; v9 the first flexible one,
 with compact strings and arrays, uvarint lengths stored as length + 1 and tagged
 fields; v10 adds the KIP-951 CurrentLeader and NodeEndpoints tagged fields; v11 only
-adds the TRANSACTION_ABORTABLE error).
+adds the TRANSACTION_ABORTABLE error; v12 has v11's layout and tells the broker that the producer
+uses transactions v2, KIP-890: partitions join a transaction on their first Produce).
 
 The record batches themselves are opaque bytes built by ``kprod.records``: the encoder
 never copies them. It returns the frame as a list of buffers for ``writelines``, in
@@ -44,7 +45,7 @@ __all__ = [
 
 PRODUCE_API_KEY: Final = 0
 MIN_PRODUCE_VERSION: Final = 3
-MAX_PRODUCE_VERSION: Final = 11
+MAX_PRODUCE_VERSION: Final = 12
 _FIRST_FLEXIBLE: Final = 9
 _FIRST_KIP951: Final = 10
 
@@ -113,14 +114,14 @@ def encode_produce_request(
     timeout_ms: int,
     topic_data: TopicData,
 ) -> list[bytes | memoryview]:
-    """Encode a whole Produce request frame (size prefix, header v1/v2, body) for v3..v11.
+    """Encode a whole Produce request frame (size prefix, header v1/v2, body) for v3..v12.
 
     ``topic_data`` is ``[(topic, [(partition, record_batch_bytes), ...]), ...]``; every
     record batch is placed in the result as-is, without copying. The result is meant
     for ``writelines``; its total length is ``4 + the int32 at its start``. The caller
     must send acks=0 requests without expecting a response.
 
-    Raises ValueError for a version outside 3..11.
+    Raises ValueError for a version outside 3..12.
     """
     _check_version(version)
     flexible = version >= _FIRST_FLEXIBLE
@@ -178,7 +179,7 @@ def produce_request_base_overhead_bytes(
     this lets a drain loop track a request's size as it adds batches, without encoding.
     The sum is exact for v3..v8; for flexible versions it counts every array length
     as 2 bytes, so it may exceed the real size by one byte per array (never less,
-    below 16383 elements). Raises ValueError for a version outside 3..11.
+    below 16383 elements). Raises ValueError for a version outside 3..12.
     """
     _check_version(version)
     flexible = version >= _FIRST_FLEXIBLE
@@ -219,7 +220,7 @@ def produce_request_overhead_bytes(
 
     ``topic_data`` is ``[(topic, [records_bytes per partition, ...]), ...]``. The
     frame :func:`encode_produce_request` would build is this plus the sum of the
-    batch sizes. Raises ValueError for a version outside 3..11.
+    batch sizes. Raises ValueError for a version outside 3..12.
     """
     size = produce_request_base_overhead_bytes(version, client_id, transactional_id)
     if version < _FIRST_FLEXIBLE:
@@ -270,11 +271,11 @@ class ProduceResponse:
 
 
 def decode_produce_response(version: int, body: bytes | memoryview, offset: int) -> ProduceResponse:
-    """Decode a Produce response body v3..v11 starting at ``offset`` of ``body``.
+    """Decode a Produce response body v3..v12 starting at ``offset`` of ``body``.
 
     ``body`` is the frame after its size prefix and ``offset`` the end of the response
     header (see ``parse_response_header``). Unknown tagged fields are skipped.
-    Raises ProtocolError if the bytes do not parse, ValueError for a version outside 3..11.
+    Raises ProtocolError if the bytes do not parse, ValueError for a version outside 3..12.
     """
     _check_version(version)
     try:

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Transactional throughput and commit latency: kprod, confluent-kafka and the Java producer.
+
+    python bench/transactions.py                   # 200,000 records per run (a few minutes)
+    python bench/transactions.py --records 50000   # quicker
+
+One Apache Kafka node (kprod.kafka_broker, JVM flags for throughput) and one topic of 6 partitions
+per run; 100-byte records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of
+10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
+process, one after the other; commit latency is the time ``commit_transaction()`` takes (it
+includes sending the transaction's last records). The Java producer is ProducerPerformance with
+``--transactional-id``; it commits by time (``--transaction-duration-ms``), so its row gives the
+duration that makes transactions of about the same size and reports no commit latency. The table
+is printed and, with ``--out``, written as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from kprod import Producer  # noqa: E402
+from kprod.kafka_broker import KafkaCluster, _java, kafka_jars  # noqa: E402
+
+THROUGHPUT_JVM = ("-Xms512m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError")
+PAYLOAD = b"x" * 100
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
+
+
+def run_kprod(bootstrap: str, topic: str, records: int, per_txn: int) -> dict[str, Any]:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"bench-kprod-{uuid.uuid4().hex[:6]}",
+            "linger.ms": 5,
+        }
+    )
+    commits: list[float] = []
+    try:
+        producer.init_transactions()
+        send = producer.send
+        started = time.perf_counter()
+        for first in range(0, records, per_txn):
+            producer.begin_transaction()
+            for _ in range(min(per_txn, records - first)):
+                send(topic, PAYLOAD)
+            t = time.perf_counter()
+            producer.commit_transaction()
+            commits.append((time.perf_counter() - t) * 1000)
+        elapsed = time.perf_counter() - started
+    finally:
+        producer.close(10)
+    return {"rate": records / elapsed, "commits": commits}
+
+
+def run_confluent(bootstrap: str, topic: str, records: int, per_txn: int) -> dict[str, Any]:
+    from confluent_kafka import Producer as CkProducer
+
+    producer = CkProducer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"bench-ck-{uuid.uuid4().hex[:6]}",
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    producer.init_transactions(60)
+    commits: list[float] = []
+    produce, poll = producer.produce, producer.poll
+    started = time.perf_counter()
+    for first in range(0, records, per_txn):
+        producer.begin_transaction()
+        for i in range(min(per_txn, records - first)):
+            while True:
+                try:
+                    produce(topic, PAYLOAD)
+                    break
+                except BufferError:
+                    poll(0.001)
+            if i % 1000 == 0:
+                poll(0)
+        t = time.perf_counter()
+        producer.commit_transaction(60)
+        commits.append((time.perf_counter() - t) * 1000)
+    elapsed = time.perf_counter() - started
+    return {"rate": records / elapsed, "commits": commits}
+
+
+def run_java(bootstrap: str, topic: str, records: int, duration_ms: int) -> dict[str, Any]:
+    java = _java()
+    assert java is not None
+    out = subprocess.run(
+        [
+            java,
+            "-Xmx512m",
+            "-cp",
+            f"{kafka_jars()}/*",
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            "100",
+            "--throughput",
+            "-1",
+            "--bootstrap-server",
+            bootstrap,
+            "--transactional-id",
+            f"bench-java-{uuid.uuid4().hex[:6]}",
+            "--transaction-duration-ms",
+            str(duration_ms),
+            "--command-property",
+            "acks=all",
+            "linger.ms=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    match = re.search(r"^\d+ records sent, ([\d.]+) records/sec", out, re.MULTILINE)
+    assert match is not None, out
+    return {"rate": float(match.group(1)), "commits": []}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--out", type=Path, help="write the markdown table here")
+    args = parser.parse_args()
+    rows: list[str] = [
+        "| records per transaction | client | records/s | ratio to confluent-kafka | commit p50 | commit p99 |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    with KafkaCluster(jvm_options=THROUGHPUT_JVM) as kafka:
+        for per_txn in (1_000, 10_000):
+            results: dict[str, dict[str, Any]] = {}
+            for client, fn in (("kprod", run_kprod), ("confluent-kafka", run_confluent)):
+                topic = f"txn-bench-{client}-{per_txn}"
+                kafka.create_topic(topic, partitions=6)
+                results[client] = fn(kafka.bootstrap_servers, topic, args.records, per_txn)
+                print(f"{per_txn:>6} {client:<16} {results[client]['rate']:>10,.0f} rec/s", flush=True)
+            ck_rate = results["confluent-kafka"]["rate"]
+            duration_ms = max(1, int(per_txn / ck_rate * 1000))
+            topic = f"txn-bench-java-{per_txn}"
+            kafka.create_topic(topic, partitions=6)
+            results[f"java (commit every {duration_ms} ms)"] = run_java(
+                kafka.bootstrap_servers, topic, args.records, duration_ms
+            )
+            for client, result in results.items():
+                commits = result["commits"]
+                p50 = f"{statistics.median(commits):.1f} ms" if commits else "n/a"
+                p99 = f"{percentile(commits, 0.99):.1f} ms" if commits else "n/a"
+                rows.append(
+                    f"| {per_txn:,} | {client} | {result['rate']:,.0f} | {result['rate'] / ck_rate:.2f} | {p50} | {p99} |"
+                )
+    table = "\n".join(rows)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
