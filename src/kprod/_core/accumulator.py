@@ -190,6 +190,7 @@ class PartitionQueue:
         "next_sequence",
         "outstanding",
         "partition",
+        "producer_state_known",
         "topic",
     )
 
@@ -204,6 +205,10 @@ class PartitionQueue:
         """Base sequence for the next batch sent for the first time."""
         self.last_acked_sequence = -1
         """Last sequence the broker acknowledged."""
+        self.producer_state_known = False
+        """The broker acknowledged a batch of this partition under the current producer id (any
+        epoch), so it keeps sequence state for it: a new epoch must then start at sequence 0 there,
+        and batches may pipeline from the first one on."""
         self.outstanding: list[int] = []
         """Base sequences sent and not yet completed, ascending. A retried batch may only go
         when it is the lowest: the broker accepts sequences strictly in order."""
@@ -478,12 +483,15 @@ class RecordAccumulator:
             index += 1
         batches.insert(index, batch)
 
-    def reset_sequences(self) -> None:
-        """Forget every partition's sequence state and every queued batch's sequence (new producer id)."""
+    def reset_sequences(self, new_producer_id: bool = True) -> None:
+        """Forget every partition's sequence state and every queued batch's sequence: a new producer
+        id, or (``new_producer_id`` False) a new epoch of the same one."""
         for parts in self._queues.values():
             for q in parts.values():
                 q.next_sequence = 0
                 q.last_acked_sequence = -1
+                if new_producer_id:
+                    q.producer_state_known = False
                 q.outstanding.clear()
                 for batch in q.batches:
                     batch.base_sequence = -1

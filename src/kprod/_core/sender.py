@@ -186,9 +186,10 @@ class SenderCore:
         restart at 0 (after init_transactions, an epoch bump, or an EndTxn under transactions v2)."""
         txn = self.txn
         if txn is not None and txn.take_sequences_reset():
+            same_id = txn.producer_id == self.producer_id
             self.producer_id = txn.producer_id
             self.producer_epoch = txn.producer_epoch
-            self.accumulator.reset_sequences()
+            self.accumulator.reset_sequences(new_producer_id=not same_id)
 
     def on_producer_id(self, producer_id: int, producer_epoch: int) -> None:
         """InitProducerId succeeded: sequences start from 0 under the new id."""
@@ -211,12 +212,13 @@ class SenderCore:
         if self.settings.max_in_flight == 1 and q.in_flight > 0:
             return False  # max.in.flight=1 guarantees order by sending one batch per partition at a time
         if self.settings.idempotent:
-            if q.last_acked_sequence < 0 and q.in_flight > 0:
+            if not q.producer_state_known and q.in_flight > 0:
                 # Until the broker has acknowledged a batch of this partition under the current
-                # producer id and epoch, it keeps no sequence state for it and takes a batch with
-                # any first sequence (ProducerAppendInfo.checkSequence): were the first batch
-                # refused (too large, say) while the second is in flight, the second would be
-                # written first. So the first batch goes alone; pipelining starts after its answer.
+                # producer id, it keeps no sequence state for it and takes a batch with any first
+                # sequence (ProducerAppendInfo.checkSequence): were the first batch refused (too
+                # large, say) while the second is in flight, the second would be written first.
+                # So the first batch goes alone; pipelining starts after its answer. (A new epoch
+                # of a known producer id must start at 0: safe to pipeline.)
                 return False
             head = q.batches[0]
             if head.base_sequence >= 0 and q.outstanding and head.base_sequence != q.outstanding[0]:
@@ -242,14 +244,15 @@ class SenderCore:
             return False
         self._bump_required = False
         new_id, self._new_id_required = self._new_id_required, False
-        if self.local_epoch_bump and not new_id and 0 <= self.producer_epoch < _MAX_EPOCH:
+        bump = self.local_epoch_bump and not new_id and 0 <= self.producer_epoch < _MAX_EPOCH
+        if bump:
             self.producer_epoch += 1
             self.epoch_bumps += 1
         else:  # a broker that refuses local bumps, or the epoch is exhausted: a new producer id
             self.producer_id = -1
             self.producer_epoch = -1
             self.producer_id_resets += 1
-        self.accumulator.reset_sequences()
+        self.accumulator.reset_sequences(new_producer_id=not bump)
         return False
 
     # -- the loop ------------------------------------------------------------------------
@@ -445,6 +448,8 @@ class SenderCore:
                 last = batch.base_sequence + batch.record_count - 1
                 if last > q.last_acked_sequence:
                     q.last_acked_sequence = last
+                if batch.producer_id == self.producer_id:
+                    q.producer_state_known = True
             # DUPLICATE_SEQUENCE_NUMBER: already written earlier; the broker did not say where.
             base_offset = part.base_offset if code == 0 else -1
             self._complete(batch, base_offset, part.log_append_time_ms, None, completed)

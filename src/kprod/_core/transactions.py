@@ -656,6 +656,12 @@ class TransactionManager:
             )
         )
 
+    @property
+    def wants_poll(self) -> bool:
+        """True when a request waits to go out and none is in flight (the sender should run a
+        round, e.g. the EndTxn held back until the last batch of the transaction was answered)."""
+        return self.in_flight is None and bool(self._queue or self._new_partitions)
+
     def next_deadline_ms(self) -> int | None:
         """When :meth:`next_request` may have something new without an answer arriving (a backoff
         ending), or None."""

@@ -1219,8 +1219,11 @@ class ProducerEngine:
             with self.lock:
                 completed = self.core.on_request_failed(plan, error, now)
         self.deliver(completed)
-        if self.accumulator.has_queued() or self.core.wants_poll:
-            self._wake()  # an in-flight slot is free, or a retry or a producer-id reset is due
+        txn = self.txn
+        if self.accumulator.has_queued() or self.core.wants_poll or (txn is not None and txn.wants_poll):
+            # An in-flight slot is free, a retry or a producer-id reset is due, or a transactional
+            # request waits (the EndTxn of a commit waits for the last answer).
+            self._wake()
 
 
 def _plain_appender(engine: ProducerEngine) -> PlainAppender:
