@@ -21,13 +21,13 @@ from typing import Any, Final, TypeVar
 
 from kio.index import load_payload_module, load_response_schema
 from kio.serial import entity_reader, entity_writer
-from kio.serial.errors import DecodeError
 from kio.static.constants import EntityType
 from kio.static.primitive import i32Timedelta
 from kio.static.protocol import Entity, Payload
 
 from kprod.errors import ProtocolError
 from kprod.protocol.framing import encode_request_header
+from kprod.protocol.guard import check_frame
 from kprod.protocol.metadata import MetadataSnapshot, PartitionSnapshot, TopicSnapshot
 
 __all__ = [
@@ -131,10 +131,13 @@ def decode_response(response_type: type[T], frame_body: bytes | memoryview, offs
 
     Raises ProtocolError if the bytes do not parse as ``response_type``.
     """
+    # Lengths are checked against the frame first: kio's native decoder would try to allocate
+    # whatever an array length claims and abort the process (see kprod.protocol.guard).
+    body = check_frame(response_type, _readonly(frame_body), offset)
     try:
-        entity, _size = entity_reader(response_type)(_readonly(frame_body), offset)
-    except (DecodeError, ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed {response_type.__name__}: {exc}") from exc
+        entity, _size = entity_reader(response_type)(_readonly(body), offset)
+    except Exception as exc:  # kio raises DecodeError, ValueError, KeyError, TypeError, ...
+        raise ProtocolError(f"malformed {response_type.__name__}: {exc!r}") from exc
     return entity
 
 
@@ -233,7 +236,7 @@ def parse_api_versions_response(
     if error_code == UNSUPPORTED_VERSION:
         return ApiVersionsResult(error_code, {})
     response = decode_response(response_type(ApiKey.API_VERSIONS, version), frame, offset)
-    ranges = {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in response.api_keys}
+    ranges = {int(k.api_key): (int(k.min_version), int(k.max_version)) for k in response.api_keys or ()}
     features = {
         str(f.name): int(f.max_version_level) for f in (getattr(response, "finalized_features", None) or ())
     }
@@ -297,9 +300,10 @@ def parse_metadata(response: Any) -> MetadataSnapshot:
 
     Topics answered only by id (null name, v10+) are left out.
     """
-    brokers = {int(b.node_id): (str(b.host), int(b.port)) for b in response.brokers}
+    # A null array (length -1) decodes as None: an answer that names nothing there.
+    brokers = {int(b.node_id): (str(b.host), int(b.port)) for b in response.brokers or ()}
     topics: dict[str, TopicSnapshot] = {}
-    for topic in response.topics:
+    for topic in response.topics or ():
         if topic.name is None:
             continue
         partitions = {
@@ -307,10 +311,10 @@ def parse_metadata(response: Any) -> MetadataSnapshot:
                 int(p.leader_id),
                 int(getattr(p, "leader_epoch", -1)),
                 int(p.error_code),
-                tuple(int(r) for r in p.replica_nodes),
-                tuple(int(r) for r in p.isr_nodes),
+                tuple(int(r) for r in p.replica_nodes or ()),
+                tuple(int(r) for r in p.isr_nodes or ()),
             )
-            for p in topic.partitions
+            for p in topic.partitions or ()
         }
         topics[str(topic.name)] = TopicSnapshot(int(topic.error_code), partitions)
     cluster_id = getattr(response, "cluster_id", None)

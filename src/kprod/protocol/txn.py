@@ -73,9 +73,8 @@ def parse_find_coordinator(response: Any, key: str) -> CoordinatorAnswer:
     A batched answer (v4+) that does not name ``key`` is reported as COORDINATOR_NOT_AVAILABLE (15),
     which the caller retries.
     """
-    coordinators = getattr(response, "coordinators", None)
-    if coordinators is not None:
-        for entry in coordinators:
+    if getattr(response, "__version__", 0) >= _FIND_COORDINATOR_BATCHED:
+        for entry in response.coordinators or ():
             if str(entry.key) == key:
                 return CoordinatorAnswer(
                     int(entry.error_code),
@@ -129,13 +128,12 @@ def add_partitions_to_txn_request(
 
 def parse_add_partitions_to_txn(response: Any) -> dict[TopicPartition, int]:
     """``{(topic, partition): error_code}`` from an AddPartitionsToTxn response (v1-v3)."""
-    results = getattr(response, "results_by_topic_v3_and_below", None)
-    if results is None:
-        results = response.results
+    # A null array (length -1) decodes as None: an answer that names no partition.
+    results = getattr(response, "results_by_topic_v3_and_below", None) or ()
     return {
         (str(topic.name), int(p.partition_index)): int(p.partition_error_code)
         for topic in results
-        for p in topic.results_by_partition
+        for p in topic.results_by_partition or ()
     }
 
 
@@ -212,8 +210,8 @@ def parse_txn_offset_commit(response: Any) -> dict[TopicPartition, int]:
     """``{(topic, partition): error_code}`` from a TxnOffsetCommit response."""
     return {
         (str(topic.name), int(p.partition_index)): int(p.error_code)
-        for topic in response.topics
-        for p in topic.partitions
+        for topic in response.topics or ()
+        for p in topic.partitions or ()
     }
 
 
