@@ -139,6 +139,8 @@ class Relay:
         self._blackhole_keys: frozenset[int] | None = None
         self._refusing = False
         self._corrupt_left = 0
+        self._mangle_left = 0
+        self._mangle_keys: frozenset[int] | None = None
         self._corrupt_keys: frozenset[int] | None = None
         self._corrupt_from_end = 0
         self._requests: collections.deque[RelayedRequest] = collections.deque(maxlen=_REQUEST_LOG_SIZE)
@@ -273,6 +275,16 @@ class Relay:
 
         self._apply(apply)
 
+    def mangle_responses(self, count: int = 1, api_keys: Iterable[int] | None = (0,)) -> None:
+        """Cut the body of the next ``count`` matching responses to three bytes (the frame stays
+        well formed: size prefix and correlation id intact), so the client cannot decode them."""
+
+        def apply() -> None:
+            self._mangle_left = count
+            self._mangle_keys = None if api_keys is None else frozenset(api_keys)
+
+        self._apply(apply)
+
     def refuse(self, on: bool = True) -> None:
         """Close every new connection at once (``on=False``: accept again)."""
 
@@ -303,6 +315,7 @@ class Relay:
             self._blackhole_keys = None
             self._refusing = False
             self._corrupt_left = 0
+            self._mangle_left = 0
 
         self._apply(apply)
 
@@ -407,6 +420,10 @@ class Relay:
                     (correlation_id,) = struct.unpack_from(">i", frame, 4)
                     api_key = conn.pending.pop(correlation_id, None)
                 self.stats["responses"] += 1
+                if self._mangle_left > 0 and _matches(api_key, self._mangle_keys) and len(frame) >= 8:
+                    frame = struct.pack(">i", 7) + frame[4:8] + b"\x00\x00\x01"
+                    self._mangle_left -= 1
+                    self.stats["mangled"] += 1
                 if conn.stalled or (self._blackhole and _matches(api_key, self._blackhole_keys)):
                     conn.stalled = True  # held forever: this and every later response
                     self.stats["held"] += 1

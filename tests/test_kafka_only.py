@@ -58,6 +58,28 @@ def test_a_batch_corrupted_on_the_wire_is_refused_and_resent_intact(
     assert [r.value for r in read] == [b"warm-up", *values], "each record once, in order, intact"
 
 
+def test_an_unreadable_produce_answer_is_retried_at_once(relayed_kafka: tuple[KafkaCluster, Relay]) -> None:
+    """One Produce answer cut short on the wire: the connection is dropped and that request's
+    batches go again at once (not after request.timeout.ms or delivery.timeout.ms); the resend is
+    de-duplicated by idempotence, nothing is lost or reordered."""
+    cluster, relay = relayed_kafka
+    topic = "mangled"
+    cluster.create_topic(topic, partitions=1)
+    values = [b"%05d" % i for i in range(2_000)]
+    with Producer({"bootstrap.servers": relay.address}, linger_ms=5, request_timeout_ms=30_000) as producer:
+        producer.send(topic, b"warm-up").result(timeout=30)
+        relay.mangle_responses(count=1)
+        started = time.monotonic()
+        futures = [producer.send(topic, v) for v in values]
+        producer.flush(timeout=60)
+        took = time.monotonic() - started
+    assert relay.stats["mangled"] == 1
+    assert [f.exception(timeout=0) for f in futures] == [None] * len(values)
+    assert took < 5, f"the batches of the unreadable answer waited {took:.1f} s (request.timeout.ms is 30 s)"
+    read = consume_all(cluster.bootstrap_servers, topic, 1, len(values) + 1, timeout_s=60, linger_s=1.0)
+    assert [r.value for r in read] == [b"warm-up", *values]
+
+
 def test_batches_over_the_topics_max_message_bytes_are_split(kafka: KafkaCluster) -> None:
     topic = "split"
     # The topic takes batches of at most 4 KB; the producer fills 64 KB batches.

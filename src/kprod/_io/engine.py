@@ -1200,8 +1200,20 @@ class ProducerEngine:
             try:
                 response = decode_produce_response(version, frame, offset)
             except KprodError as exc:
+                # The answer was taken off the connection's in-flight list already, so closing the
+                # connection does not fail this plan: retry it here, at once. The broker answered,
+                # so it may have written the batches: idempotence lets the resend find out.
+                log.warning(
+                    "unreadable Produce answer from broker %d, resending its batches: %s", conn.node_id, exc
+                )
                 conn.close(exc)
-                return  # the close fails this plan through its callback
+                self._fail_plan(
+                    plan,
+                    ProtocolError(
+                        f"unreadable Produce answer: {exc}", persisted=Persisted.POSSIBLY_PERSISTED
+                    ),
+                )
+                return
             throttle_ms = response.throttle_time_ms
             with self.lock:
                 self.produce_responses += 1
