@@ -6,14 +6,16 @@ batch CRC (``check.crcs=true``) and decodes every codec, so a record it returns 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-__all__ = ["ConsumedRecord", "ExternalCluster", "consume_all", "wait_for_topic"]
+__all__ = ["ConsumedRecord", "ExternalCluster", "alive", "consume_all", "wait_for_topic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +153,16 @@ class ExternalCluster:
     def delete_topic(self, name: str, timeout_s: float = 30.0) -> None:
         """Delete ``name``; blocks until the controller accepted it."""
         self._admin.delete_topics([name], operation_timeout=timeout_s)[name].result(timeout=timeout_s)
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` is a live process (a zombie waiting for a reaper counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

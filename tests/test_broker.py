@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 import kprod.broker
-from helpers import ExternalCluster, consume_all
+from helpers import ExternalCluster, alive, consume_all
 from kprod.broker import EmbeddedBroker, EmbeddedBrokerError, request_api_versions, tansu_path
 from kprod.cli.main import main as cli_main
 from mock_cluster import MockCluster
@@ -27,22 +27,9 @@ SRC_DIR = str(Path(kprod.broker.__file__).resolve().parent.parent)
 PRODUCE, API_VERSIONS = 0, 18
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` is a live process (a zombie waiting for a reaper counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _wait_dead(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
@@ -81,7 +68,7 @@ def test_stop_leaves_no_process_and_is_idempotent() -> None:
     broker = EmbeddedBroker()
     broker.start()
     pid, port = broker.pid, broker.port
-    assert pid is not None and _alive(pid)
+    assert pid is not None and alive(pid)
     assert broker.bootstrap_servers == f"127.0.0.1:{port}"
     broker.stop()
     with pytest.raises(ProcessLookupError):
@@ -98,7 +85,7 @@ def test_kill_then_restart_on_the_same_port(fresh_broker: EmbeddedBroker) -> Non
     assert pid is not None
 
     fresh_broker.kill()
-    assert not _alive(pid)
+    assert not alive(pid)
     assert _refuses_connections(port)
     with pytest.raises(EmbeddedBrokerError, match="not running"):
         fresh_broker.create_topic("while-dead")
@@ -164,7 +151,7 @@ def test_sigkilled_parent_leaves_no_orphan_broker(tmp_path: Path) -> None:
     try:
         assert child.stdout is not None
         tansu_pid = int(child.stdout.readline())
-        assert _alive(tansu_pid)
+        assert alive(tansu_pid)
     finally:
         child.kill()
         child.wait(timeout=10)

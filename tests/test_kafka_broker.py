@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer as CkProducer
 
-from helpers import consume_all
+from helpers import alive, consume_all
 from kprod.kafka_broker import (
     LISTENERS,
     USERS,
@@ -196,7 +196,7 @@ def test_cli_kafka_engine_serves_until_sigterm_and_leaves_no_jvm(tmp_path: Path)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "SASL_SSL: 127.0.0.1:" in err and "SASL users" in err
-        assert all(not _alive(pid) for pid in jvms), "a Kafka JVM outlived `kprod broker`"
+        assert all(not alive(pid) for pid in jvms), "a Kafka JVM outlived `kprod broker`"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -223,13 +223,13 @@ def test_nodes_die_with_a_killed_parent(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         jvm = int(parent.stdout.readline())
-        assert _alive(jvm)
+        assert alive(jvm)
         parent.kill()  # no atexit, no finally: only PR_SET_PDEATHSIG can stop the JVM
         parent.wait()
         deadline = time.monotonic() + 20
-        while _alive(jvm) and time.monotonic() < deadline:
+        while alive(jvm) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(jvm), "the Kafka JVM outlived its SIGKILLed parent"
+        assert not alive(jvm), "the Kafka JVM outlived its SIGKILLed parent"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -244,15 +244,3 @@ def _jvm_children(pid: int) -> list[int]:
         for p, pp, *args in (line.split(None, 2) for line in out.splitlines()[1:])
         if int(pp) == pid and "kafka.Kafka" in " ".join(args)
     ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False

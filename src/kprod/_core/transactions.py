@@ -757,9 +757,7 @@ class TransactionManager:
             self._epoch_bump_required = False
             if self.state is not TxnState.READY:
                 self._transition(TxnState.READY)
-            _finish(request.operation)
-            if self._pending_call is not None and self._pending_call[1] is request.operation:
-                self._pending_call = None
+            self._finish_call(request.operation)
         elif self._common(request, code, now_ms, response.message):
             return
         elif is_retriable(code) or code == _CONCURRENT_TRANSACTIONS:
@@ -912,9 +910,7 @@ class TransactionManager:
                 self._transition(TxnState.INITIALIZING)
                 self._enqueue(TxnRequest(TxnRequestKind.EPOCH_BUMP, request.operation, bump_epoch=True))
                 return
-            _finish(request.operation)
-            if self._pending_call is not None and self._pending_call[1] is request.operation:
-                self._pending_call = None
+            self._finish_call(request.operation)
         elif self._common(request, code, now_ms, response.message):
             return
         elif is_retriable(code) or code == _CONCURRENT_TRANSACTIONS:
@@ -939,6 +935,12 @@ class TransactionManager:
             f"transaction.timeout.ms={self.transaction_timeout_ms}, so the broker aborted it and bumped "
             "the epoch"
         )
+
+    def _finish_call(self, operation: TxnOperation) -> None:
+        """A user call's operation succeeded: complete it and forget it as the call to resume."""
+        _finish(operation)
+        if self._pending_call is not None and self._pending_call[1] is operation:
+            self._pending_call = None
 
     def _mark_started(self, now_ms: int) -> None:
         self._transaction_started = True

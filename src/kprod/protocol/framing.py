@@ -31,6 +31,7 @@ __all__ = [
     "request_header_version",
     "response_header_version",
     "skip_tagged_fields",
+    "write_uvarint",
 ]
 
 API_VERSIONS_KEY: Final = 18
@@ -114,6 +115,21 @@ def encode_request_header(
     raw = client_id.encode()
     head = _HEADER_FIXED.pack(api_key, api_version, correlation_id, len(raw))
     return b"".join((head, raw, b"\x00")) if header_version == 2 else head + raw
+
+
+_SMALL_UVARINTS: Final = tuple(bytes((i,)) for i in range(128))
+
+
+def write_uvarint(value: int) -> bytes:
+    """Encode an unsigned varint (values below 128 come from a table: the common case)."""
+    if value < 0x80:
+        return _SMALL_UVARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def read_uvarint(buf: bytes | memoryview, offset: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from kprod.errors import ProtocolError
+from kprod.protocol.framing import read_uvarint, write_uvarint
 
 __all__ = ["check_frame"]
 
@@ -80,17 +81,7 @@ class _Walker:
             raise _Cut(f"{n} bytes at offset {offset} run past the end of the {self.end}-byte frame")
 
     def uvarint(self, offset: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            self.need(offset, 1)
-            byte = self.buf[offset]
-            offset += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value, offset
-            shift += 7
-            if shift > 35:
-                raise _Cut(f"a varint at offset {offset} is longer than 5 bytes")
+        return read_uvarint(self.buf, offset)  # ProtocolError past the end or beyond 5 bytes
 
     def count(self, offset: int) -> tuple[int, int]:
         """An array's element count (-1: null) and the offset after it."""
@@ -176,18 +167,6 @@ class _Walker:
         return offset
 
 
-def _uvarint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def check_frame(response_type: type, frame: bytes | memoryview, offset: int) -> bytes | memoryview:
     """Walk a response body of ``response_type`` (a kio entity class) from ``offset``.
 
@@ -200,7 +179,7 @@ def check_frame(response_type: type, frame: bytes | memoryview, offset: int) -> 
         walker.entity(response_type, offset)
     except _Cut as exc:
         raise ProtocolError(f"malformed {response_type.__name__}: {exc}") from None
-    except (struct.error, IndexError) as exc:
+    except (struct.error, IndexError, ProtocolError) as exc:
         raise ProtocolError(f"malformed {response_type.__name__}: {exc}") from None
     if not walker.sections:
         return frame
@@ -209,7 +188,7 @@ def check_frame(response_type: type, frame: bytes | memoryview, offset: int) -> 
     position = 0
     for start, end, kept in sorted(walker.sections):
         out += data[position:start]
-        out += _uvarint_bytes(len(kept))
+        out += write_uvarint(len(kept))
         for entry_start, entry_end in kept:
             out += data[entry_start:entry_end]
         position = end

@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Final
 
 from kprod.errors import ProtocolError
-from kprod.protocol.framing import read_uvarint, skip_tagged_fields
+from kprod.protocol.framing import read_uvarint, skip_tagged_fields, write_uvarint
 
 __all__ = [
     "MAX_PRODUCE_VERSION",
@@ -61,18 +61,7 @@ _I64 = struct.Struct(">q")
 _LEGACY_PARTITION = struct.Struct(">ii")  # partition index, records length
 _PARTITION_HEAD = struct.Struct(">ihq")  # index, error code, base offset
 _I32_PAIR = struct.Struct(">ii")
-_SMALL_UVARINTS: Final = tuple(bytes((i,)) for i in range(128))
-
-
-def _uvarint(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL_UVARINTS[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+_uvarint = write_uvarint
 
 
 def _uvarint_size(value: int) -> int:
