@@ -264,12 +264,34 @@ def _serializer(name: str, raw: object) -> Serializer | None:
 
 def _security_protocol(name: str, raw: object) -> str:
     value = _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")(name, raw)
-    if value != "PLAINTEXT":
+    if value.startswith("SASL"):
         raise ConfigError(
-            f"security.protocol={value!r} is not yet supported: kprod speaks PLAINTEXT only for now "
-            "(TLS/SASL are not yet supported); set security.protocol to 'PLAINTEXT' or leave it unset"
+            f"security.protocol={value!r} is not yet supported: kprod speaks PLAINTEXT and SSL (TLS, with "
+            "client certificates) so far, not SASL; set security.protocol to 'PLAINTEXT' or 'SSL'"
         )
     return str(value)
+
+
+def _store_type(name: str, raw: object) -> str:
+    value = str(_choice("PEM", "JKS", "PKCS12")(name, raw.upper() if isinstance(raw, str) else raw))
+    if value != "PEM":
+        raise ConfigError(
+            f"{name}={value!r} is not supported: kprod reads PEM files. Convert the store, e.g. "
+            "`keytool -importkeystore -srckeystore store.jks -destkeystore store.p12 -deststoretype PKCS12` "
+            "then `openssl pkcs12 -in store.p12 -out store.pem -nodes`, and set "
+            f"{name}='PEM' with the .pem file"
+        )
+    return value
+
+
+def _protocols(name: str, raw: object) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not items:
+        raise _Invalid("a comma-separated list of TLSv1.2 and TLSv1.3")
+    out = tuple(str(i).strip() for i in items)
+    if not set(out) <= {"TLSv1.2", "TLSv1.3"}:
+        raise _Invalid("a comma-separated list of TLSv1.2 and TLSv1.3")
+    return out
 
 
 # ---------------------------------------------------------------------------- the table
@@ -369,8 +391,33 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "SO_SNDBUF in bytes; -1 uses the OS default. Default 131072."),
     _d("receive.buffer.bytes", "int", 32768, "-1 or [0, ...]", _int(-1, _I32),
        "SO_RCVBUF in bytes; -1 uses the OS default. Default 32768."),
-    _d("security.protocol", "str", "PLAINTEXT", "PLAINTEXT (SSL/SASL not yet supported)", _security_protocol,
-       "Protocol to talk to brokers. Default PLAINTEXT; TLS/SASL are not yet supported."),
+    _d("security.protocol", "str", "PLAINTEXT", "PLAINTEXT or SSL (SASL not yet supported)", _security_protocol,
+       "Protocol to talk to brokers: PLAINTEXT or SSL (TLS). Default PLAINTEXT; SASL is not yet supported."),
+    _d("ssl.truststore.type", "str", "PEM", "PEM (JKS/PKCS12: convert them)", _store_type,
+       "Format of the trust store. Default PEM."),
+    _d("ssl.truststore.location", "str", None, "a PEM file, or None", _optional_nonempty_str,
+       "CA certificates to trust (PEM file). Default None: the system's CA store.", "ssl.ca.location"),
+    _d("ssl.truststore.certificates", "str", None, "PEM text, or None", _optional_nonempty_str,
+       "CA certificates to trust, inline PEM. Default None."),
+    _d("ssl.keystore.type", "str", "PEM", "PEM (JKS/PKCS12: convert them)", _store_type,
+       "Format of the key store. Default PEM."),
+    _d("ssl.keystore.location", "str", None, "a PEM file, or None", _optional_nonempty_str,
+       "The client's private key and certificate chain in one PEM file (mutual TLS). Default None.",
+       "ssl.certificate.location"),
+    _d("ssl.key.location", "str", None, "a PEM file, or None", _optional_nonempty_str,
+       "The client's private key in its own PEM file (librdkafka's setting). Default None."),
+    _d("ssl.keystore.certificate.chain", "str", None, "PEM text, or None", _optional_nonempty_str,
+       "The client's certificate chain, inline PEM (with ssl.keystore.key). Default None."),
+    _d("ssl.keystore.key", "str", None, "PEM text, or None", _optional_nonempty_str,
+       "The client's private key, inline PEM. Default None."),
+    _d("ssl.key.password", "str", None, "a string, or None", _optional_nonempty_str,
+       "Password of an encrypted private key. Default None."),
+    _d("ssl.endpoint.identification.algorithm", "str", "https", "https or '' (empty)", _choice("https", ""),
+       "https: check the broker's host name against its certificate; '': do not. Default https."),
+    _d("ssl.enabled.protocols", "list", ("TLSv1.2", "TLSv1.3"), "TLSv1.2, TLSv1.3", _protocols,
+       "TLS versions allowed. Default TLSv1.2,TLSv1.3."),
+    _d("ssl.cipher.suites", "str", None, "OpenSSL cipher list, or None", _optional_nonempty_str,
+       "TLS 1.2 cipher suites (OpenSSL names, colon-separated). Default None: Python's defaults."),
     _d("key.serializer", "serializer", None,
        "None, " + "/".join(BUILTIN_SERIALIZER_NAMES) + ", callable(data) -> bytes, or object.serialize()",
        _serializer,
@@ -455,6 +502,18 @@ class ProducerConfig:
     send_buffer_bytes: int = _DEFAULTS["send.buffer.bytes"]
     receive_buffer_bytes: int = _DEFAULTS["receive.buffer.bytes"]
     security_protocol: str = _DEFAULTS["security.protocol"]
+    ssl_truststore_type: str = _DEFAULTS["ssl.truststore.type"]
+    ssl_truststore_location: str | None = _DEFAULTS["ssl.truststore.location"]
+    ssl_truststore_certificates: str | None = _DEFAULTS["ssl.truststore.certificates"]
+    ssl_keystore_type: str = _DEFAULTS["ssl.keystore.type"]
+    ssl_keystore_location: str | None = _DEFAULTS["ssl.keystore.location"]
+    ssl_key_location: str | None = _DEFAULTS["ssl.key.location"]
+    ssl_keystore_certificate_chain: str | None = _DEFAULTS["ssl.keystore.certificate.chain"]
+    ssl_keystore_key: str | None = _DEFAULTS["ssl.keystore.key"]
+    ssl_key_password: str | None = field(default=_DEFAULTS["ssl.key.password"], repr=False)
+    ssl_endpoint_identification_algorithm: str = _DEFAULTS["ssl.endpoint.identification.algorithm"]
+    ssl_enabled_protocols: tuple[str, ...] = _DEFAULTS["ssl.enabled.protocols"]
+    ssl_cipher_suites: str | None = _DEFAULTS["ssl.cipher.suites"]
     key_serializer: Serializer | None = _DEFAULTS["key.serializer"]
     value_serializer: Serializer | None = _DEFAULTS["value.serializer"]
     explicit: frozenset[str] = field(default=frozenset(), compare=False)

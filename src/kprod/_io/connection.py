@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,8 +65,10 @@ class BrokerConnection(asyncio.BufferedProtocol):
         on_closed: Callable[[BrokerConnection, BaseException | None], None],
         send_buffer_bytes: int = -1,
         receive_buffer_bytes: int = -1,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node_id = node_id
+        self._ssl_context = ssl_context
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -110,13 +113,30 @@ class BrokerConnection(asyncio.BufferedProtocol):
         """
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout_ms / 1000):
-                await loop.create_connection(lambda: self, self.host, self.port)
+            async with asyncio.timeout(timeout_ms / 1000):  # the TLS handshake counts too
+                if self._ssl_context is None:
+                    await loop.create_connection(lambda: self, self.host, self.port)
+                else:
+                    await loop.create_connection(
+                        lambda: self, self.host, self.port, ssl=self._ssl_context, server_hostname=self.host
+                    )
                 await self._negotiate_versions()
         except TimeoutError as exc:
             error = BrokerConnectionError(
                 f"connecting to broker {self.node_id} at {self.host}:{self.port} took longer than "
                 f"socket.connection.setup.timeout.ms={timeout_ms}"
+            )
+            self.close(error)
+            raise error from exc
+        except ssl.SSLError as exc:
+            hint = (
+                "the broker's certificate is not trusted or does not name this host: check "
+                "ssl.truststore.location (ssl.ca.location) and ssl.endpoint.identification.algorithm"
+                if isinstance(exc, ssl.SSLCertVerificationError)
+                else "check security.protocol (is this a TLS listener?) and the ssl.* settings"
+            )
+            error = BrokerConnectionError(
+                f"TLS handshake with broker {self.node_id} at {self.host}:{self.port} failed: {exc.reason or exc}; {hint}"
             )
             self.close(error)
             raise error from exc

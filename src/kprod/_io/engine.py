@@ -49,6 +49,7 @@ from kprod._core.transactions import (
     TxnResponse,
 )
 from kprod._io.connection import BrokerConnection
+from kprod._io.security import ssl_context
 from kprod.config import ProducerConfig
 from kprod.errors import (
     BrokerConnectionError,
@@ -184,6 +185,7 @@ class ProducerEngine:
             "zstd": config.compression_zstd_level,
         }.get(config.compression_type)
         self.compressor = make_compressor(config.compression_type, level)
+        self._ssl_context = ssl_context(config)  # raises ConfigError now, not on the I/O thread
         self.txn: TransactionManager | None = None
         """The transaction manager, with a transactional.id; guarded by ``lock`` like the core."""
         if config.transactional_id is not None:
@@ -371,6 +373,10 @@ class ProducerEngine:
         if appender is None or appender.version != self.metadata.version:
             appender = self._appender(topic, now_ms)
             if appender is None:
+                code = self.metadata.topic_error(topic)
+                if code and not is_retriable(code):
+                    # Waiting max.block.ms would not change the answer: fail the send now.
+                    raise KafkaError(code, _TOPIC_REFUSED.get(code, "").format(topic=topic), stage="metadata")
                 return WAIT_METADATA
         acc = self.accumulator
         if not acc.has_room(record_bound):
@@ -853,6 +859,7 @@ class ProducerEngine:
             on_closed=self._on_connection_closed,
             send_buffer_bytes=self.config.send_buffer_bytes,
             receive_buffer_bytes=self.config.receive_buffer_bytes,
+            ssl_context=self._ssl_context,
         )
         await conn.connect(self._connect_timeout_ms(node_id))
         self._open_conns.add(conn)
@@ -1236,6 +1243,14 @@ class ProducerEngine:
             # An in-flight slot is free, a retry or a producer-id reset is due, or a transactional
             # request waits (the EndTxn of a commit waits for the last answer).
             self._wake()
+
+
+_TOPIC_REFUSED = {
+    29: "the producer's principal may not write or describe topic {topic!r}: grant it WRITE and DESCRIBE "
+    "on that topic (an ACL), or use another topic",
+    17: "{topic!r} is not a valid topic name: use at most 249 characters of [a-zA-Z0-9._-], not '.' or '..'",
+}
+"""Messages for Metadata answers that refuse a topic for good (the send fails at once)."""
 
 
 def _plain_appender(engine: ProducerEngine) -> PlainAppender:
