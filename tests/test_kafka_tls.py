@@ -125,3 +125,37 @@ def test_a_topic_the_certificate_principal_may_not_write_fails_fast(kafka: Kafka
         assert "grant it WRITE" in str(info.value) and info.value.stage == "metadata"
         assert took < 10, f"an authorization failure took {took:.1f} s: it must not be retried"
         assert producer.send("acl-open", b"yes").result(timeout=30).offset == 0
+
+
+def test_denying_idempotent_write_alone_does_not_stop_an_idempotent_producer(kafka: KafkaCluster) -> None:
+    """KIP-679 (Kafka 3.0+): WRITE on a topic is enough for InitProducerId; a DENY on the cluster's
+    IdempotentWrite alone changes nothing. CLUSTER_AUTHORIZATION_FAILED then only comes with no
+    WRITE anywhere, when the topic is refused first (see the test above)."""
+    kafka.create_topic("acl-idempotent", partitions=1)
+    create_acls = 30  # api key
+    deny = _request(
+        create_acls,
+        3,
+        "AclCreation",
+        resource_type=i8(4),  # CLUSTER
+        resource_name="kafka-cluster",
+        resource_pattern_type=i8(3),  # LITERAL
+        principal="User:CN=client",
+        host="*",
+        operation=i8(12),  # IDEMPOTENT_WRITE
+        permission_type=i8(2),  # DENY
+    )
+    assert [
+        int(r.error_code)
+        for r in kafka.request(_request(create_acls, 3, "CreateAclsRequest", creations=(deny,))).results
+    ] == [0]
+    time.sleep(1)
+    certs = kafka.certificates
+    settings = _tls(
+        kafka,
+        "MTLS",
+        **{"ssl.keystore.location": str(certs.client_cert), "ssl.key.location": str(certs.client_key)},
+    )
+    with Producer(settings) as producer:
+        metadata = producer.send("acl-idempotent", b"still idempotent").result(timeout=30)
+        assert metadata.offset == 0 and producer.metrics()["producer-id"] >= 0
