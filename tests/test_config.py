@@ -51,6 +51,19 @@ JAVA_DEFAULTS: dict[str, object] = {
     "send.buffer.bytes": 131072,
     "receive.buffer.bytes": 32768,
     "security.protocol": "PLAINTEXT",
+    # Java's stores default to JKS; kprod reads PEM only, so PEM is its default (JKS is refused).
+    "ssl.truststore.type": "PEM",
+    "ssl.truststore.location": None,
+    "ssl.truststore.certificates": None,
+    "ssl.keystore.type": "PEM",
+    "ssl.keystore.location": None,
+    "ssl.key.location": None,
+    "ssl.keystore.certificate.chain": None,
+    "ssl.keystore.key": None,
+    "ssl.key.password": None,
+    "ssl.endpoint.identification.algorithm": "https",
+    "ssl.enabled.protocols": ("TLSv1.2", "TLSv1.3"),
+    "ssl.cipher.suites": None,
     "bootstrap.servers": None,
     "key.serializer": None,
     "value.serializer": None,
@@ -256,6 +269,18 @@ INVALID: list[tuple[str, object, str]] = [
     ("send.buffer.bytes", -2, "[-1, 2147483647]"),
     ("receive.buffer.bytes", -2, "[-1, 2147483647]"),
     ("security.protocol", "TCP", "'PLAINTEXT'"),
+    ("ssl.truststore.type", "JKS", "keytool"),
+    ("ssl.truststore.location", "", "non-empty"),
+    ("ssl.truststore.certificates", 5, "non-empty"),
+    ("ssl.keystore.type", "PKCS12", "keytool"),
+    ("ssl.keystore.location", "", "non-empty"),
+    ("ssl.key.location", 5, "non-empty"),
+    ("ssl.keystore.certificate.chain", "", "non-empty"),
+    ("ssl.keystore.key", "", "non-empty"),
+    ("ssl.key.password", 5, "non-empty"),
+    ("ssl.endpoint.identification.algorithm", "http", "'https'"),
+    ("ssl.enabled.protocols", "TLSv1.1", "TLSv1.2"),
+    ("ssl.cipher.suites", "", "non-empty"),
     ("client.id", 5, "string"),
     ("bootstrap.servers", 5, "host:port"),
     ("bootstrap.servers", "", "empty"),
@@ -279,10 +304,15 @@ def test_every_setting_has_an_invalid_case() -> None:
     assert tested == set(CONFIG_DEFS)
 
 
-@pytest.mark.parametrize("proto", ["SSL", "SASL_PLAINTEXT", "sasl_ssl"])
-def test_security_protocol_not_supported(proto: str) -> None:
+@pytest.mark.parametrize("proto", ["SASL_PLAINTEXT", "sasl_ssl"])
+def test_sasl_is_not_supported_yet(proto: str) -> None:
     msg = err(security_protocol=proto)
-    assert "security.protocol" in msg and "TLS/SASL are not yet supported" in msg
+    assert "security.protocol" in msg and "not yet supported" in msg and "'SSL'" in msg
+
+
+def test_ssl_is_accepted_and_the_key_password_stays_out_of_the_repr() -> None:
+    cfg = ProducerConfig.from_user({"security.protocol": "ssl", "ssl.key.password": "s3cret"})
+    assert cfg.security_protocol == "SSL" and "s3cret" not in repr(cfg)
 
 
 # ------------------------------------------------------------------ bootstrap.servers

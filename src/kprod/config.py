@@ -276,7 +276,7 @@ def _store_type(name: str, raw: object) -> str:
     value = str(_choice("PEM", "JKS", "PKCS12")(name, raw.upper() if isinstance(raw, str) else raw))
     if value != "PEM":
         raise ConfigError(
-            f"{name}={value!r} is not supported: kprod reads PEM files. Convert the store, e.g. "
+            f"Setting '{name}'={value!r} is not supported: kprod reads PEM files. Convert the store, e.g. "
             "`keytool -importkeystore -srckeystore store.jks -destkeystore store.p12 -deststoretype PKCS12` "
             "then `openssl pkcs12 -in store.p12 -out store.pem -nodes`, and set "
             f"{name}='PEM' with the .pem file"

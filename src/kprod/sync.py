@@ -144,6 +144,8 @@ class RecordFuture:
             return
         engine = self._engine
         assert engine is not None
+        if engine.forked and engine.fatal_error is not None:
+            raise engine.fatal_error
         if threading.current_thread() is engine.io_thread:
             raise KprodError(
                 "result() was called on the producer's I/O thread (from a delivery callback) for a record "
@@ -234,6 +236,7 @@ class Producer:
             self._loop.close()  # else "unclosed event loop" ResourceWarning and its fds until GC
             raise
         self._lock = self._engine.lock
+        self._engine.after_fork.append(self._after_fork)
         self._append_plain = self._engine.try_append_plain
         # This producer's futures: a subclass whose class attribute is the engine, so a future
         # is created with two slot stores and no __init__ (it is made once per record).
@@ -258,6 +261,9 @@ class Producer:
         self._thread.start()
         if not started.wait(_START_TIMEOUT_S):  # pragma: no cover - the loop thread failed to start
             raise KprodError("the producer's I/O thread did not start", stage="producer")
+
+    def _after_fork(self) -> None:
+        self._lock = self._engine.lock  # the engine's new lock (see ProducerEngine.forked_into_child)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -515,6 +521,8 @@ class Producer:
         futures and callbacks carry the errors.
         """
         engine = self._engine
+        if engine.forked and engine.fatal_error is not None:
+            raise engine.fatal_error
         if threading.current_thread() is self._thread:
             raise KprodError("flush() cannot be called from a delivery callback (the I/O thread)")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -686,6 +694,8 @@ class Producer:
                 return
             self._closed = True
         engine = self._engine
+        if engine.forked:
+            return  # the child has no I/O thread to stop; the parent's producer is untouched
         try:
             if self._thread.is_alive():
                 try:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -140,6 +142,19 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_ENGINES: weakref.WeakSet[ProducerEngine] = weakref.WeakSet()
+"""Every live engine of this process, for the fork hook."""
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_ENGINES):
+        engine.forked_into_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class ProducerEngine:
     """Everything a producer needs at run time, driven from one asyncio loop."""
 
@@ -250,6 +265,12 @@ class ProducerEngine:
         self.records_sent = 0
         self.batches_sent = 0
         self.requests_sent = 0
+        self.pid = os.getpid()
+        self.forked = False
+        """True in a child process forked from the one that made this producer (see forked_into_child)."""
+        self.after_fork: list[Callable[[], None]] = []
+        """Called in the child after forked_into_child: the facades refresh what they cached."""
+        _ENGINES.add(self)
         self._throttled_until_ms: dict[int, int] = {}
         """KIP-219: a broker that throttles answers at once with throttle_time_ms and expects no
         request on that connection until it has passed (node id -> monotonic ms)."""
@@ -338,6 +359,26 @@ class ProducerEngine:
         """No more appends (closing, or failed): send() goes the slow way, through check_open()."""
         self.accepting = False
         self._fast_appenders.clear()
+
+    def forked_into_child(self) -> None:
+        """The process forked: in the child this producer has no I/O thread (threads do not survive a
+        fork) and shares its sockets with the parent. Make every later call fail at once with an
+        error that says what to do, instead of accepting records nothing will send. The lock is new:
+        the parent's may have been held by a thread that does not exist here."""
+        self.forked = True
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.fatal_error = ProducerClosedError(
+            f"this producer was created in process {self.pid} and cannot be used in process "
+            f"{os.getpid()}, forked from it: its I/O thread does not survive a fork. Create a new "
+            "producer in the child process (as with librdkafka and the Java client)",
+            stage="producer",
+        )
+        self.accepting = False
+        self._fast_appenders.clear()
+        self.closed = True
+        for callback in self.after_fork:
+            callback()
 
     def check_open(self) -> None:
         """Raise if records can no longer be accepted (call under the lock)."""
