@@ -525,3 +525,21 @@ def test_unknown_topic_without_auto_creation_raises_after_max_block(mock_cluster
     assert error.stage == "metadata"
     admin = AdminClient({"bootstrap.servers": mc.bootstrap_servers})
     assert "missing-topic" not in admin.list_topics(timeout=10).topics, "the topic must not have been created"
+
+
+@pytest.mark.timeout(60)
+def test_init_producer_id_retries_back_off_exponentially(mock_cluster: MockCluster) -> None:
+    """A broker that keeps refusing InitProducerId (retriable COORDINATOR_NOT_AVAILABLE) is asked
+    again after retry.backoff.ms, then twice, four times as long... up to retry.backoff.max.ms."""
+    mc = mock_cluster
+    mc.create_topic("pid-backoff", 1, 3)
+    mc.push_request_errors(22, *([15] * 6))  # InitProducerId
+    mc.start_tracking()
+    with producing(mc, retry_backoff_ms=50, retry_backoff_max_ms=400) as producer:
+        assert producer.send("pid-backoff", b"x").result(20).offset >= 0
+    times_us = [t for _, api_key, t in mc.requests() if api_key == 22]
+    assert len(times_us) == 7, times_us
+    gaps_ms = [(b - a) / 1000 for a, b in itertools.pairwise(times_us)]
+    expected = [50, 100, 200, 400, 400, 400]
+    for gap, base in zip(gaps_ms, expected, strict=True):
+        assert 0.75 * base <= gap <= 1.25 * base + 60, f"gaps {gaps_ms} ms, expected about {expected}"

@@ -253,6 +253,7 @@ class ProducerEngine:
         """When the sender loop will look again on its own (ms, monotonic); published under the lock."""
         self._pid_pending = False
         self._pid_retry_at_ms = 0
+        self._pid_failures = 0
         self.flush_count = 0
         self.sync_waiters = 0
         """Threads blocked on ``cond`` (memory, metadata, flush, results): notify them on progress."""
@@ -1002,14 +1003,22 @@ class ProducerEngine:
         except KprodError as exc:
             retriable = exc.retriable or (isinstance(exc, KafkaError) and is_retriable(exc.code))
             if retriable:
-                self._pid_retry_at_ms = monotonic_ms() + self.config.retry_backoff_ms
-                log.info("InitProducerId failed, will retry: %s", exc)
+                # Exponential, retry.backoff.ms up to retry.backoff.max.ms with ±20 % jitter, as every
+                # other retry: a broker that keeps refusing is not asked ten times a second.
+                self._pid_failures += 1
+                delay_ms = self.core.backoff_ms(self._pid_failures - 1)
+                self._pid_retry_at_ms = monotonic_ms() + delay_ms
+                (log.info if self._pid_failures == 1 else log.debug)(
+                    "InitProducerId failed (attempt %d), retrying in %d ms: %s", self._pid_failures, delay_ms, exc
+                )
             else:
                 with self.lock:
                     failed = self.core.fail_fatally(exc)
                     self._stop_accepting()
                 self.deliver(failed)
         else:
+            self._pid_failures = 0
+            log.debug("producer id %d, epoch %d", producer_id, producer_epoch)
             with self.lock:
                 self.core.on_producer_id(producer_id, producer_epoch)
         finally:
