@@ -89,21 +89,7 @@ def test_a_topic_the_certificate_principal_may_not_write_fails_fast(kafka: Kafka
     at once with TOPIC_AUTHORIZATION_FAILED, records for another topic still go."""
     kafka.create_topic("acl-denied", partitions=1)
     kafka.create_topic("acl-open", partitions=1)
-    create_acls = 30  # api key
-    deny = _request(
-        create_acls,
-        3,
-        "AclCreation",
-        resource_type=i8(2),  # TOPIC
-        resource_name="acl-denied",
-        resource_pattern_type=i8(3),  # LITERAL
-        principal="User:CN=client",
-        host="*",
-        operation=i8(4),  # WRITE
-        permission_type=i8(2),  # DENY
-    )
-    answer = kafka.request(_request(create_acls, 3, "CreateAclsRequest", creations=(deny,)))
-    assert [int(r.error_code) for r in answer.results] == [0]
+    _deny(kafka, resource_type=2, name="acl-denied", operation=4)  # TOPIC, WRITE
     time.sleep(1)  # ACLs reach the authorizer through the metadata log
     certs = kafka.certificates
     settings = _tls(
@@ -159,3 +145,22 @@ def test_denying_idempotent_write_alone_does_not_stop_an_idempotent_producer(kaf
     with Producer(settings) as producer:
         metadata = producer.send("acl-idempotent", b"still idempotent").result(timeout=30)
         assert metadata.offset == 0 and producer.metrics()["producer-id"] >= 0
+
+
+def _deny(kafka: KafkaCluster, resource_type: int, name: str, operation: int) -> None:
+    """CreateAcls: DENY ``operation`` on the literal resource for the client certificate's principal."""
+    create_acls = 30  # api key
+    deny = _request(
+        create_acls,
+        3,
+        "AclCreation",
+        resource_type=i8(resource_type),
+        resource_name=name,
+        resource_pattern_type=i8(3),  # LITERAL
+        principal="User:CN=client",
+        host="*",
+        operation=i8(operation),
+        permission_type=i8(2),  # DENY
+    )
+    answer = kafka.request(_request(create_acls, 3, "CreateAclsRequest", creations=(deny,)))
+    assert [int(r.error_code) for r in answer.results] == [0]
