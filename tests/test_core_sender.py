@@ -693,6 +693,44 @@ def test_a_retry_after_the_delivery_timeout_fails_instead() -> None:
     assert batch.error.persisted is Persisted.POSSIBLY_PERSISTED
 
 
+def test_a_failure_while_applying_an_answer_retries_the_batch_instead_of_stranding_it() -> None:
+    h = Harness()
+    a = h.append(0, 0)
+    b = h.append(2, 0)
+    plan = only_plan(h.send(LINGER))
+    handle = h.core._handle_partition
+
+    def broken(batch: ProducerBatch, *args: Any) -> None:
+        if batch is a:
+            raise RuntimeError("bug while applying the answer")
+        handle(batch, *args)
+
+    setattr(h.core, "_handle_partition", broken)  # noqa: B010 - a bug injected into one call
+    assert h.core.on_produce_response(plan, respond(plan), 200) == [b]
+    assert not a.done and h.core.in_flight_count == 0
+    retry = only_plan(h.send(200 + 2 * BACKOFF))
+    assert retry.batches == [a], "the batch was left neither queued nor in flight"
+    setattr(h.core, "_handle_partition", handle)  # noqa: B010
+    assert h.core.on_produce_response(retry, respond(retry), 500) == [a]
+    assert a.error is None
+
+
+def test_persistence_status_is_per_batch_not_written_into_a_shared_error() -> None:
+    """One error object failing several plans (a closed connection) keeps each batch's own status."""
+    h = Harness(retries=0)
+    sent = h.append(0, 0)
+    plan_sent = only_plan(h.send(LINGER))
+    unsent = h.append(1, 0)
+    plan_unsent = only_plan(h.poll(2 * LINGER).requests)  # drained, never written (on_sent not called)
+    error = disconnect()
+    assert h.core.on_request_failed(plan_sent, error, 300) == [sent]
+    assert h.core.on_request_failed(plan_unsent, error, 300) == [unsent]
+    assert isinstance(sent.error, BrokerConnectionError) and isinstance(unsent.error, BrokerConnectionError)
+    assert sent.error.persisted is Persisted.POSSIBLY_PERSISTED
+    assert unsent.error.persisted is Persisted.NOT_PERSISTED, "never written, yet reported possibly persisted"
+    assert error.persisted is Persisted.NOT_PERSISTED, "the shared error object was mutated"
+
+
 def test_a_failure_after_an_unanswered_attempt_is_possibly_persisted() -> None:
     h = Harness(retries=1)
     batch = h.append(0, 0)

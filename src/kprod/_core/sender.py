@@ -33,6 +33,7 @@ from kprod.errors import (
     KafkaTimeoutError,
     KprodError,
     Persisted,
+    ProtocolError,
     RecordTooLargeError,
     is_invalid_metadata,
     is_retriable,
@@ -417,7 +418,12 @@ class SenderCore:
                 batch = by_tp.pop((topic.name, part.index), None)
                 if batch is None or batch.done:
                     continue
-                self._handle_partition(batch, part, now_ms, completed)
+                try:
+                    self._handle_partition(batch, part, now_ms, completed)
+                except Exception as exc:  # a bug here must not strand the batch
+                    # The plan has left _in_flight: a batch that is neither queued nor done now
+                    # would never resolve. Treat the answer as lost for it (retry or fail).
+                    self._recover_batch(batch, exc, now_ms, completed)
         for batch in by_tp.values():
             # The broker did not answer for this partition: treat as a lost answer.
             if not batch.done:
@@ -429,6 +435,23 @@ class SenderCore:
                 )
                 self._retry_or_fail(batch, error, now_ms, completed)
         return completed
+
+    def _recover_batch(
+        self, batch: ProducerBatch, exc: Exception, now_ms: int, completed: list[ProducerBatch]
+    ) -> None:
+        """Retry (or fail) a batch whose answer could not be applied: it must end queued or done."""
+        if batch.state is not BatchState.IN_FLIGHT:
+            return  # already re-queued, split or completed before the failure
+        batch.maybe_written = True
+        error = ProtocolError(
+            f"could not apply the Produce answer for {batch.topic}[{batch.partition}]: {exc!r}",
+            persisted=Persisted.POSSIBLY_PERSISTED,
+        )
+        try:
+            self._retry_or_fail(batch, error, now_ms, completed)
+        except Exception:  # last resort: fail it rather than leave it pending
+            if not batch.done:
+                self._complete(batch, -1, -1, error, completed)
 
     def _handle_partition(
         self,
@@ -570,7 +593,8 @@ class SenderCore:
         if now_ms >= deadline:
             error = self._timeout_error(batch, now_ms, persisted)
         elif maybe and error.persisted is Persisted.NOT_PERSISTED:
-            error.persisted = Persisted.POSSIBLY_PERSISTED
+            # A copy: the error object may be shared by every batch of a plan or a connection.
+            error = _possibly_persisted(error)
         self._complete(batch, -1, -1, error, completed)
 
     def backoff_ms(self, attempts: int) -> int:
