@@ -149,7 +149,15 @@ class BrokerConnection(asyncio.BufferedProtocol):
         except KprodError as exc:
             self.close(exc)
             raise
+        except Exception as exc:  # an answer no decoder foresaw: the socket must not leak
+            unreadable = ProtocolError(
+                f"unreadable answer from broker {self.node_id} at {self.host}:{self.port} while "
+                f"negotiating API versions: {exc!r}"
+            )
+            self.close(unreadable)
+            raise unreadable from exc
         self.ready = True
+        log.debug("connected to broker %d at %s:%d, versions %s", self.node_id, self.host, self.port, self.versions)
 
     async def _negotiate_versions(self) -> None:
         version = _API_VERSIONS_FIRST

@@ -254,6 +254,8 @@ class ProducerEngine:
         self._pid_pending = False
         self._pid_retry_at_ms = 0
         self._pid_failures = 0
+        # bootstrap address -> (retry at ms, failures): bootstrap.servers back off like known brokers
+        self._bootstrap_backoff: dict[tuple[str, int], tuple[int, int]] = {}
         self.flush_count = 0
         self.sync_waiters = 0
         """Threads blocked on ``cond`` (memory, metadata, flush, results): notify them on progress."""
@@ -850,7 +852,7 @@ class ProducerEngine:
     async def _connect_node(self, node_id: int, host: str, port: int) -> None:
         try:
             conn = await self._open(node_id, host, port)
-        except KprodError as exc:
+        except Exception as exc:  # any failure backs off: an unretrieved error here reconnected at once
             failures = self._node_backoff.get(node_id, (0, 0))[1] + 1
             self._node_backoff[node_id] = (monotonic_ms() + self._reconnect_backoff_ms(failures), failures)
             log.warning("%s", exc)
@@ -937,14 +939,23 @@ class ProducerEngine:
         errors: list[str] = []
         now = monotonic_ms()
         for node_id, host, port in candidates:
-            backoff = self._node_backoff.get(node_id) if node_id >= 0 else None
+            if node_id >= 0:
+                backoff = self._node_backoff.get(node_id)
+            else:
+                backoff = self._bootstrap_backoff.get((host, port))
             if backoff is not None and backoff[0] > now:
                 continue
             try:
                 conn = await self._open(node_id, host, port)
             except KprodError as exc:
                 errors.append(str(exc))
+                if node_id < 0:
+                    failures = (backoff[1] if backoff is not None else 0) + 1
+                    retry_at = monotonic_ms() + self._reconnect_backoff_ms(failures)
+                    self._bootstrap_backoff[(host, port)] = (retry_at, failures)
                 continue
+            if node_id < 0:
+                self._bootstrap_backoff.pop((host, port), None)
             # Another control request may have connected while we awaited: keep one, close ours.
             existing = self.connections.get(node_id) if node_id >= 0 else self._bootstrap_conn
             if existing is not None and existing.ready:
