@@ -7,15 +7,25 @@ Each test here failed before its fix. They run against the embedded Tansu broker
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from kprod import Producer
+from kprod import Producer, RecordFuture
 from kprod.broker import EmbeddedBroker
-from kprod.errors import KprodError
+from kprod.errors import KprodError, ProducerClosedError
+from relay import RelayedTansu
 
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def tansu() -> Iterator[RelayedTansu]:
+    with RelayedTansu() as broker:
+        yield broker
 
 
 def _open_fds() -> int:
@@ -59,3 +69,38 @@ def test_an_api_versions_answer_that_raises_a_foreign_error_closes_the_socket_an
         producer.close(5)
     assert calls <= 30, f"{calls} connection attempts in 2 s: no backoff"
     assert leaked <= 6, f"{leaked} file descriptors leaked"
+
+
+@pytest.mark.timeout(60)
+def test_close_racing_sends_gives_every_accepted_record_its_whole_timeout(tansu: RelayedTansu) -> None:
+    """close(10) while another thread kept sending returned in 0.14 s and failed the records that
+    arrived during its flush, saying their 10 s had passed. Answers come 300 ms late here, so the
+    flush inside close() lasts long enough for the other thread to add records."""
+    tansu.create_topic("race", partitions=3)
+    producer = Producer({"bootstrap.servers": tansu.bootstrap_servers, "linger.ms": 20})
+    producer.send("race", b"warm-up").result(timeout=10)
+    tansu.relay.delay_responses(300, api_keys={0})
+    accepted: list[RecordFuture] = []
+    started = threading.Event()
+    refused: list[BaseException] = []
+
+    def keep_sending() -> None:
+        deadline = time.monotonic() + 20
+        while len(accepted) < 300_000 and time.monotonic() < deadline:
+            try:
+                accepted.append(producer.send("race", b"x" * 100))
+            except ProducerClosedError as exc:
+                refused.append(exc)
+                return
+            if len(accepted) == 2_000:
+                started.set()
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    assert started.wait(10)
+    producer.close(10)
+    sender.join(30)
+    assert refused, "send() after close() started must raise ProducerClosedError"
+    errors = [f.exception(timeout=0) for f in accepted]
+    failed = [e for e in errors if e is not None]
+    assert not failed, f"{len(failed)} of {len(accepted)} accepted records failed: {failed[0]!r}"

@@ -327,12 +327,12 @@ class AsyncProducer:
         engine = self._engine
         if engine is None:
             return
+        with engine.lock:
+            engine.begin_close()  # before the flush: every record it waits for was accepted before close()
         try:
             await self.flush(timeout)
         except KprodError:
             pass
-        with engine.lock:
-            engine.begin_close()
         error = ProducerClosedError(
             f"close() was called and the record was not delivered within its timeout ({timeout} s)"
         )

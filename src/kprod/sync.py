@@ -686,8 +686,10 @@ class Producer:
 
         Waits up to ``timeout`` seconds (None: until every record completed,
         bounded by delivery.timeout.ms) for pending records; those still pending
-        then fail with ProducerClosedError, and a warning logs how many. Later
-        sends raise ProducerClosedError. Safe to call twice.
+        then fail with ProducerClosedError, and a warning logs how many. Sends
+        from the moment close() starts (from other threads too) raise
+        ProducerClosedError; every record accepted before it gets the whole
+        ``timeout``. Safe to call twice.
         """
         with self._close_lock:
             if self._closed:
@@ -696,6 +698,10 @@ class Producer:
         engine = self._engine
         if engine.forked:
             return  # the child has no I/O thread to stop; the parent's producer is untouched
+        # Refuse new records first, then flush: a record accepted while the flush ran (another
+        # thread still sending) would otherwise fail at once, told that its timeout had passed.
+        with engine.lock:
+            engine.begin_close()
         try:
             if self._thread.is_alive():
                 try:
@@ -705,8 +711,6 @@ class Producer:
                 except KprodError:
                     pass
         finally:
-            with engine.lock:
-                engine.begin_close()
             error = ProducerClosedError(
                 f"close() was called and the record was not delivered within its timeout ({timeout} s)"
             )
