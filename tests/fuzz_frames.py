@@ -18,8 +18,9 @@ from kio.serial import entity_writer
 from kio.static.constants import EntityType
 from kio.static.primitive import i32Timedelta
 
+from kprod.errors import ProtocolError
 from kprod.protocol import txn
-from kprod.protocol.framing import parse_response_header
+from kprod.protocol.framing import parse_response_header, response_header_version
 from kprod.protocol.messages import (
     decode_response,
     parse_api_versions_response,
@@ -29,7 +30,15 @@ from kprod.protocol.messages import (
 )
 from kprod.protocol.produce import decode_produce_response
 
-__all__ = ["FRAMES", "huge_array_metadata", "metadata_frame", "mutate", "with_unknown_tag"]
+__all__ = [
+    "FRAMES",
+    "huge_array_metadata",
+    "malformed",
+    "metadata_frame",
+    "mutate",
+    "wire_decoder",
+    "with_unknown_tag",
+]
 
 Decode = Callable[[bytes], Any]
 _MS0 = i32Timedelta.parse(datetime.timedelta(0))
@@ -299,3 +308,44 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
         elif data:
             del data[at : at + rng.randint(1, 8)]
     return bytes(data)
+
+
+_PARSERS: dict[int, Callable[[Any], Any]] = {3: parse_metadata, 22: parse_init_producer_id}
+
+
+def wire_decoder(api_key: int, api_version: int) -> Decode:
+    """What the producer does with an answer of ``api_key`` v``api_version`` read off the wire (a
+    frame after its size prefix): the same calls as ``BrokerConnection`` and the engine."""
+    if api_key == 18:
+        return lambda f: parse_api_versions_response(f, api_version)
+    header = response_header_version(api_key, api_version)
+    if api_key == 0:
+
+        def produce(f: bytes) -> Any:
+            _, offset = parse_response_header(f, header)
+            return decode_produce_response(api_version, f, offset)
+
+        return produce
+    cls = response_type(api_key, api_version)
+    parse = _PARSERS.get(api_key, lambda response: response)
+
+    def control(f: bytes) -> Any:
+        _, offset = parse_response_header(f, header)
+        return parse(decode_response(cls, f, offset))
+
+    return control
+
+
+def malformed(api_key: int, api_version: int, frame: bytes, rng: random.Random) -> bytes:
+    """A mutation of ``frame`` (after its size prefix) that the producer cannot read: it raises
+    ProtocolError. The correlation id stays, so the answer still reaches its request. Mutations that
+    still decode (a flipped error code, another offset) are left out: no client can tell them from
+    the truth. Falls back to cutting the body short."""
+    decode = wire_decoder(api_key, api_version)
+    for _ in range(2_000):
+        damaged = frame[:4] + mutate(frame, rng)[4:]
+        try:
+            decode(damaged)
+        except ProtocolError:
+            return damaged
+    return frame[:4] + b"\x00\x00\x01"

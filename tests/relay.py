@@ -7,6 +7,7 @@ The relay runs its own asyncio loop on a daemon thread, so synchronous tests dri
         relay.blackhole()                                      # answers vanish (connections stall)
         relay.cut()                                            # close every connection now
         relay.refuse()                                         # new connections are closed at once
+        relay.mutate_responses(2, {3}, damage)                 # the next 2 Metadata answers damaged
         relay.clear()                                          # every fault off
 
 It frames both directions (4-byte size prefix), so each fault applies to whole responses and can
@@ -23,6 +24,9 @@ Faults:
   the broker). Turning it off does not revive a stalled connection; new connections work.
 * ``cut()``: every open connection is aborted (both sides see a reset).
 * ``refuse()``: new connections are accepted and closed at once (a broker that is down).
+* ``mutate_responses(count, api_keys, mutation)``: the next ``count`` matching responses are
+  replaced by ``mutation(api_key, api_version, frame)`` (``frame``: after the size prefix, from the
+  correlation id on; the relay writes the new size prefix). ``mutated`` lists when each went out.
 
 :class:`RelayedTansu` starts Tansu behind a relay, advertising the relay's address in Metadata so
 that every connection the client opens crosses the relay, and can kill and restart the broker on
@@ -87,6 +91,7 @@ class _Connection:
         self.client = client
         self.upstream = upstream
         self.pending: dict[int, int] = {}  # correlation id -> api key, for requests not yet answered
+        self.versions: dict[int, int] = {}  # correlation id -> api version, likewise
         self.out: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self.queued_bytes = 0
         self.room = asyncio.Event()
@@ -143,6 +148,11 @@ class Relay:
         self._mangle_keys: frozenset[int] | None = None
         self._corrupt_keys: frozenset[int] | None = None
         self._corrupt_from_end = 0
+        self._mutate_left = 0
+        self._mutate_keys: frozenset[int] | None = None
+        self._mutation: Callable[[int, int, bytes], bytes] | None = None
+        self.mutated: list[tuple[float, int, int]] = []
+        """(monotonic s, api key, connection) of each response replaced by ``mutate_responses``."""
         self._requests: collections.deque[RelayedRequest] = collections.deque(maxlen=_REQUEST_LOG_SIZE)
         self.stats: collections.Counter[str] = collections.Counter()
         """Counters: connections, refused, requests, responses, delayed, held, held_bytes, cut."""
@@ -285,6 +295,19 @@ class Relay:
 
         self._apply(apply)
 
+    def mutate_responses(
+        self, count: int, api_keys: Iterable[int] | None, mutation: Callable[[int, int, bytes], bytes]
+    ) -> None:
+        """Replace the next ``count`` matching responses by ``mutation(api_key, api_version, frame)``
+        (``frame`` starts at the correlation id; the size prefix is rewritten to fit the result)."""
+
+        def apply() -> None:
+            self._mutate_left = count
+            self._mutate_keys = None if api_keys is None else frozenset(api_keys)
+            self._mutation = mutation
+
+        self._apply(apply)
+
     def refuse(self, on: bool = True) -> None:
         """Close every new connection at once (``on=False``: accept again)."""
 
@@ -316,6 +339,7 @@ class Relay:
             self._refusing = False
             self._corrupt_left = 0
             self._mangle_left = 0
+            self._mutate_left = 0
 
         self._apply(apply)
 
@@ -392,7 +416,9 @@ class Relay:
                     api_key, api_version, correlation_id = struct.unpack_from(">hhi", frame, 4)
                     if len(conn.pending) >= _REQUEST_LOG_SIZE:  # requests never answered (acks=0)
                         conn.pending.clear()
+                        conn.versions.clear()
                     conn.pending[correlation_id] = api_key
+                    conn.versions[correlation_id] = api_version
                     self._requests.append(
                         RelayedRequest(conn.number, api_key, api_version, correlation_id, time.monotonic())
                     )
@@ -415,15 +441,29 @@ class Relay:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
             while True:
                 frame = await self._read_frame(reader)
-                api_key = None
+                api_key = api_version = None
                 if len(frame) >= 8:
                     (correlation_id,) = struct.unpack_from(">i", frame, 4)
                     api_key = conn.pending.pop(correlation_id, None)
+                    api_version = conn.versions.pop(correlation_id, None)
                 self.stats["responses"] += 1
                 if self._mangle_left > 0 and _matches(api_key, self._mangle_keys) and len(frame) >= 8:
                     frame = struct.pack(">i", 7) + frame[4:8] + b"\x00\x00\x01"
                     self._mangle_left -= 1
                     self.stats["mangled"] += 1
+                mutation = self._mutation
+                if (
+                    self._mutate_left > 0
+                    and mutation is not None
+                    and api_key is not None
+                    and api_version is not None
+                    and _matches(api_key, self._mutate_keys)
+                ):
+                    body = mutation(api_key, api_version, frame[4:])
+                    frame = struct.pack(">i", len(body)) + body
+                    self._mutate_left -= 1
+                    self.stats["mutated"] += 1
+                    self.mutated.append((time.monotonic(), api_key, conn.number))
                 if conn.stalled or (self._blackhole and _matches(api_key, self._blackhole_keys)):
                     conn.stalled = True  # held forever: this and every later response
                     self.stats["held"] += 1

@@ -6,7 +6,9 @@ Each test here failed before its fix. They run against the embedded Tansu broker
 
 from __future__ import annotations
 
+import collections
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -104,3 +106,93 @@ def test_close_racing_sends_gives_every_accepted_record_its_whole_timeout(tansu:
     errors = [f.exception(timeout=0) for f in accepted]
     failed = [e for e in errors if e is not None]
     assert not failed, f"{len(failed)} of {len(accepted)} accepted records failed: {failed[0]!r}"
+
+
+WIRE_APIS = {0: "Produce", 3: "Metadata", 18: "ApiVersions", 22: "InitProducerId"}
+WIRE_RECORDS = 3_000
+WIRE_DELIVERY_TIMEOUT_MS = 60_000
+WIRE_REQUEST_TIMEOUT_MS = 5_000
+
+
+def run_wire_mutation(tansu: RelayedTansu, api_key: int, count: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Damage the next ``count`` answers of ``api_key`` on the wire (each one unreadable) while an
+    idempotent producer sends ``WIRE_RECORDS`` keyed records; return what happened. Shared with
+    ``bench/reliability.py``."""
+    from fuzz_frames import malformed
+    from helpers import consume_all
+
+    topic = f"wire-{api_key}-{seed}"
+    tansu.create_topic(topic, partitions=3)
+    rng = random.Random(f"wire-{api_key}-{seed}")
+    tansu.relay.mutate_responses(count, {api_key}, lambda key, version, frame: malformed(key, version, frame, rng))
+    config = {
+        "bootstrap.servers": tansu.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "request.timeout.ms": WIRE_REQUEST_TIMEOUT_MS,
+        "delivery.timeout.ms": WIRE_DELIVERY_TIMEOUT_MS,
+        "retry.backoff.ms": 50,
+        "retry.backoff.max.ms": 200,
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 200,
+        "metadata.max.age.ms": 500,  # Metadata answers keep coming while records flow
+    }
+    started = time.monotonic()
+    producer = Producer(config)
+    try:
+        futures = []
+        for i in range(WIRE_RECORDS):
+            futures.append(producer.send(topic, b"%06d" % i, key=b"k%02d" % (i % 30)))
+            if i % 300 == 299:
+                time.sleep(0.05)  # several rounds of requests, so later answers are damaged mid-stream
+        errors = [f.exception(timeout=WIRE_DELIVERY_TIMEOUT_MS / 1000) for f in futures]
+        seconds = time.monotonic() - started
+        dead = producer._engine.fatal_error
+        retries = producer.metrics()["record-retry-total"]
+    finally:
+        producer.close(10)
+    records = consume_all(tansu.bootstrap_servers, topic, 3, WIRE_RECORDS, 30, linger_s=0.3)
+    requests = tansu.relay.requests(api_key)
+    mutated = [m for m in tansu.relay.mutated if m[1] == api_key]
+    stalls = []
+    reused = 0
+    for at, _, conn in mutated:
+        later = [r.at for r in requests if r.at > at]
+        if later:
+            stalls.append(min(later) - at)
+        # Requests the client wrote before it read the damaged answer may still follow it closely.
+        reused += sum(1 for r in tansu.relay.requests() if r.connection == conn and r.at > at + 0.25)
+    return {
+        "errors": errors,
+        "seconds": seconds,
+        "dead": dead,
+        "retries": retries,
+        "records": records,
+        "mutated": len(mutated),
+        "stalls": stalls,
+        "requests_on_damaged_connections": reused,
+    }
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("api_key", sorted(WIRE_APIS), ids=lambda k: WIRE_APIS[k])
+def test_unreadable_answers_on_the_wire_drop_the_connection_and_retry(tansu: RelayedTansu, api_key: int) -> None:
+    out = run_wire_mutation(tansu, api_key)
+    assert out["dead"] is None, f"the producer died: {out['dead']}"
+    assert out["mutated"] == 2, "the relay damaged fewer answers than asked"
+    assert out["requests_on_damaged_connections"] == 0, "a connection that gave an unreadable answer was reused"
+    assert len(out["stalls"]) == 2, "the request was not sent again after an unreadable answer"
+    failed = [e for e in out["errors"] if e is not None]
+    assert not failed, f"{len(failed)} records failed: {failed[0]!r}"
+    assert out["seconds"] < WIRE_DELIVERY_TIMEOUT_MS / 1000 / 6, f"took {out['seconds']:.1f} s"
+    copies = collections.Counter(int(r.value) for r in out["records"])
+    assert sorted(copies) == list(range(WIRE_RECORDS)), "records missing from the log"
+    assert max(copies.values()) == 1, "records written twice"
+    per_key: dict[bytes | None, list[int]] = collections.defaultdict(list)
+    for r in sorted(out["records"], key=lambda r: (r.partition, r.offset)):
+        per_key[r.key].append(int(r.value))
+    assert all(seq == sorted(seq) for seq in per_key.values()), "a key's records were reordered"
+    if api_key == 0:
+        # An unreadable Produce answer is retried at once, not after request.timeout.ms.
+        assert max(out["stalls"]) < 1.0, f"resent after {max(out['stalls']):.2f} s"

@@ -136,6 +136,14 @@ class ProtocolError(KprodError):
     stage = "connection"
 
 
+class UnreadableResponseError(ProtocolError, BrokerConnectionError):
+    """An answer could not be read (damaged, truncated, or a layout kprod does not know): its
+    connection was closed, and the request, like every other request on that connection, is
+    retried as if the answer had been lost."""
+
+    stage = "connection"
+
+
 # code: (name, retriable, invalid_metadata). Taken from Kafka's Errors.java (4.0):
 # retriable = subclass of RetriableException; invalid_metadata = subclass of
 # InvalidMetadataException (the client refreshes metadata on these).

@@ -18,7 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kprod.errors import BrokerConnectionError, KafkaError, KprodError, ProtocolError
+from kprod.errors import (
+    BrokerConnectionError,
+    KafkaError,
+    KprodError,
+    ProtocolError,
+    UnreadableResponseError,
+)
 from kprod.protocol.framing import (
     FrameReader,
     InFlightRequests,
@@ -217,7 +223,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
                     return
                 self._dispatch(frame)
         except KprodError as exc:
-            self.close(exc)
+            self.close(
+                UnreadableResponseError(f"unreadable answer from broker {self.node_id} ({self.host}:{self.port}): {exc}")
+            )
 
     def _dispatch(self, frame: memoryview | bytes) -> None:
         oldest = self._in_flight.peek_oldest_expected()
@@ -297,8 +305,15 @@ class BrokerConnection(asyncio.BufferedProtocol):
         )
         return future
 
-    async def request(self, api_key: int, entity_factory: Callable[[int], Any], timeout_ms: int) -> Any:
-        """Send a control-plane request at the negotiated version and return the decoded response.
+    async def request(
+        self,
+        api_key: int,
+        entity_factory: Callable[[int], Any],
+        timeout_ms: int,
+        parse: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Send a control-plane request at the negotiated version and return the decoded response
+        (passed through ``parse`` if given: an answer it cannot read closes the connection too).
 
         ``entity_factory(version)`` builds the request. Raises KafkaTimeoutError-like
         BrokerConnectionError after ``timeout_ms`` (and closes the connection, as the
@@ -319,9 +334,18 @@ class BrokerConnection(asyncio.BufferedProtocol):
             )
             self.close(error)
             raise error from exc
-        header_version = response_header_version(api_key, version)
-        _, offset = parse_response_header(frame, header_version)
-        return decode_response(response_type(api_key, version), frame, offset)
+        try:
+            _, offset = parse_response_header(frame, response_header_version(api_key, version))
+            response = decode_response(response_type(api_key, version), frame, offset)
+            return response if parse is None else parse(response)
+        except Exception as exc:
+            # An answer we cannot read says nothing we can trust about this connection's stream:
+            # close it (its other requests are retried like lost answers) and report the request.
+            unreadable = UnreadableResponseError(
+                f"unreadable answer to API {api_key} v{version} from broker {self.node_id}: {exc}"
+            )
+            self.close(unreadable)
+            raise unreadable from exc
 
     # -- close --------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ from kprod.errors import (
     ProducerClosedError,
     ProtocolError,
     UnknownTopicError,
+    UnreadableResponseError,
     is_retriable,
 )
 from kprod.protocol.messages import (
@@ -975,12 +976,12 @@ class ProducerEngine:
     async def _refresh_metadata(self, topics: list[str]) -> None:
         try:
             conn = await self._any_connection()
-            response = await conn.request(
+            snapshot = await conn.request(
                 ApiKey.METADATA,
                 lambda v: metadata_request(v, topics, self.config.allow_auto_create_topics),
                 self.config.request_timeout_ms,
+                parse_metadata,
             )
-            snapshot = parse_metadata(response)
         except KprodError as exc:
             self.last_metadata_error = exc
             with self.lock:
@@ -1003,12 +1004,12 @@ class ProducerEngine:
                     "idempotent producer needs; set enable.idempotence=false to produce without it",
                     stage="delivery",
                 )
-            response = await conn.request(
+            code, producer_id, producer_epoch = await conn.request(
                 ApiKey.INIT_PRODUCER_ID,
                 lambda v: init_producer_id_request(v, None, _MAX_INT32),
                 self.config.request_timeout_ms,
+                parse_init_producer_id,
             )
-            code, producer_id, producer_epoch = parse_init_producer_id(response)
             if code != 0:
                 raise KafkaError(code, "InitProducerId failed", stage="delivery")
         except KprodError as exc:
@@ -1050,8 +1051,7 @@ class ProducerEngine:
             api_key, build, parse = self._txn_exchange(request, txn)
             if request.kind is TxnRequestKind.INIT_PRODUCER_ID:
                 self._decide_transactions_v2(conn, txn)
-            response = await conn.request(api_key, build, self.config.request_timeout_ms)
-            answer = parse(response)
+            answer = await conn.request(api_key, build, self.config.request_timeout_ms, parse)
         except KprodError as exc:
             log.debug("%s request failed, will retry: %s", request.kind.name, exc)
             with self.lock:
@@ -1274,13 +1274,12 @@ class ProducerEngine:
                 log.warning(
                     "unreadable Produce answer from broker %d, resending its batches: %s", conn.node_id, exc
                 )
-                conn.close(exc)
-                self._fail_plan(
-                    plan,
-                    ProtocolError(
-                        f"unreadable Produce answer: {exc}", persisted=Persisted.POSSIBLY_PERSISTED
-                    ),
+                unreadable = UnreadableResponseError(
+                    f"unreadable Produce answer from broker {conn.node_id}: {exc}",
+                    persisted=Persisted.POSSIBLY_PERSISTED,
                 )
+                conn.close(unreadable)
+                self._fail_plan(plan, unreadable)
                 return
             throttle_ms = response.throttle_time_ms
             with self.lock:
