@@ -20,6 +20,10 @@ Scenarios (the same faults as tests/test_faults_mock.py and tests/test_faults_ta
 * ``black-hole``: every answer swallowed by the relay (requests still reach Tansu) until the
   records expire at delivery.timeout.ms=3000.
 
+* ``wire-produce``, ``wire-metadata``, ``wire-apiversions``, ``wire-initproducerid``: Tansu behind
+  the relay, which makes the next two answers of that API unreadable (seeded mutations of the real
+  answer that kprod's decoder refuses: tests/wire_faults.py) during 3,000 keyed idempotent records.
+
 * ``kafka-*``: three Apache Kafka nodes (tests/kafka_faults.py): the leader SIGKILLed and
   restarted, frozen with SIGSTOP past request.timeout.ms, shut down with SIGTERM; two brokers down;
   the active controller killed; a preferred-leader election; each during 30,000 keyed records.
@@ -483,6 +487,53 @@ def black_hole() -> Result:
     return result
 
 
+# ----------------------------------------------------------------------------- answers damaged on the wire
+
+
+def wire_mutation(api_key: int) -> Result:
+    from wire_faults import WIRE_APIS, WIRE_DELIVERY_TIMEOUT_MS, WIRE_RECORDS, run_wire_mutation
+
+    api = WIRE_APIS[api_key]
+    result = Result(
+        name=f"wire-{api.lower()}",
+        peer="Tansu via relay",
+        faults=f"the next 2 {api} answers made unreadable on the wire (seeded mutations of the real answer)",
+        settings=(
+            "acks=all, enable.idempotence=True, linger.ms=5, request.timeout.ms=5000, "
+            f"delivery.timeout.ms={WIRE_DELIVERY_TIMEOUT_MS}, retry.backoff.ms=50, retry.backoff.max.ms=200, "
+            "reconnect.backoff.ms=50, reconnect.backoff.max.ms=200, metadata.max.age.ms=500"
+        ),
+    )
+    with RelayedTansu() as broker:
+        out = run_wire_mutation(broker, api_key)
+    result.sent = WIRE_RECORDS
+    acked = {i for i, e in enumerate(out["errors"]) if e is None}
+    result.acked = len(acked)
+    for e in out["errors"]:
+        if e is not None:
+            result.failed[f"{type(e).__name__} {e.persisted.name}"] += 1
+    result.retries = out["retries"]
+    result.seconds = out["seconds"]
+    judge_log(result, out["records"], acked)
+    problems = []
+    if out["dead"] is not None:
+        problems.append(f"the producer died: {out['dead']}")
+    if out["mutated"] != 2 or len(out["stalls"]) != 2:
+        problems.append(f"{out['mutated']} answers damaged, {len(out['stalls'])} requests resent")
+    if out["requests_on_damaged_connections"]:
+        problems.append("a damaged connection was reused")
+    if result.acked != WIRE_RECORDS:
+        problems.append(f"{WIRE_RECORDS - result.acked} not acknowledged")
+    tansu_verdict(result, problems)
+    result.expect = (
+        "no process exit, the producer alive, the connection of each damaged answer dropped and the "
+        "request resent, every record acknowledged, in the log once, in send order per key"
+    )
+    stalls = ", ".join(f"{s * 1000:.0f} ms" for s in out["stalls"])
+    result.notes.append(f"{api} sent again {stalls} after each damaged answer (request.timeout.ms=5000).")
+    return result
+
+
 # ----------------------------------------------------------------------------- Apache Kafka, 3 nodes
 
 KAFKA_NAMES = (
@@ -541,6 +592,10 @@ SCENARIOS: dict[str, Callable[[], Result]] = {
     "tansu-delay": tansu_delay,
     "tansu-kill": tansu_kill,
     "black-hole": black_hole,
+    "wire-produce": lambda: wire_mutation(0),
+    "wire-metadata": lambda: wire_mutation(3),
+    "wire-apiversions": lambda: wire_mutation(18),
+    "wire-initproducerid": lambda: wire_mutation(22),
     **{name: (lambda name=name: kafka_fault(name)) for name in KAFKA_NAMES},
 }
 
