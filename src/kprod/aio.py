@@ -79,6 +79,11 @@ class AsyncProducer:
 
         Raises the delivery error (KafkaError, KafkaTimeoutError, RecordTooLargeError, ...)
         or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError.
+
+        Cancelling the awaiting task does not withdraw the record once it is queued: it is
+        sent and may be written (as with Java's ``send`` and a cancelled ``Future``); only
+        the wait ends. Cancelled while still waiting for metadata or buffer space, the
+        record is not queued.
         """
         future = await self.enqueue(
             topic,
