@@ -8,6 +8,8 @@ The relay runs its own asyncio loop on a daemon thread, so synchronous tests dri
         relay.cut()                                            # close every connection now
         relay.refuse()                                         # new connections are closed at once
         relay.mutate_responses(2, {3}, damage)                 # the next 2 Metadata answers damaged
+        relay.replay_requests(1)                               # the next Produce request sent twice
+        relay.record_responses()                               # keep Produce answers for the test
         relay.clear()                                          # every fault off
 
 It frames both directions (4-byte size prefix), so each fault applies to whole responses and can
@@ -27,6 +29,12 @@ Faults:
 * ``mutate_responses(count, api_keys, mutation)``: the next ``count`` matching responses are
   replaced by ``mutation(api_key, api_version, frame)`` (``frame``: after the size prefix, from the
   correlation id on; the relay writes the new size prefix). ``mutated`` lists when each went out.
+* ``replay_requests(count, api_keys)``: the next ``count`` matching requests reach the broker
+  twice, back to back on their connection. The broker's answer to the first copy is held back
+  (kept in ``replays`` beside the answer to the second), and the second copy's answer goes to the
+  client: what a client would see had its own resend met a request the broker already took.
+* ``record_responses(api_keys)``: keep every matching response, with when the relay read it from
+  the broker (``responses()``), e.g. to decode sequence errors or throttle times.
 
 :class:`RelayedTansu` starts Tansu behind a relay, advertising the relay's address in Metadata so
 that every connection the client opens crosses the relay, and can kill and restart the broker on
@@ -52,14 +60,17 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from kprod.broker import EmbeddedBroker
+from kprod.protocol.framing import parse_response_header, response_header_version
+from kprod.protocol.produce import ProduceResponse, decode_produce_response
 
-__all__ = ["HOST", "Relay", "RelayedRequest", "RelayedTansu", "free_port"]
+__all__ = ["HOST", "Relay", "RelayedRequest", "RelayedResponse", "RelayedTansu", "Replay", "free_port"]
 
 HOST = "127.0.0.1"
 _CONTROL_TIMEOUT_S = 5.0
 _UPSTREAM_CONNECT_TIMEOUT_S = 2.0
 _MAX_FRAME_BYTES = 256 << 20
 _REQUEST_LOG_SIZE = 100_000
+_RESPONSE_LOG_SIZE = 10_000
 
 T = TypeVar("T")
 
@@ -83,6 +94,34 @@ class RelayedRequest:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class RelayedResponse:
+    """One response the relay read from the broker: on which connection, for which request, when
+    (monotonic s, as the relay read it, before any delay), and the frame after its size prefix."""
+
+    connection: int
+    api_key: int
+    api_version: int
+    correlation_id: int
+    at: float
+    frame: bytes
+
+    def produce(self) -> ProduceResponse:
+        """Decode this frame as the Produce response it is (``api_key`` must be 0)."""
+        if self.api_key != 0:
+            raise ValueError(f"api key {self.api_key} is not Produce")
+        _, offset = parse_response_header(self.frame, response_header_version(0, self.api_version))
+        return decode_produce_response(self.api_version, self.frame, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A request the relay sent twice: the broker's answers to the first and to the second copy."""
+
+    original: RelayedResponse
+    duplicate: RelayedResponse
+
+
 class _Connection:
     """One client connection and its broker connection."""
 
@@ -91,6 +130,8 @@ class _Connection:
         self.client = client
         self.upstream = upstream
         self.pending: dict[int, int] = {}  # correlation id -> api key, for requests not yet answered
+        self.replayed: dict[int, RelayedResponse | None] = {}
+        """Correlation ids sent twice -> the answer to the first copy, once read (held back)."""
         self.versions: dict[int, int] = {}  # correlation id -> api version, likewise
         self.out: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self.queued_bytes = 0
@@ -151,6 +192,13 @@ class Relay:
         self._mutate_left = 0
         self._mutate_keys: frozenset[int] | None = None
         self._mutation: Callable[[int, int, bytes], bytes] | None = None
+        self._replay_left = 0
+        self._replay_keys: frozenset[int] | None = None
+        self.replays: list[Replay] = []
+        """Each request ``replay_requests`` sent twice, with the broker's two answers."""
+        self._recording = False
+        self._record_keys: frozenset[int] | None = None
+        self._responses: collections.deque[RelayedResponse] = collections.deque(maxlen=_RESPONSE_LOG_SIZE)
         self.mutated: list[tuple[float, int, int]] = []
         """(monotonic s, api key, connection) of each response replaced by ``mutate_responses``."""
         self._requests: collections.deque[RelayedRequest] = collections.deque(maxlen=_REQUEST_LOG_SIZE)
@@ -308,6 +356,32 @@ class Relay:
 
         self._apply(apply)
 
+    def replay_requests(self, count: int = 1, api_keys: Iterable[int] | None = (0,)) -> None:
+        """Send the next ``count`` matching requests (Produce by default) to the broker twice, back
+        to back; the client gets the answer to the second copy, and ``replays`` keeps both."""
+
+        def apply() -> None:
+            self._replay_left = count
+            self._replay_keys = None if api_keys is None else frozenset(api_keys)
+
+        self._apply(apply)
+
+    def record_responses(self, on: bool = True, api_keys: Iterable[int] | None = (0,)) -> None:
+        """Keep the matching responses (Produce by default; the last 10,000) for :meth:`responses`;
+        switching it on empties the record first."""
+
+        def apply() -> None:
+            if on:
+                self._responses.clear()
+            self._recording = on
+            self._record_keys = None if api_keys is None else frozenset(api_keys)
+
+        self._apply(apply)
+
+    def responses(self, api_key: int | None = None) -> list[RelayedResponse]:
+        """The responses kept by :meth:`record_responses` (only ``api_key`` ones if given), oldest first."""
+        return self._apply(lambda: [r for r in self._responses if api_key is None or r.api_key == api_key])
+
     def refuse(self, on: bool = True) -> None:
         """Close every new connection at once (``on=False``: accept again)."""
 
@@ -340,6 +414,8 @@ class Relay:
             self._corrupt_left = 0
             self._mangle_left = 0
             self._mutate_left = 0
+            self._replay_left = 0
+            self._recording = False
 
         self._apply(apply)
 
@@ -433,6 +509,13 @@ class Relay:
                         frame = bytes(damaged)
                         self._corrupt_left -= 1
                         self.stats["corrupted"] += 1
+                    if self._replay_left > 0 and _matches(api_key, self._replay_keys):
+                        # Both copies back to back: the broker reads them one after the other (it
+                        # takes a connection's next request once it answered the previous one).
+                        self._replay_left -= 1
+                        self.stats["replayed"] += 1
+                        conn.replayed[correlation_id] = None
+                        conn.upstream.write(frame)
                 conn.upstream.write(frame)
                 await conn.upstream.drain()
 
@@ -444,8 +527,34 @@ class Relay:
                 api_key = api_version = None
                 if len(frame) >= 8:
                     (correlation_id,) = struct.unpack_from(">i", frame, 4)
+                    if correlation_id in conn.replayed:
+                        response = RelayedResponse(
+                            conn.number,
+                            conn.pending.get(correlation_id, -1),
+                            conn.versions.get(correlation_id, -1),
+                            correlation_id,
+                            time.monotonic(),
+                            frame[4:],
+                        )
+                        original = conn.replayed.pop(correlation_id)
+                        if original is None:  # the first copy's answer: held back for good
+                            conn.replayed[correlation_id] = response
+                            self.stats["replay_held"] += 1
+                            continue
+                        self.replays.append(Replay(original, response))
                     api_key = conn.pending.pop(correlation_id, None)
                     api_version = conn.versions.pop(correlation_id, None)
+                    if (
+                        self._recording
+                        and api_key is not None
+                        and api_version is not None
+                        and _matches(api_key, self._record_keys)
+                    ):
+                        self._responses.append(
+                            RelayedResponse(
+                                conn.number, api_key, api_version, correlation_id, time.monotonic(), frame[4:]
+                            )
+                        )
                 self.stats["responses"] += 1
                 if self._mangle_left > 0 and _matches(api_key, self._mangle_keys) and len(frame) >= 8:
                     frame = struct.pack(">i", 7) + frame[4:8] + b"\x00\x00\x01"

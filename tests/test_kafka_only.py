@@ -1,8 +1,10 @@
-"""What only Apache Kafka shows: a corrupt batch refused, a topic's own size limit, broker timestamps.
+"""What only Apache Kafka shows: a corrupt batch refused, a topic's own size limit, broker timestamps,
+quotas, and idempotence against real producer state (duplicates, sequence errors, epoch bumps).
 
 Tansu accepts a batch whose CRC fails, records of any size and keeps CreateTime whatever the topic
-says (docs/brokers.md), so these paths are tested here, against the real broker, and read back
-with confluent-kafka."""
+says, and the librdkafka mock keeps no producer state (docs/brokers.md), so these paths are tested
+here, against the real broker, and read back with confluent-kafka. The relay in front of one node
+(``relayed_kafka``) damages, replays or records requests and answers on the wire."""
 
 from __future__ import annotations
 
@@ -12,16 +14,21 @@ from typing import Any
 
 import pytest
 
+from fetch_raw import fetch_raw_batches
 from helpers import consume_all
 from kprod import KprodError, Producer, RecordTooLargeError
 from kprod.kafka_broker import KafkaCluster, java_problem
-from relay import Relay
+from relay import Relay, RelayedResponse
+
+_PRODUCE = 0
+_CORRUPT_MESSAGE = 2
+_OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.kafka]
 
 
 @pytest.fixture(scope="module")
-def relayed_kafka() -> Iterator[tuple[KafkaCluster, Relay]]:
+def relayed_kafka_node() -> Iterator[tuple[KafkaCluster, Relay]]:
     """One Kafka node that names a relay's port in Metadata: every client connection crosses it."""
     problem = java_problem()
     if problem is not None:
@@ -35,6 +42,22 @@ def relayed_kafka() -> Iterator[tuple[KafkaCluster, Relay]]:
     finally:
         cluster.stop()
         relay.stop()
+
+
+@pytest.fixture
+def relayed_kafka(relayed_kafka_node: tuple[KafkaCluster, Relay]) -> Iterator[tuple[KafkaCluster, Relay]]:
+    """The relayed node, every fault off again after the test."""
+    yield relayed_kafka_node
+    relayed_kafka_node[1].clear()
+
+
+def _partition_answers(response: RelayedResponse) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, error code, base offset) of each partition in a recorded Produce answer."""
+    return [
+        (topic.name, part.index, part.error_code, part.base_offset)
+        for topic in response.produce().topics
+        for part in topic.partitions
+    ]
 
 
 def test_a_batch_corrupted_on_the_wire_is_refused_and_resent_intact(
@@ -78,6 +101,88 @@ def test_an_unreadable_produce_answer_is_retried_at_once(relayed_kafka: tuple[Ka
     assert took < 5, f"the batches of the unreadable answer waited {took:.1f} s (request.timeout.ms is 30 s)"
     read = consume_all(cluster.bootstrap_servers, topic, 1, len(values) + 1, timeout_s=60, linger_s=1.0)
     assert [r.value for r in read] == [b"warm-up", *values]
+
+
+def test_a_replayed_produce_request_is_answered_with_the_original_offsets(
+    relayed_kafka: tuple[KafkaCluster, Relay],
+) -> None:
+    """Duplicate suppression with real producer state: the relay sends one Produce request twice.
+    Kafka writes the first copy and answers the second NONE with the first copy's offsets (its
+    producer state keeps the last five batches of each producer and partition), so kprod, which
+    gets the second answer, reports the offsets the records have in the log, where each is once."""
+    cluster, relay = relayed_kafka
+    topic = "replayed"
+    cluster.create_topic(topic, partitions=2)
+    values = [b"%05d-" % i + b"r" * 40 for i in range(1_000)]
+    replays_before = len(relay.replays)
+    with Producer({"bootstrap.servers": relay.address}, linger_ms=5, batch_size=2_048) as producer:
+        for partition in (0, 1):  # pipelining starts once each partition has producer state
+            producer.send(topic, b"warm-up", partition=partition).result(timeout=30)
+        relay.replay_requests(1)
+        futures = [producer.send(topic, v, partition=i % 2) for i, v in enumerate(values)]
+        producer.flush(timeout=60)
+        errors = [f.exception(timeout=0) for f in futures]
+        metrics = producer.metrics()
+    assert errors == [None] * len(values), next(e for e in errors if e is not None)
+    assert len(relay.replays) == replays_before + 1
+    replay = relay.replays[-1]
+    original, duplicate = _partition_answers(replay.original), _partition_answers(replay.duplicate)
+    assert original and all(code == 0 and offset >= 0 for _, _, code, offset in original), original
+    assert duplicate == original, "Kafka answers a duplicate NONE with the offsets it wrote it at"
+    assert (
+        metrics["record-retry-total"],
+        metrics["producer-epoch-bumps"],
+        metrics["producer-id-resets"],
+    ) == (
+        0,
+        0,
+        0,
+    )
+    read = consume_all(cluster.bootstrap_servers, topic, 2, len(values) + 2, timeout_s=60, linger_s=1.0)
+    for partition in (0, 1):
+        got = [r.value for r in read if r.partition == partition]
+        assert got == [b"warm-up", *values[partition::2]], (
+            f"partition {partition}: each record once, in order"
+        )
+    offsets = {(r.partition, r.value): r.offset for r in read}
+    reported = [(md.partition, md.offset) for md in (f.result(timeout=0) for f in futures)]
+    assert reported == [(i % 2, offsets[(i % 2, v)]) for i, v in enumerate(values)], (
+        "RecordMetadata must carry the offsets in the log, the duplicated batch's too"
+    )
+
+
+def test_batches_behind_a_refused_one_are_out_of_order_and_follow_it(
+    relayed_kafka: tuple[KafkaCluster, Relay],
+) -> None:
+    """A sequence error on purpose: the relay corrupts one Produce request (CORRUPT_MESSAGE) and
+    holds every Produce answer 200 ms, so the requests pipelined behind it for the same partition
+    reach the broker after the refused batch and find a gap: OUT_OF_ORDER_SEQUENCE_NUMBER. As in
+    Java, they are retried after the refused batch without an epoch bump (the gap is a batch that
+    will be resent, not a lost one), and every record lands once, in order."""
+    cluster, relay = relayed_kafka
+    topic = "out-of-order"
+    cluster.create_topic(topic, partitions=1)
+    values = [b"%05d-" % i + b"o" * 60 for i in range(600)]
+    with Producer(
+        {"bootstrap.servers": relay.address}, linger_ms=0, batch_size=1_024, compression_type="none"
+    ) as producer:
+        producer.send(topic, b"warm-up").result(timeout=30)
+        relay.record_responses()
+        relay.delay_responses(200, api_keys={_PRODUCE})
+        relay.corrupt_requests(count=1)
+        futures = [producer.send(topic, v) for v in values]
+        producer.flush(timeout=60)
+        errors = [f.exception(timeout=0) for f in futures]
+        metrics = producer.metrics()
+    codes = [code for answer in relay.responses(_PRODUCE) for _, _, code, _ in _partition_answers(answer)]
+    assert codes.count(_CORRUPT_MESSAGE) == 1, codes
+    assert codes.count(_OUT_OF_ORDER_SEQUENCE_NUMBER) >= 1, (
+        f"no batch was in flight behind the refused one: {codes}"
+    )
+    assert errors == [None] * len(values), next(e for e in errors if e is not None)
+    assert (metrics["producer-epoch-bumps"], metrics["producer-id-resets"]) == (0, 0), metrics
+    read = consume_all(cluster.bootstrap_servers, topic, 1, len(values) + 1, timeout_s=60, linger_s=1.0)
+    assert [r.value for r in read] == [b"warm-up", *values], "each record once, in order"
 
 
 def test_batches_over_the_topics_max_message_bytes_are_split(kafka: KafkaCluster) -> None:
@@ -134,6 +239,8 @@ def test_a_record_over_the_topics_limit_fails_alone_naming_the_setting(kafka: Ka
 
 
 def test_log_append_time_topics_report_the_brokers_timestamp(kafka: KafkaCluster) -> None:
+    """The broker stamps a LogAppendTime topic's batches with its own clock and says so in the
+    Produce answer (log_append_time_ms): every record of a batch gets that time, not the create time."""
     topic = "append-time"
     kafka.create_topic(topic, partitions=1, configs={"message.timestamp.type": "LogAppendTime"})
     create_time = 1_000_000  # 1970: far from any broker clock
@@ -149,6 +256,14 @@ def test_log_append_time_topics_report_the_brokers_timestamp(kafka: KafkaCluster
     assert [md.timestamp for md in metadata] == [by_offset[md.offset] for md in metadata], (
         "RecordMetadata must carry the log-append time the broker stored"
     )
+    # As stored: batches flagged LogAppendTime (attributes bit 3) whose max timestamp is the broker's
+    # time; several records share a batch, and each of them reports that batch's time.
+    batches = fetch_raw_batches(kafka.bootstrap_servers, topic, 0)
+    assert all(b.attributes & 0x08 for b in batches), [b.attributes for b in batches]
+    assert max(b.record_count for b in batches) > 1, "the records should have shared a batch"
+    for md in metadata:
+        (batch,) = [b for b in batches if b.base_offset <= md.offset < b.next_offset]
+        assert md.timestamp == batch.max_timestamp_ms, (md, batch.max_timestamp_ms)
 
 
 def test_a_byte_rate_quota_throttles_and_is_honoured_and_reported(kafka: KafkaCluster) -> None:
