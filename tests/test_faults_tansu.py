@@ -390,3 +390,38 @@ def test_relay_delays_holds_cuts_and_refuses_at_run_time() -> None:
         echo.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", relay.port), timeout=1).close()
+
+
+# ----------------------------------------------------------------------------- a replayed request
+
+
+@pytest.mark.timeout(60)
+def test_a_replayed_produce_request_is_answered_duplicate_sequence_number(tansu: RelayedTansu) -> None:
+    """The relay sends one Produce request twice. Tansu writes the first copy and answers the
+    second DUPLICATE_SEQUENCE_NUMBER without offsets (Apache Kafka answers NONE with the original
+    offsets: tests/test_kafka_only.py), which kprod takes as success with offset -1 for the records
+    of that request. Nothing is written twice, and every other record reports its log offset."""
+    relay = tansu.relay
+    with Producer(settings(tansu)) as producer:
+        for partition in range(PARTITIONS):  # pipelining starts once each partition has producer state
+            producer.send(TOPIC, b"-1", partition=partition).result(timeout=10)
+        relay.replay_requests(1)
+        futures = {i: producer.send(TOPIC, value_of(i), key=key_of(i)) for i in range(600)}
+        producer.flush(timeout=30)
+        metadata = {i: f.result(timeout=0) for i, f in futures.items()}
+    assert len(relay.replays) == 1
+    replay = relay.replays[0]
+    original = [(p.index, p.error_code) for t in replay.original.produce().topics for p in t.partitions]
+    duplicate = [(p.index, p.error_code) for t in replay.duplicate.produce().topics for p in t.partitions]
+    assert original and {code for _, code in original} == {0}, original
+    assert duplicate == [(index, 46) for index, _ in original], duplicate  # DUPLICATE_SEQUENCE_NUMBER
+    read = consume_all(
+        tansu.bootstrap_servers, TOPIC, PARTITIONS, 600 + PARTITIONS, timeout_s=30, linger_s=0.5
+    )
+    assert_once_in_order([r for r in read if r.value != b"-1"], set(range(600)))
+    offsets = {int(r.value or b"-1"): (r.partition, r.offset) for r in read if r.value != b"-1"}
+    unknown = {i for i, md in metadata.items() if md.offset == -1}
+    replayed_partitions = {index for index, _ in original}
+    assert unknown, "the records of the replayed request should report offset -1"
+    assert {metadata[i].partition for i in unknown} <= replayed_partitions
+    assert all((md.partition, md.offset) == offsets[i] for i, md in metadata.items() if i not in unknown)
