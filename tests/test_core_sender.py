@@ -1100,11 +1100,16 @@ test_sender_against_an_idempotent_broker = SenderMachine.TestCase
 # -- producer-id resets must not wait on batches that can never be sent ---------------------------
 
 
-def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None:
-    """Two batches in doubt after a disconnect; the head is answered UNKNOWN_PRODUCER_ID: the reset
-    must not wait for the in-doubt batch queued behind it (it can never leave under the old id)."""
+UNKNOWN_PRODUCER_ID = 59
+
+
+def test_unknown_producer_id_after_a_disconnect_bumps_the_epoch_without_waiting() -> None:
+    """Two batches in doubt after a disconnect; the head is answered UNKNOWN_PRODUCER_ID. As in
+    Java's canRetry, the idempotent producer bumps its epoch locally (same id, epoch + 1, sequences
+    from 0), and the bump must not wait for the in-doubt batch queued behind it (it can never leave
+    under the old epoch). The broker lost its state, so the first batch under the new epoch goes
+    alone (a broker without state takes any first sequence)."""
     h = Harness(idempotent=True, linger_ms=0)
-    # Local epoch bumps stay on: for a producer id the broker does not know, only a new id helps.
     h.core.on_producer_id(7, 0)
     h.prime(0)
     a = h.append(0, 0)
@@ -1118,14 +1123,39 @@ def test_unknown_producer_id_after_a_disconnect_resets_the_producer_id() -> None
     assert a.maybe_written and b.maybe_written
     plans = h.send(2000)
     assert [x for p in plans for x in p.batches] == [a]
-    h.core.on_produce_response(plans[0], respond(plans[0], 59), 2000)
+    h.core.on_produce_response(plans[0], respond(plans[0], UNKNOWN_PRODUCER_ID), 2000)
     assert a.maybe_written, "UNKNOWN_PRODUCER_ID proves nothing about the earlier attempt"
     for t in range(2100, 9000, 100):
-        h.send(t)
-        if h.core.needs_producer_id:
+        plans = h.send(t)
+        if plans:
             break
-    assert h.core.needs_producer_id, "the producer-id reset never happened"
-    assert a.base_sequence == -1 and b.base_sequence == -1
+    assert h.core.epoch_bumps == 1 and h.core.producer_id_resets == 0 and not h.core.needs_producer_id
+    assert drained(plans) == [a], "the broker lost its state: the first batch of the new epoch goes alone"
+    assert (a.producer_id, a.producer_epoch, a.base_sequence) == (7, 1, 0)
+    assert b.base_sequence == -1
+    h.core.on_produce_response(plans[0], respond(plans[0]), t + 1)
+    assert drained(h.send(t + 1)) == [b] and (b.producer_epoch, b.base_sequence) == (1, 1)
+
+
+def test_unknown_producer_id_under_a_bumped_epoch_takes_a_new_producer_id() -> None:
+    """A broker that answers UNKNOWN_PRODUCER_ID again to the locally bumped epoch does not open
+    state for bumps of an id it lost: the fallback takes a new producer id (no endless bumps)."""
+    h = Harness(idempotent=True, linger_ms=0)
+    h.core.on_producer_id(7, 0)
+    h.prime(0)
+    a = h.append(0, 0)
+    a.accepting = False
+    plan = only_plan(h.send(0))
+    h.core.on_produce_response(plan, respond(plan, UNKNOWN_PRODUCER_ID), 1)
+    plan = only_plan(h.send(1 + BACKOFF_MAX))
+    assert (a.producer_id, a.producer_epoch, a.base_sequence) == (7, 1, 0)
+    h.core.on_produce_response(plan, respond(plan, UNKNOWN_PRODUCER_ID), 2 + BACKOFF_MAX)
+    h.poll(3 + 2 * BACKOFF_MAX)
+    assert h.core.needs_producer_id and h.core.epoch_bumps == 1 and h.core.producer_id_resets == 1
+    h.core.on_producer_id(8, 0)
+    plan = only_plan(h.send(4 + 2 * BACKOFF_MAX))
+    assert plan.batches == [a] and (a.producer_id, a.producer_epoch, a.base_sequence) == (8, 0, 0)
+    assert h.core.on_produce_response(plan, respond(plan), 5 + 2 * BACKOFF_MAX) == [a] and a.error is None
 
 
 def test_a_failure_elsewhere_resets_the_producer_id_despite_an_in_doubt_batch_behind_a_retry() -> None:

@@ -169,8 +169,9 @@ def test_broker_killed_and_restarted_mid_stream(tansu: RelayedTansu) -> None:
     * Records in flight at the kill (written by the old broker, answers held by the relay) are
       resent and acknowledged after the restart; nothing fails, so nothing that was sent is
       reported NOT_PERSISTED.
-    * The producer survives: the new broker does not know its producer id (UNKNOWN_PRODUCER_ID),
-      it takes a new one and restarts its sequences.
+    * The producer survives: the new broker does not know its producer id (UNKNOWN_PRODUCER_ID).
+      As Java does, it bumps its epoch first; Tansu answers UNKNOWN_PRODUCER_ID to the bumped
+      epoch too, so it takes a new producer id and restarts its sequences.
     * Every record acknowledged after the restart is in the new log, exactly once, in order.
     """
     deliveries = Deliveries()
@@ -186,6 +187,7 @@ def test_broker_killed_and_restarted_mid_stream(tansu: RelayedTansu) -> None:
         producer.flush(10)
         assert deliveries.acked() == set(range(1000))
         resets_before = engine.core.producer_id_resets
+        bumps_before = engine.core.epoch_bumps
 
         # Hold Produce answers so that requests are surely in flight (and written) at the kill.
         tansu.relay.blackhole(api_keys={PRODUCE})
@@ -209,6 +211,7 @@ def test_broker_killed_and_restarted_mid_stream(tansu: RelayedTansu) -> None:
         producer.flush(30)
         assert engine.fatal_error is None and engine.core.fatal_error is None
         assert engine.core.producer_id_resets > resets_before, "no new producer id after the restart"
+        assert engine.core.epoch_bumps > bumps_before, "UNKNOWN_PRODUCER_ID should bump the epoch first"
         # Still alive: one more record after everything.
         producer.send(TOPIC, value_of(3000), key=key_of(3000), on_delivery=deliveries.callback(3000)).result(
             10

@@ -483,14 +483,15 @@ class RecordAccumulator:
             index += 1
         batches.insert(index, batch)
 
-    def reset_sequences(self, new_producer_id: bool = True) -> None:
+    def reset_sequences(self, new_producer_id: bool = True, *, broker_state_lost: bool = False) -> None:
         """Forget every partition's sequence state and every queued batch's sequence: a new producer
-        id, or (``new_producer_id`` False) a new epoch of the same one."""
+        id, or (``new_producer_id`` False) a new epoch of the same one. The broker knows the producer
+        on no partition after a new id, or when it said it lost the id (``broker_state_lost``)."""
         for parts in self._queues.values():
             for q in parts.values():
                 q.next_sequence = 0
                 q.last_acked_sequence = -1
-                if new_producer_id:
+                if new_producer_id or broker_state_lost:
                     q.producer_state_known = False
                 q.outstanding.clear()
                 for batch in q.batches:

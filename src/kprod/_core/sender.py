@@ -154,9 +154,13 @@ class SenderCore:
         id with the epoch + 1, no request. Apache Kafka takes it (a new epoch may start at sequence
         0); Tansu answers PRODUCER_FENCED, and then this turns off and the producer takes a new
         producer id instead (one InitProducerId)."""
+        self._state_lost = False
+        """UNKNOWN_PRODUCER_ID: the broker lost its state for the producer id. The next reset still
+        bumps the epoch locally, as Java does (Apache Kafka opens state for a new epoch that starts
+        at sequence 0), but no partition's state is known after it: first batches go alone again."""
         self._new_id_required = False
-        """UNKNOWN_PRODUCER_ID: the broker does not know the producer id at all, so a bumped epoch of
-        it would not be known either; the next reset takes a new producer id."""
+        """UNKNOWN_PRODUCER_ID answered to a batch already sent under a local bump: this broker does
+        not take bumps of an id it lost, so the next reset takes a new producer id."""
         self._epoch_base = -1
         """The epoch InitProducerId gave: a fenced answer for a later, locally bumped epoch means
         the broker refuses local bumps, not that the producer is fenced."""
@@ -245,6 +249,7 @@ class SenderCore:
             return False
         self._bump_required = False
         new_id, self._new_id_required = self._new_id_required, False
+        state_lost, self._state_lost = self._state_lost, False
         bump = self.local_epoch_bump and not new_id and 0 <= self.producer_epoch < _MAX_EPOCH
         if bump:
             self.producer_epoch += 1
@@ -253,7 +258,7 @@ class SenderCore:
             self.producer_id = -1
             self.producer_epoch = -1
             self.producer_id_resets += 1
-        self.accumulator.reset_sequences(new_producer_id=not bump)
+        self.accumulator.reset_sequences(new_producer_id=not bump, broker_state_lost=state_lost)
         return False
 
     # -- the loop ------------------------------------------------------------------------
@@ -534,10 +539,14 @@ class SenderCore:
             batch.doubt_settled = True
             q = acc.queue(batch.topic, batch.partition)
             if code == _UNKNOWN_PRODUCER_ID or batch.base_sequence == q.last_acked_sequence + 1:
-                # The broker lost our state, or a real gap: restart sequences (a new epoch, or a new
-                # producer id for an id the broker does not know) and retry.
+                # The broker lost our state, or a real gap: restart sequences under a new epoch
+                # (Java's canRetry bumps for both) and retry.
                 self._bump_required = True
-                self._new_id_required = self._new_id_required or code == _UNKNOWN_PRODUCER_ID
+                if code == _UNKNOWN_PRODUCER_ID:
+                    self._state_lost = True
+                    if batch.producer_id == self.producer_id and batch.producer_epoch > self._epoch_base:
+                        # Lost again under a local bump: bumps do not help here, a new id does.
+                        self._new_id_required = True
             # Otherwise an earlier batch failed first: this one goes again after it (Java's rule).
             retriable = True
         if retriable:
