@@ -18,7 +18,7 @@ from kprod._core.accumulator import BatchState, ProducerBatch
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, wall_ms
-from kprod._io.frontend import RecordPreparer
+from kprod._io.frontend import RecordPreparer, check_callback, check_partition
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaError, KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
 from kprod.sync import DeliveryCallback
@@ -78,7 +78,9 @@ class AsyncProducer:
         """Send one record and wait for its acknowledgement; returns its RecordMetadata.
 
         Raises the delivery error (KafkaError, KafkaTimeoutError, RecordTooLargeError, ...)
-        or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError.
+        or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError, and at
+        once KafkaError for a refused topic (invalid name, no authorization) and KprodError for a
+        ``partition`` that is not an int or an ``on_delivery`` that is not callable.
 
         Cancelling the awaiting task does not withdraw the record once it is queued: it is
         sent and may be written (as with Java's ``send`` and a cancelled ``Future``); only
@@ -109,14 +111,20 @@ class AsyncProducer:
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one record, waiting only for metadata and buffer space (up to ``max.block.ms``).
 
-        Returns a future of the record's RecordMetadata.
+        Returns a future of the record's RecordMetadata. Raises as :meth:`send` does before
+        queueing; ``on_delivery`` runs on the loop, after this call returned, for every outcome.
         """
         engine = self._engine
         if engine is None:
             engine = await self._running_engine()
         future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
         # Raw bytes into an open batch: the engine's fast path, as in Producer.send.
-        if headers is None and timestamp is None and self._plain:
+        if (
+            headers is None
+            and timestamp is None
+            and self._plain
+            and (on_delivery is None or callable(on_delivery))  # else _send refuses it
+        ):
             ts = _time_ns() // 1_000_000
             lock = engine.lock
             lock.acquire()
@@ -161,11 +169,13 @@ class AsyncProducer:
         on_delivery: DeliveryCallback | None,
     ) -> asyncio.Future[RecordMetadata]:
         """enqueue() in general: serializers, validation, new batches, waits for metadata or memory."""
+        check_callback(on_delivery)
+        partition = check_partition(partition)
         try:
             kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, wall_ms())
-        except RecordTooLargeError as error:
+        except RecordTooLargeError as error:  # only this record fails, delivered like any other outcome
             if on_delivery is not None:
-                on_delivery(None, error)
+                engine.deliver_failed(on_delivery, error)
             future.set_exception(error)
             return future
         start = time.monotonic()

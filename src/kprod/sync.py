@@ -21,7 +21,7 @@ from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine
-from kprod._io.frontend import RecordPreparer
+from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
     BufferExhaustedError,
@@ -286,13 +286,21 @@ class Producer:
 
         Blocks up to ``max.block.ms`` while the topic's metadata is unknown or
         ``buffer.memory`` is full, then raises UnknownTopicError / BufferExhaustedError.
-        Raises SerializationError for a value the serializer rejects, ProducerClosedError
-        after close(). A record too large for ``max.request.size`` fails alone: its
-        future fails with RecordTooLargeError.
+        Raises at once: KafkaError (INVALID_TOPIC_EXCEPTION, TOPIC_AUTHORIZATION_FAILED, ...) for
+        a topic that is not a valid name or that the brokers refused; KprodError for a
+        ``partition`` that is not an int or an ``on_delivery`` that is not callable;
+        SerializationError for a value the serializer rejects; ProducerClosedError after
+        close(). A record too large for ``max.request.size`` fails alone: its future fails with
+        RecordTooLargeError (and its ``on_delivery`` runs on the I/O thread, like every outcome).
         """
         # The common case, raw bytes with the default serializers into an open batch, in two
         # frames; try_append_plain checks the rest of the arguments.
-        if headers is None and timestamp is None and self._plain:
+        if (
+            headers is None
+            and timestamp is None
+            and self._plain
+            and (on_delivery is None or callable(on_delivery))  # else _send refuses it
+        ):
             ts = _time_ns() // 1_000_000
             lock = self._lock
             lock.acquire()  # not ``with``: acquire/release calls cost half as much
@@ -327,15 +335,17 @@ class Producer:
         on_delivery: DeliveryCallback | None,
     ) -> RecordFuture:
         """send() in general: serializers, validation, new batches, waits for metadata or memory."""
+        check_callback(on_delivery)
+        partition = check_partition(partition)
+        engine = self._engine
         try:
             kb, vb, hdrs, ts, bound = self._preparer.prepare(
                 topic, key, value, headers, timestamp, _time_ns() // 1_000_000
             )
-        except RecordTooLargeError as exc:  # only this record fails
+        except RecordTooLargeError as exc:  # only this record fails, delivered like any other outcome
             if on_delivery is not None:
-                on_delivery(None, exc)
+                engine.deliver_failed(on_delivery, exc)
             return RecordFuture.failed(exc)
-        engine = self._engine
         with engine.lock:
             if not engine.accepting:
                 engine.check_open()
@@ -382,9 +392,14 @@ class Producer:
         the others go on. If ``buffer.memory`` stays full for ``max.block.ms``, that record
         and every record after it get a failed future with BufferExhaustedError (nothing
         after it is queued, so order is kept); records before it are queued and unaffected.
-        Raises only ProducerClosedError (and UnknownTopicError after ``max.block.ms``
-        when the topic never appears, before anything is queued).
+        ``on_delivery`` calls, failures included, run on the I/O thread, as for :meth:`send`.
+        Raises ProducerClosedError; KprodError at once when ``records`` is a str, bytes or mapping
+        (each would iterate into one record per element) or ``on_delivery`` is not callable;
+        before anything is queued, KafkaError when the topic is refused (an invalid name, no
+        authorization) and UnknownTopicError after ``max.block.ms`` when it never appears.
         """
+        check_records(records)
+        check_callback(on_delivery)
         preparer = self._preparer
         engine = self._engine
         items: list[
@@ -403,10 +418,11 @@ class Producer:
                     continue
             try:
                 value, key, headers, partition, timestamp = _unpack_record(record)
+                partition = check_partition(partition)
                 kb, vb, hdrs, ts, bound = preparer.prepare(topic, key, value, headers, timestamp, ts_now)
             except KprodError as exc:
                 if on_delivery is not None:
-                    on_delivery(None, exc)
+                    engine.deliver_failed(on_delivery, exc)
                 items.append(RecordFuture.failed(exc))
                 continue
             items.append((kb, vb, hdrs, partition, ts, bound))
@@ -435,15 +451,17 @@ class Producer:
                     except BufferExhaustedError as exc:
                         for _ in range(position, total):
                             if on_delivery is not None:
-                                on_delivery(None, exc)
+                                engine.deliver_failed(on_delivery, exc)
                             futures.append(RecordFuture.failed(exc))
                         position = total
                         break
                     except ProducerClosedError:
                         raise
                     except KprodError as exc:  # a bad explicit partition, a failing custom partitioner
+                        if exc.stage == "metadata" and position == 0:  # the topic was refused: so is
+                            raise  # every record, and none is queued yet
                         if on_delivery is not None:
-                            on_delivery(None, exc)
+                            engine.deliver_failed(on_delivery, exc)
                         futures.append(RecordFuture.failed(exc))
                         position += 1
                         continue
