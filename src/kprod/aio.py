@@ -7,6 +7,7 @@ coroutine that calls ``send``/``enqueue``; the sender task runs on the same loop
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import time
@@ -30,6 +31,29 @@ log = logging.getLogger("kprod.producer")
 
 _time_ns = time.time_ns
 
+_STARTED: set[AsyncProducer] = set()
+"""Producers started and not closed yet, held until close(): at interpreter exit each still holding
+records is reported (see _report_unclosed)."""
+
+
+def _report_unclosed() -> None:
+    """At interpreter exit: an AsyncProducer's loop has ended (``asyncio.run`` closes it), so its
+    records can no longer be sent; say how many were lost, rather than nothing."""
+    for producer in list(_STARTED):
+        engine = producer._engine
+        if engine is None or engine.forked:
+            continue
+        with engine.lock:
+            lost = sum(b.record_count for b in engine.incomplete_batches())
+        if lost:
+            log.warning(
+                "kprod AsyncProducer %s was never closed: %d record(s) were not delivered before its event "
+                "loop ended and are lost. Use `async with AsyncProducer(...)` or `await producer.close()` "
+                "(or `await producer.flush()`) before the loop ends",
+                producer.config.client_id,
+                lost,
+            )
+
 
 class AsyncProducer:
     """A native asyncio Kafka producer with the settings of :class:`kprod.Producer`.
@@ -38,6 +62,9 @@ class AsyncProducer:
     the first ``send``/``enqueue`` starts it too. ``await send(...)`` waits for
     delivery; ``await enqueue(...)`` only waits for buffer space and returns a
     future of the delivery (the pipelined form for high rates).
+
+    Close it (``await close()``, or ``async with``) before its loop ends: without the loop its
+    records cannot be sent, and at interpreter exit a WARNING says how many were lost.
     """
 
     def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
@@ -57,6 +84,10 @@ class AsyncProducer:
             engine = ProducerEngine(self.config, asyncio.get_running_loop())
             engine.start()
             self._engine = engine
+            if not _STARTED:
+                atexit.unregister(_report_unclosed)  # once, however many producers start and close
+                atexit.register(_report_unclosed)
+            _STARTED.add(self)
 
     async def _running_engine(self) -> ProducerEngine:
         if self._engine is None:
@@ -339,6 +370,7 @@ class AsyncProducer:
         if self._closed:
             return
         self._closed = True
+        _STARTED.discard(self)
         engine = self._engine
         if engine is None:
             return
