@@ -99,7 +99,19 @@ def test_kill_then_restart_on_the_same_port(fresh_broker: EmbeddedBroker) -> Non
     assert fresh_broker.port == port and fresh_broker.running
 
 
-def test_fixed_port_in_use_fails_fast_with_the_log_tail() -> None:
+def test_fixed_port_in_use_fails_fast() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        broker = EmbeddedBroker(port=squatter.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(EmbeddedBrokerError, match="another process already listens"):
+            broker.start(timeout_s=10)
+        assert time.monotonic() - started < 1
+        assert not broker.running
+
+
+def test_a_port_taken_after_the_check_fails_with_the_log_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port is taken between the check and tansu's bind: tansu dies of AddrInUse, and says so."""
+    monkeypatch.setattr(kprod.broker, "_port_in_use", lambda port: False)
     with socket.create_server(("127.0.0.1", 0)) as squatter:
         broker = EmbeddedBroker(port=squatter.getsockname()[1])
         started = time.monotonic()
@@ -108,6 +120,28 @@ def test_fixed_port_in_use_fails_fast_with_the_log_tail() -> None:
         assert time.monotonic() - started < 5
         assert "AddrInUse" in str(info.value)  # the log tail
         assert not broker.running
+        assert broker.log_path.exists()
+
+
+@pytest.mark.parametrize("checked_first", [True, False], ids=["port-checked", "race"])
+def test_a_port_another_broker_answers_on_is_not_reported_as_started(
+    fresh_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch, checked_first: bool
+) -> None:
+    """Another broker on the port answers the readiness probe while our tansu dies of AddrInUse:
+    the start must fail, not report the other broker as ours (race: the port was free when checked)."""
+    if not checked_first:
+        monkeypatch.setattr(kprod.broker, "_port_in_use", lambda port: False)
+    second = EmbeddedBroker(port=fresh_broker.port)
+    try:
+        with pytest.raises(EmbeddedBrokerError, match=r"in use|already listens"):
+            second.start(timeout_s=10)
+        assert not second.running
+    finally:
+        second.stop()
+    assert fresh_broker.running and API_VERSIONS in request_api_versions("127.0.0.1", fresh_broker.port)
+    # An automatic port moves on to a free one instead.
+    with EmbeddedBroker() as third:
+        assert third.port != fresh_broker.port and third.running
 
 
 def test_start_timeout_stops_the_process_and_shows_the_log() -> None:
@@ -181,6 +215,38 @@ def test_cli_broker_runs_until_sigterm() -> None:
         if cli.poll() is None:
             cli.kill()
             cli.wait(timeout=10)
+
+
+def test_cli_broker_that_dies_points_to_a_log_that_still_exists() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC_DIR, os.environ.get("PYTHONPATH")]))}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "kprod", "broker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert cli.stdout is not None and cli.stderr is not None
+        assert cli.stdout.readline().startswith("bootstrap.servers=")
+        tansu_pid = int(cli.stderr.readline().split()[3].rstrip(","))
+        os.kill(tansu_pid, signal.SIGKILL)
+        assert cli.wait(timeout=10) == 1
+        err = cli.stderr.read()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=10)
+    assert "tansu exited unexpectedly" in err, err
+    match = re.search(r"tansu log (\S+) \(last", err)
+    assert match, err
+    log = Path(match.group(1))
+    try:
+        assert log.is_file(), f"the CLI named {log}, which no longer exists"
+        assert "kprod:" in log.read_text()
+    finally:
+        log.unlink(missing_ok=True)
+        log.parent.rmdir()
 
 
 def test_cli_without_a_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -323,8 +323,9 @@ def test_on_delivery_runs_exactly_once_per_record_without_poll(broker: Any, make
             assert err is None and md is not None, (i, err)
             assert md == futures[i].result(timeout=0)
             assert thread_name != main, "on_delivery must run on the producer's I/O thread"
-        md, err, _ = snapshot[-1][0]
+        md, err, thread_name = snapshot[-1][0]
         assert md is None and isinstance(err, RecordTooLargeError)
+        assert thread_name != main, "the too-large record's on_delivery must run on the I/O thread too"
         assert big.exception(timeout=0) is err
 
         # add_done_callback before completion (runs later, on the I/O thread) ...
@@ -456,8 +457,8 @@ def test_oversized_record_fails_alone(broker: Any, make_topic: MakeTopic) -> Non
         assert error.persisted is Persisted.NOT_PERSISTED
         with pytest.raises(RecordTooLargeError):
             big.result(timeout=0)
+        producer.flush(timeout=60)  # on_delivery runs on the I/O thread: done by now
         assert len(seen) == 1 and seen[0][0] is None and seen[0][1] is error
-        producer.flush(timeout=60)
         metadata = [f.result(timeout=0) for f in before + after]
     values = [b"before-%d" % i for i in range(50)] + [b"after-%d" % i for i in range(50)]
     records = consume_all(broker.bootstrap_servers, topic, 1, 100, timeout_s=60, linger_s=0.5)

@@ -7,6 +7,7 @@ coroutine that calls ``send``/``enqueue``; the sender task runs on the same loop
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import time
@@ -18,7 +19,7 @@ from kprod._core.accumulator import BatchState, ProducerBatch
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, wall_ms
-from kprod._io.frontend import RecordPreparer
+from kprod._io.frontend import RecordPreparer, check_callback, check_partition
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaError, KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
 from kprod.sync import DeliveryCallback
@@ -30,6 +31,29 @@ log = logging.getLogger("kprod.producer")
 
 _time_ns = time.time_ns
 
+_STARTED: set[AsyncProducer] = set()
+"""Producers started and not closed yet, held until close(): at interpreter exit each still holding
+records is reported (see _report_unclosed)."""
+
+
+def _report_unclosed() -> None:
+    """At interpreter exit: an AsyncProducer's loop has ended (``asyncio.run`` closes it), so its
+    records can no longer be sent; say how many were lost, rather than nothing."""
+    for producer in list(_STARTED):
+        engine = producer._engine
+        if engine is None or engine.forked:
+            continue
+        with engine.lock:
+            lost = sum(b.record_count for b in engine.incomplete_batches())
+        if lost:
+            log.warning(
+                "kprod AsyncProducer %s was never closed: %d record(s) were not delivered before its event "
+                "loop ended and are lost. Use `async with AsyncProducer(...)` or `await producer.close()` "
+                "(or `await producer.flush()`) before the loop ends",
+                producer.config.client_id,
+                lost,
+            )
+
 
 class AsyncProducer:
     """A native asyncio Kafka producer with the settings of :class:`kprod.Producer`.
@@ -38,6 +62,9 @@ class AsyncProducer:
     the first ``send``/``enqueue`` starts it too. ``await send(...)`` waits for
     delivery; ``await enqueue(...)`` only waits for buffer space and returns a
     future of the delivery (the pipelined form for high rates).
+
+    Close it (``await close()``, or ``async with``) before its loop ends: without the loop its
+    records cannot be sent, and at interpreter exit a WARNING says how many were lost.
     """
 
     def __init__(self, config: Mapping[str, object] | None = None, **kwargs: object) -> None:
@@ -57,6 +84,10 @@ class AsyncProducer:
             engine = ProducerEngine(self.config, asyncio.get_running_loop())
             engine.start()
             self._engine = engine
+            if not _STARTED:
+                atexit.unregister(_report_unclosed)  # once, however many producers start and close
+                atexit.register(_report_unclosed)
+            _STARTED.add(self)
 
     async def _running_engine(self) -> ProducerEngine:
         if self._engine is None:
@@ -78,7 +109,9 @@ class AsyncProducer:
         """Send one record and wait for its acknowledgement; returns its RecordMetadata.
 
         Raises the delivery error (KafkaError, KafkaTimeoutError, RecordTooLargeError, ...)
-        or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError.
+        or, before queueing, SerializationError / BufferExhaustedError / UnknownTopicError, and at
+        once KafkaError for a refused topic (invalid name, no authorization) and KprodError for a
+        ``partition`` that is not an int or an ``on_delivery`` that is not callable.
 
         Cancelling the awaiting task does not withdraw the record once it is queued: it is
         sent and may be written (as with Java's ``send`` and a cancelled ``Future``); only
@@ -109,14 +142,20 @@ class AsyncProducer:
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one record, waiting only for metadata and buffer space (up to ``max.block.ms``).
 
-        Returns a future of the record's RecordMetadata.
+        Returns a future of the record's RecordMetadata. Raises as :meth:`send` does before
+        queueing; ``on_delivery`` runs on the loop, after this call returned, for every outcome.
         """
         engine = self._engine
         if engine is None:
             engine = await self._running_engine()
         future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
         # Raw bytes into an open batch: the engine's fast path, as in Producer.send.
-        if headers is None and timestamp is None and self._plain:
+        if (
+            headers is None
+            and timestamp is None
+            and self._plain
+            and (on_delivery is None or callable(on_delivery))  # else _send refuses it
+        ):
             ts = _time_ns() // 1_000_000
             lock = engine.lock
             lock.acquire()
@@ -161,11 +200,13 @@ class AsyncProducer:
         on_delivery: DeliveryCallback | None,
     ) -> asyncio.Future[RecordMetadata]:
         """enqueue() in general: serializers, validation, new batches, waits for metadata or memory."""
+        check_callback(on_delivery)
+        partition = check_partition(partition)
         try:
             kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, wall_ms())
-        except RecordTooLargeError as error:
+        except RecordTooLargeError as error:  # only this record fails, delivered like any other outcome
             if on_delivery is not None:
-                on_delivery(None, error)
+                engine.deliver_failed(on_delivery, error)
             future.set_exception(error)
             return future
         start = time.monotonic()
@@ -329,6 +370,7 @@ class AsyncProducer:
         if self._closed:
             return
         self._closed = True
+        _STARTED.discard(self)
         engine = self._engine
         if engine is None:
             return

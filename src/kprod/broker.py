@@ -19,8 +19,11 @@ Tansu facts this code relies on (measured with tansu 0.6.0):
 * It reads settings such as ``STORAGE_ENGINE`` and ``LISTENER_URL`` from the environment, so the
   child gets a cleaned environment and explicit flags.
 * The "listening on" banner is printed *before* the bind; a bind failure (``AddrInUse``) panics a
-  runtime thread and the process exits with status **0**. So readiness is an ApiVersions answer from
-  a process that is still alive, never a log line or an exit status.
+  runtime thread and the process exits with status **0**, some time later. So readiness is an
+  ApiVersions answer, never a log line or an exit status, and the answer must come from *our*
+  process: another broker already on the port answers the probe while ours is still dying. A port
+  someone listens on is refused before the spawn, and on Linux the listening socket that answered
+  is checked to belong to our process (``/proc``) before the start counts as a success.
 * It is always node 111, and ``SIGTERM`` with a client connection still open takes about 5 s,
   which is why ``stop()`` falls back to ``SIGKILL``.
 """
@@ -155,6 +158,40 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def _port_in_use(port: int) -> bool:
+    """True when something listens on ``HOST:port`` (a bind with SO_REUSEADDR, as tansu's, fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def _owns_listener(pid: int, port: int) -> bool | None:
+    """Does process ``pid`` hold the socket listening on ``port``? None where /proc cannot tell."""
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the inode.
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        if not inodes:
+            return None
+        fd_dir = f"/proc/{pid}/fd"
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{fd_dir}/{fd}") in inodes:
+                    return True
+    except (OSError, ValueError):
+        return None
+    return False
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -202,7 +239,7 @@ class EmbeddedBroker:
     :param port: TCP port to listen on; 0 (the default) picks a free one at the first start and
         keeps it for :meth:`restart`.
     :param log_dir: directory for ``tansu.log``; default a fresh temporary directory that is
-        removed when the interpreter exits.
+        removed when the interpreter exits, unless an error message (or :meth:`log_tail`) named it.
     :param advertised_port: the port Tansu names in Metadata (default: ``port``). Clients connect
         there after bootstrapping, so a proxy on that port (a fault-injecting relay) sees every
         connection; readiness probes and topic commands still use ``port`` directly.
@@ -222,6 +259,8 @@ class EmbeddedBroker:
         self._own_log_dir = log_dir is None
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
+        self._keep_log = False
+        """An error message named the log: it must outlive us (not removed at exit)."""
 
     # ----------------------------------------------------------------- properties
 
@@ -274,6 +313,13 @@ class EmbeddedBroker:
         for attempt in range(_AUTO_PORT_ATTEMPTS):
             if not self._fixed_port and (attempt > 0 or self._port == 0):
                 self._port = _free_port()
+            if _port_in_use(self._port):  # another broker there would answer our readiness probe
+                if self._fixed_port:
+                    raise EmbeddedBrokerError(
+                        f"cannot start tansu on {HOST}:{self._port}: another process already listens on "
+                        "that port; choose another port (or 0 for a free one), or stop that process"
+                    )
+                continue
             if self._try_start(binary, deadline):
                 return
             if self._fixed_port or time.monotonic() >= deadline:
@@ -350,7 +396,13 @@ class EmbeddedBroker:
                     probe_timeout_s = min(2 * probe_timeout_s, 2.0)
                 time.sleep(min(_POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
                 continue
-            # Someone else may own the port while our tansu dies of AddrInUse: check it is ours.
+            # Someone else may own the port while our tansu dies of AddrInUse (it binds after its
+            # banner and exits later): the listener that answered must be ours.
+            owner = _owns_listener(proc.pid, self._port)
+            if owner is False:
+                self._terminate(proc, grace_s=1.0)
+                self._proc = None
+                return False
             if proc.poll() is None:
                 return True
 
@@ -412,7 +464,7 @@ class EmbeddedBroker:
     def _atexit(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(timeout_s=1.0)
-        if self._own_log_dir and self._log_dir is not None:
+        if self._own_log_dir and self._log_dir is not None and not self._keep_log:
             shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:
@@ -526,8 +578,16 @@ class EmbeddedBroker:
         except OSError:
             return b""
 
+    def log_tail(self) -> str:
+        """The last lines of the broker's log, formatted to end an error message.
+
+        The message names the log file, so a log directory of our own is then kept at exit
+        instead of being removed (its path is in the message).
+        """
+        return self._log_tail()
+
     def _log_tail(self) -> str:
-        """The last lines of the log, formatted to end an error message."""
+        self._keep_log = True
         path = self.log_path
         size = path.stat().st_size if path.exists() else 0
         lines = self._read_log(max(0, size - 8192)).decode(errors="replace").splitlines()

@@ -418,6 +418,9 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "TLS versions allowed. Default TLSv1.2,TLSv1.3."),
     _d("ssl.cipher.suites", "str", None, "OpenSSL cipher list, or None", _optional_nonempty_str,
        "TLS 1.2 cipher suites (OpenSSL names, colon-separated). Default None: Python's defaults."),
+    _d("kprod.exit.flush.timeout.ms", "long", 5000, "[0, ...]", _int(0, _I64),
+       "kprod's own: at interpreter exit, an open Producer flushes for at most this many ms, then "
+       "logs a WARNING with the number of records it could not deliver; 0 only warns. Default 5000."),
     _d("key.serializer", "serializer", None,
        "None, " + "/".join(BUILTIN_SERIALIZER_NAMES) + ", callable(data) -> bytes, or object.serialize()",
        _serializer,
@@ -514,6 +517,7 @@ class ProducerConfig:
     ssl_endpoint_identification_algorithm: str = _DEFAULTS["ssl.endpoint.identification.algorithm"]
     ssl_enabled_protocols: tuple[str, ...] = _DEFAULTS["ssl.enabled.protocols"]
     ssl_cipher_suites: str | None = _DEFAULTS["ssl.cipher.suites"]
+    kprod_exit_flush_timeout_ms: int = _DEFAULTS["kprod.exit.flush.timeout.ms"]
     key_serializer: Serializer | None = _DEFAULTS["key.serializer"]
     value_serializer: Serializer | None = _DEFAULTS["value.serializer"]
     explicit: frozenset[str] = field(default=frozenset(), compare=False)

@@ -9,10 +9,12 @@ functions run on the I/O thread: keep them short, and do not block in them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -21,7 +23,7 @@ from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine
-from kprod._io.frontend import RecordPreparer
+from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
     BufferExhaustedError,
@@ -80,6 +82,36 @@ DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
+
+_OPEN_PRODUCERS: weakref.WeakSet[Producer] = weakref.WeakSet()
+"""Producers not closed yet: flushed at interpreter exit (``kprod.exit.flush.timeout.ms``). The I/O
+thread's target holds its producer, so a producer stays here until close() even if the caller
+dropped every reference to it."""
+_exit_hook_registered = False
+_exit_hook_lock = threading.Lock()
+
+
+def _register_exit_hook() -> None:
+    """Register :func:`_close_open_producers` once, at the first producer: atexit runs hooks last
+    registered first, so it runs before the hooks of what the program set up before (an embedded
+    broker started first is still up while its producers flush)."""
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            atexit.register(_close_open_producers)
+            _exit_hook_registered = True
+
+
+def _close_open_producers() -> None:
+    """At interpreter exit (non-daemon threads have ended; the daemon I/O threads still run): close
+    every open producer, giving its records ``kprod.exit.flush.timeout.ms`` to be delivered, and say
+    how many were not: a script that sends and exits without flush() or close() would otherwise
+    lose them without a word."""
+    for producer in list(_OPEN_PRODUCERS):
+        try:
+            producer._close_at_exit()
+        except Exception:  # pragma: no cover - the next producer must still get its turn
+            log.exception("closing a kprod producer at interpreter exit failed")
 
 
 class _BatchWaiter:
@@ -246,6 +278,7 @@ class Producer:
         self._closed = False
         self._close_lock = threading.Lock()
         started = threading.Event()
+        _register_exit_hook()
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
@@ -261,6 +294,7 @@ class Producer:
         self._thread.start()
         if not started.wait(_START_TIMEOUT_S):  # pragma: no cover - the loop thread failed to start
             raise KprodError("the producer's I/O thread did not start", stage="producer")
+        _OPEN_PRODUCERS.add(self)
 
     def _after_fork(self) -> None:
         self._lock = self._engine.lock  # the engine's new lock (see ProducerEngine.forked_into_child)
@@ -286,13 +320,21 @@ class Producer:
 
         Blocks up to ``max.block.ms`` while the topic's metadata is unknown or
         ``buffer.memory`` is full, then raises UnknownTopicError / BufferExhaustedError.
-        Raises SerializationError for a value the serializer rejects, ProducerClosedError
-        after close(). A record too large for ``max.request.size`` fails alone: its
-        future fails with RecordTooLargeError.
+        Raises at once: KafkaError (INVALID_TOPIC_EXCEPTION, TOPIC_AUTHORIZATION_FAILED, ...) for
+        a topic that is not a valid name or that the brokers refused; KprodError for a
+        ``partition`` that is not an int or an ``on_delivery`` that is not callable;
+        SerializationError for a value the serializer rejects; ProducerClosedError after
+        close(). A record too large for ``max.request.size`` fails alone: its future fails with
+        RecordTooLargeError (and its ``on_delivery`` runs on the I/O thread, like every outcome).
         """
         # The common case, raw bytes with the default serializers into an open batch, in two
         # frames; try_append_plain checks the rest of the arguments.
-        if headers is None and timestamp is None and self._plain:
+        if (
+            headers is None
+            and timestamp is None
+            and self._plain
+            and (on_delivery is None or callable(on_delivery))  # else _send refuses it
+        ):
             ts = _time_ns() // 1_000_000
             lock = self._lock
             lock.acquire()  # not ``with``: acquire/release calls cost half as much
@@ -327,15 +369,17 @@ class Producer:
         on_delivery: DeliveryCallback | None,
     ) -> RecordFuture:
         """send() in general: serializers, validation, new batches, waits for metadata or memory."""
+        check_callback(on_delivery)
+        partition = check_partition(partition)
+        engine = self._engine
         try:
             kb, vb, hdrs, ts, bound = self._preparer.prepare(
                 topic, key, value, headers, timestamp, _time_ns() // 1_000_000
             )
-        except RecordTooLargeError as exc:  # only this record fails
+        except RecordTooLargeError as exc:  # only this record fails, delivered like any other outcome
             if on_delivery is not None:
-                on_delivery(None, exc)
+                engine.deliver_failed(on_delivery, exc)
             return RecordFuture.failed(exc)
-        engine = self._engine
         with engine.lock:
             if not engine.accepting:
                 engine.check_open()
@@ -382,9 +426,14 @@ class Producer:
         the others go on. If ``buffer.memory`` stays full for ``max.block.ms``, that record
         and every record after it get a failed future with BufferExhaustedError (nothing
         after it is queued, so order is kept); records before it are queued and unaffected.
-        Raises only ProducerClosedError (and UnknownTopicError after ``max.block.ms``
-        when the topic never appears, before anything is queued).
+        ``on_delivery`` calls, failures included, run on the I/O thread, as for :meth:`send`.
+        Raises ProducerClosedError; KprodError at once when ``records`` is a str, bytes or mapping
+        (each would iterate into one record per element) or ``on_delivery`` is not callable;
+        before anything is queued, KafkaError when the topic is refused (an invalid name, no
+        authorization) and UnknownTopicError after ``max.block.ms`` when it never appears.
         """
+        check_records(records)
+        check_callback(on_delivery)
         preparer = self._preparer
         engine = self._engine
         items: list[
@@ -403,10 +452,11 @@ class Producer:
                     continue
             try:
                 value, key, headers, partition, timestamp = _unpack_record(record)
+                partition = check_partition(partition)
                 kb, vb, hdrs, ts, bound = preparer.prepare(topic, key, value, headers, timestamp, ts_now)
             except KprodError as exc:
                 if on_delivery is not None:
-                    on_delivery(None, exc)
+                    engine.deliver_failed(on_delivery, exc)
                 items.append(RecordFuture.failed(exc))
                 continue
             items.append((kb, vb, hdrs, partition, ts, bound))
@@ -435,15 +485,17 @@ class Producer:
                     except BufferExhaustedError as exc:
                         for _ in range(position, total):
                             if on_delivery is not None:
-                                on_delivery(None, exc)
+                                engine.deliver_failed(on_delivery, exc)
                             futures.append(RecordFuture.failed(exc))
                         position = total
                         break
                     except ProducerClosedError:
                         raise
                     except KprodError as exc:  # a bad explicit partition, a failing custom partitioner
+                        if exc.stage == "metadata" and position == 0:  # the topic was refused: so is
+                            raise  # every record, and none is queued yet
                         if on_delivery is not None:
-                            on_delivery(None, exc)
+                            engine.deliver_failed(on_delivery, exc)
                         futures.append(RecordFuture.failed(exc))
                         position += 1
                         continue
@@ -690,14 +742,39 @@ class Producer:
         from the moment close() starts (from other threads too) raise
         ProducerClosedError; every record accepted before it gets the whole
         ``timeout``. Safe to call twice.
+
+        A producer still open when the interpreter exits is closed then, with
+        ``kprod.exit.flush.timeout.ms`` (default 5000 ms) as its timeout, and a WARNING says how
+        many records it could not deliver.
         """
+        failed = self._close(timeout)
+        if failed:
+            log.warning("close(): %d record(s) were not delivered in time and failed", failed)
+
+    def _close_at_exit(self) -> None:
+        """close() at interpreter exit, with ``kprod.exit.flush.timeout.ms`` (see _close_open_producers)."""
+        timeout_ms = self.config.kprod_exit_flush_timeout_ms
+        failed = self._close(timeout_ms / 1000)
+        if failed:
+            log.warning(
+                "kprod producer %s was still open at interpreter exit: %d record(s) could not be "
+                "delivered within kprod.exit.flush.timeout.ms=%d and are lost. Call flush() or close() "
+                "before the program ends (or raise kprod.exit.flush.timeout.ms)",
+                self.config.client_id,
+                failed,
+                timeout_ms,
+            )
+
+    def _close(self, timeout: float | None) -> int:
+        """close(): returns how many records failed because their time ran out (0 if already closed)."""
         with self._close_lock:
             if self._closed:
-                return
+                return 0
             self._closed = True
+        _OPEN_PRODUCERS.discard(self)
         engine = self._engine
         if engine.forked:
-            return  # the child has no I/O thread to stop; the parent's producer is untouched
+            return 0  # the child has no I/O thread to stop; the parent's producer is untouched
         # Refuse new records first, then flush: a record accepted while the flush ran (another
         # thread still sending) would otherwise fail at once, told that its timeout had passed.
         with engine.lock:
@@ -720,13 +797,12 @@ class Producer:
                 failed = future.result(_STOP_TIMEOUT_S)
             except Exception as exc:  # the loop is gone or stuck: nothing more can be delivered
                 log.warning("kprod producer shutdown did not complete cleanly: %r", exc)
-            if failed:
-                log.warning("close(): %d record(s) were not delivered in time and failed", failed)
             try:
                 self._loop.call_soon_threadsafe(self._loop.stop)
             except RuntimeError:
                 pass
             self._thread.join(_STOP_TIMEOUT_S)
+        return failed
 
     def __enter__(self) -> Producer:
         return self

@@ -10,11 +10,36 @@ Pure: time arrives as ``now_ms``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from kprod.protocol.metadata import MetadataSnapshot
 
-__all__ = ["ClusterMetadata", "TopicInfo"]
+__all__ = ["TOPIC_NAME_MAX_LENGTH", "ClusterMetadata", "TopicInfo", "topic_name_problem"]
+
+TOPIC_NAME_MAX_LENGTH: Final = 249
+"""Kafka's limit on a topic name's length (``Topic.MAX_NAME_LENGTH``)."""
+_LEGAL_TOPIC_NAME: Final = re.compile(r"[a-zA-Z0-9._-]+")
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why ``topic`` can never be a Kafka topic name, or None if it can (Java's ``Topic.validate``).
+
+    A name has 1 to 249 characters of ``[a-zA-Z0-9._-]`` and is neither ``.`` nor ``..``. Every
+    broker answers such a name INVALID_TOPIC_EXCEPTION, so the producer refuses it before asking.
+    """
+    if not topic:
+        return "it is empty"
+    if topic in (".", ".."):
+        return f"{topic!r} is reserved"
+    if len(topic) > TOPIC_NAME_MAX_LENGTH:
+        return f"it has {len(topic)} characters, more than {TOPIC_NAME_MAX_LENGTH}"
+    if _LEGAL_TOPIC_NAME.fullmatch(topic) is None:
+        bad = sorted({c for c in topic if _LEGAL_TOPIC_NAME.fullmatch(c) is None})
+        shown = ", ".join(repr(c) for c in bad)
+        return f"it contains {shown}: only ASCII letters, digits, '.', '_' and '-' are allowed"
+    return None
 
 
 @dataclass(slots=True)

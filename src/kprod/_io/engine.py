@@ -39,7 +39,7 @@ from kprod._core.accumulator import (
     RecordAccumulator,
     record_size_upper_bound,
 )
-from kprod._core.metadata import ClusterMetadata, TopicInfo
+from kprod._core.metadata import TOPIC_NAME_MAX_LENGTH, ClusterMetadata, TopicInfo, topic_name_problem
 from kprod._core.murmur2 import cached_positive_hash, partition_for_key
 from kprod._core.partitioner import StickyPartitioner
 from kprod._core.sender import ProduceRequestPlan, SenderCore, SenderSettings
@@ -123,6 +123,7 @@ _NULL = b"\x01"  # varint(-1): a null key (and _T[-1])
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
+_DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
 PlainAppender = Callable[[Any, Any, int, Any, Any], "ProducerBatch | None"]
 """``try_append_plain(topic, partition, timestamp_ms, key, value)``: arguments as send() got them."""
 
@@ -421,7 +422,11 @@ class ProducerEngine:
                 code = self.metadata.topic_error(topic)
                 if code and not is_retriable(code):
                     # Waiting max.block.ms would not change the answer: fail the send now.
-                    raise KafkaError(code, _TOPIC_REFUSED.get(code, "").format(topic=topic), stage="metadata")
+                    raise KafkaError(
+                        code,
+                        _TOPIC_REFUSED.get(code, _TOPIC_REFUSED_OTHER).format(topic=topic),
+                        stage="metadata",
+                    )
                 return WAIT_METADATA
         acc = self.accumulator
         if not acc.has_room(record_bound):
@@ -470,6 +475,16 @@ class ProducerEngine:
         metadata = self.metadata
         info = metadata.topics.get(topic)
         if info is None or not info.leaders:
+            if info is None:
+                problem = topic_name_problem(topic)
+                if problem is not None:
+                    # Every broker refuses it (INVALID_TOPIC_EXCEPTION): fail now, not after max.block.ms.
+                    raise KafkaError(
+                        17,
+                        f"{topic!r} is not a valid topic name ({problem}); a topic name has 1 to "
+                        f"{TOPIC_NAME_MAX_LENGTH} characters of [a-zA-Z0-9._-] and is not '.' or '..'",
+                        stage="metadata",
+                    )
             metadata.want_topic(topic, now_ms)
             self._appenders.pop(topic, None)
             return None
@@ -638,6 +653,15 @@ class ProducerEngine:
             if waiter is not None:
                 waiter.set()
         self.notify_waiters()
+
+    def deliver_failed(self, fn: _DeliveryCallback, error: BaseException) -> None:
+        """Run ``fn(None, error)`` for a record that failed before it entered a batch (too large, a bad
+        argument in send_batch) where every other outcome is delivered: on the loop thread, later,
+        an exception logged. Any thread; runs it here only when the loop is already closed."""
+        try:
+            self.loop.call_soon_threadsafe(_run_callback, fn, error)
+        except RuntimeError:  # the loop is closed: there is no other thread left to run it on
+            _run_callback(fn, error)
 
     def notify_waiters(self) -> None:
         """Something changed (memory freed, metadata, completions): wake blocked callers."""
@@ -1305,12 +1329,20 @@ class ProducerEngine:
             self._wake()
 
 
+def _run_callback(fn: _DeliveryCallback, error: BaseException) -> None:
+    try:
+        fn(None, error)
+    except Exception:
+        log.exception("a delivery callback raised")
+
+
 _TOPIC_REFUSED = {
     29: "the producer's principal may not write or describe topic {topic!r}: grant it WRITE and DESCRIBE "
     "on that topic (an ACL), or use another topic",
     17: "{topic!r} is not a valid topic name: use at most 249 characters of [a-zA-Z0-9._-], not '.' or '..'",
 }
 """Messages for Metadata answers that refuse a topic for good (the send fails at once)."""
+_TOPIC_REFUSED_OTHER = "the brokers refused topic {topic!r} in their Metadata answer; retrying would not help"
 
 
 def _plain_appender(engine: ProducerEngine) -> PlainAppender:

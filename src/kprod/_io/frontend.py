@@ -8,6 +8,7 @@ record fail alone (``max.request.size``, ``buffer.memory``).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,53 @@ from kprod.config import ProducerConfig
 from kprod.errors import KprodError, RecordTooLargeError, SerializationError
 from kprod.serde import DefaultSerializer, Serializer, resolve_serializer
 
-__all__ = ["RecordPreparer", "normalize_headers"]
+__all__ = ["RecordPreparer", "check_callback", "check_partition", "check_records", "normalize_headers"]
+
+
+def check_partition(partition: Any) -> int | None:
+    """``partition`` as an int or None; raises KprodError naming the argument for anything else.
+
+    Accepts what ``operator.index`` accepts (``numpy.int64`` too) except bool; a float, even
+    ``1.0``, or a string is refused rather than guessed.
+    """
+    if partition is None or type(partition) is int:
+        return partition
+    if not isinstance(partition, (bool, float, str, bytes)):
+        try:
+            return operator.index(partition)
+        except TypeError:
+            pass
+    raise KprodError(
+        f"partition must be an int (a partition number, 0 or more) or None, got {partition!r} of type "
+        f"{type(partition).__name__}; pass partition=int(...) or leave it out to let the partitioner choose",
+        stage="record creation",
+    )
+
+
+def check_callback(on_delivery: Any) -> None:
+    """Raise KprodError unless ``on_delivery`` is None or callable (checked at the call, not on delivery)."""
+    if on_delivery is not None and not callable(on_delivery):
+        raise KprodError(
+            f"on_delivery must be a callable (metadata, error) -> None, or None; got {on_delivery!r} of type "
+            f"{type(on_delivery).__name__}",
+            stage="record creation",
+        )
+
+
+def check_records(records: Any) -> None:
+    """Refuse a ``send_batch`` ``records`` argument that iterates into something else than records.
+
+    A str or bytes iterates into characters or ints, and a mapping into its keys: each would
+    silently become one record per element.
+    """
+    if isinstance(records, (str, bytes, bytearray, memoryview, Mapping)):
+        raise KprodError(
+            f"records must be an iterable of records (values, tuples or mappings), got a "
+            f"{type(records).__name__}: it would be sent as one record per "
+            f"{'key' if isinstance(records, Mapping) else 'element'}; to send it as one record, pass "
+            "[records] (or use send())",
+            stage="record creation",
+        )
 
 
 def normalize_headers(headers: Any) -> list[tuple[str, bytes | None]]:

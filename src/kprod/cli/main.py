@@ -107,7 +107,7 @@ def _run_broker(args: argparse.Namespace) -> int:
         print(f"# tansu pid {broker.pid}, log {broker.log_path}; Ctrl-C to stop", file=sys.stderr, flush=True)
         while not stop_requested.wait(0.5):
             if not broker.running:
-                print("kprod broker: tansu exited unexpectedly; see " + str(broker.log_path), file=sys.stderr)
+                print("kprod broker: tansu exited unexpectedly" + broker.log_tail(), file=sys.stderr)
                 return 1
         return 0
     except EmbeddedBrokerError as exc:
