@@ -111,7 +111,9 @@ def test_a_topic_the_brokers_refuse_fails_waiting_and_new_sends_promptly(mock_cl
 
 @pytest.mark.broker
 @pytest.mark.timeout(120)
-def test_bad_arguments_are_refused_at_the_call_naming_the_argument(broker: Any, make_topic: MakeTopic) -> None:
+def test_bad_arguments_are_refused_at_the_call_naming_the_argument(
+    broker: Any, make_topic: MakeTopic
+) -> None:
     topic = make_topic(2)
     with Producer({"bootstrap.servers": broker.bootstrap_servers}) as producer:
         producer.send(topic, b"warm", partition=1).result(timeout=30)  # the topic's state is cached
@@ -152,7 +154,9 @@ def test_bad_arguments_are_refused_at_the_call_naming_the_argument(broker: Any, 
 
 @pytest.mark.broker
 @pytest.mark.timeout(120)
-def test_a_too_large_records_callback_runs_like_every_other_outcome(broker: Any, make_topic: MakeTopic) -> None:
+def test_a_too_large_records_callback_runs_like_every_other_outcome(
+    broker: Any, make_topic: MakeTopic
+) -> None:
     topic = make_topic(1)
     calls: list[tuple[RecordMetadata | None, BaseException | None, str]] = []
     called = threading.Event()

@@ -110,11 +110,15 @@ def test_close_racing_sends_gives_every_accepted_record_its_whole_timeout(tansu:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("api_key", sorted(WIRE_APIS), ids=lambda k: WIRE_APIS[k])
-def test_unreadable_answers_on_the_wire_drop_the_connection_and_retry(tansu: RelayedTansu, api_key: int) -> None:
+def test_unreadable_answers_on_the_wire_drop_the_connection_and_retry(
+    tansu: RelayedTansu, api_key: int
+) -> None:
     out = run_wire_mutation(tansu, api_key)
     assert out["dead"] is None, f"the producer died: {out['dead']}"
     assert out["mutated"] == 2, "the relay damaged fewer answers than asked"
-    assert out["requests_on_damaged_connections"] == 0, "a connection that gave an unreadable answer was reused"
+    assert out["requests_on_damaged_connections"] == 0, (
+        "a connection that gave an unreadable answer was reused"
+    )
     assert len(out["stalls"]) == 2, "the request was not sent again after an unreadable answer"
     failed = [e for e in out["errors"] if e is not None]
     assert not failed, f"{len(failed)} records failed: {failed[0]!r}"

@@ -13,7 +13,13 @@ from helpers import consume_all
 from kprod import Producer
 from relay import RelayedTansu
 
-__all__ = ["WIRE_APIS", "WIRE_DELIVERY_TIMEOUT_MS", "WIRE_RECORDS", "WIRE_REQUEST_TIMEOUT_MS", "run_wire_mutation"]
+__all__ = [
+    "WIRE_APIS",
+    "WIRE_DELIVERY_TIMEOUT_MS",
+    "WIRE_RECORDS",
+    "WIRE_REQUEST_TIMEOUT_MS",
+    "run_wire_mutation",
+]
 
 WIRE_APIS = {0: "Produce", 3: "Metadata", 18: "ApiVersions", 22: "InitProducerId"}
 WIRE_RECORDS = 3_000
@@ -28,7 +34,9 @@ def run_wire_mutation(tansu: RelayedTansu, api_key: int, count: int = 2, seed: i
     topic = f"wire-{api_key}-{seed}"
     tansu.create_topic(topic, partitions=3)
     rng = random.Random(f"wire-{api_key}-{seed}")
-    tansu.relay.mutate_responses(count, {api_key}, lambda key, version, frame: malformed(key, version, frame, rng))
+    tansu.relay.mutate_responses(
+        count, {api_key}, lambda key, version, frame: malformed(key, version, frame, rng)
+    )
     config = {
         "bootstrap.servers": tansu.bootstrap_servers,
         "enable.idempotence": True,

@@ -163,7 +163,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
             self.close(unreadable)
             raise unreadable from exc
         self.ready = True
-        log.debug("connected to broker %d at %s:%d, versions %s", self.node_id, self.host, self.port, self.versions)
+        log.debug(
+            "connected to broker %d at %s:%d, versions %s", self.node_id, self.host, self.port, self.versions
+        )
 
     async def _negotiate_versions(self) -> None:
         version = _API_VERSIONS_FIRST
@@ -224,7 +226,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
                 self._dispatch(frame)
         except KprodError as exc:
             self.close(
-                UnreadableResponseError(f"unreadable answer from broker {self.node_id} ({self.host}:{self.port}): {exc}")
+                UnreadableResponseError(
+                    f"unreadable answer from broker {self.node_id} ({self.host}:{self.port}): {exc}"
+                )
             )
 
     def _dispatch(self, frame: memoryview | bytes) -> None:

@@ -1045,7 +1045,10 @@ class ProducerEngine:
                 delay_ms = self.core.backoff_ms(self._pid_failures - 1)
                 self._pid_retry_at_ms = monotonic_ms() + delay_ms
                 (log.info if self._pid_failures == 1 else log.debug)(
-                    "InitProducerId failed (attempt %d), retrying in %d ms: %s", self._pid_failures, delay_ms, exc
+                    "InitProducerId failed (attempt %d), retrying in %d ms: %s",
+                    self._pid_failures,
+                    delay_ms,
+                    exc,
                 )
             else:
                 with self.lock:
