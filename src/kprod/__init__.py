@@ -14,6 +14,7 @@ from kprod._core.transactions import (
 from kprod.aio import AsyncProducer
 from kprod.config import ProducerConfig
 from kprod.errors import (
+    AuthenticationError,
     BrokerConnectionError,
     BufferExhaustedError,
     ConfigError,
@@ -26,6 +27,7 @@ from kprod.errors import (
     SerializationError,
     UnknownTopicError,
 )
+from kprod.sasl import OAuthBearerToken
 from kprod.sync import Producer, RecordFuture
 from kprod.types import RecordMetadata
 
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncProducer",
+    "AuthenticationError",
     "BrokerConnectionError",
     "BufferExhaustedError",
     "ConfigError",
@@ -41,6 +44,7 @@ __all__ = [
     "KafkaError",
     "KafkaTimeoutError",
     "KprodError",
+    "OAuthBearerToken",
     "Persisted",
     "Producer",
     "ProducerClosedError",

@@ -263,13 +263,44 @@ def _serializer(name: str, raw: object) -> Serializer | None:
 
 
 def _security_protocol(name: str, raw: object) -> str:
-    value = _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")(name, raw)
-    if value.startswith("SASL"):
+    return str(_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")(name, raw))
+
+
+def _sasl_mechanism(name: str, raw: object) -> str:
+    return str(_choice("GSSAPI", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")(name, raw))
+
+
+def _optional_callable(name: str, raw: object) -> Callable[..., Any] | None:
+    if raw is None:
+        return None
+    if not callable(raw):
+        raise _Invalid("None, or a callable that returns a token")
+    return raw
+
+
+def _optional_float(lo: float, hi: float) -> Parser:
+    def parse(name: str, raw: object) -> float:
+        try:
+            value = float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise _Invalid(f"a number in [{lo}, {hi}]") from None
+        if not lo <= value <= hi:
+            raise _Invalid(f"a number in [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def _login_callback_handler(name: str, raw: object) -> str | None:
+    value = _optional_nonempty_str(name, raw)
+    if value is not None and not value.endswith(".OAuthBearerLoginCallbackHandler"):
         raise ConfigError(
-            f"security.protocol={value!r} is not yet supported: kprod speaks PLAINTEXT and SSL (TLS, with "
-            "client certificates) so far, not SASL; set security.protocol to 'PLAINTEXT' or 'SSL'"
+            f"Setting 'sasl.login.callback.handler.class'={value!r} names a Java class kprod cannot run; "
+            "kprod knows OAuthBearerLoginCallbackHandler (the OIDC client-credentials login, KIP-768). "
+            "For a login of your own, pass a Python callable as sasl.oauthbearer.token.provider",
+            stage="config",
         )
-    return str(value)
+    return value
 
 
 def _store_type(name: str, raw: object) -> str:
@@ -391,8 +422,56 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "SO_SNDBUF in bytes; -1 uses the OS default. Default 131072."),
     _d("receive.buffer.bytes", "int", 32768, "-1 or [0, ...]", _int(-1, _I32),
        "SO_RCVBUF in bytes; -1 uses the OS default. Default 32768."),
-    _d("security.protocol", "str", "PLAINTEXT", "PLAINTEXT or SSL (SASL not yet supported)", _security_protocol,
-       "Protocol to talk to brokers: PLAINTEXT or SSL (TLS). Default PLAINTEXT; SASL is not yet supported."),
+    _d("security.protocol", "str", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL", _security_protocol,
+       "Protocol to talk to brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS). "
+       "Default PLAINTEXT."),
+    _d("sasl.mechanism", "str", "GSSAPI", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER", _sasl_mechanism,
+       "SASL mechanism with security.protocol SASL_*. Default GSSAPI, as in Java, which kprod does not "
+       "speak: set it.", "sasl.mechanisms"),
+    _d("sasl.jaas.config", "password", None, "Java JAAS syntax, or None", _optional_nonempty_str,
+       "A Java client's login module line (PlainLoginModule, ScramLoginModule, OAuthBearerLoginModule) "
+       "with its options. Default None."),
+    _d("sasl.username", "str", None, "a string, or None", _optional_nonempty_str,
+       "User name for PLAIN and SCRAM (instead of sasl.jaas.config). Default None."),
+    _d("sasl.password", "password", None, "a string, or None", _optional_nonempty_str,
+       "Password for PLAIN and SCRAM (instead of sasl.jaas.config). Default None."),
+    _d("sasl.oauthbearer.token.provider", "callable", None, "None or callable() -> token", _optional_callable,
+       "OAUTHBEARER: a callable returning the access token: a str (a JWT's exp claim gives its "
+       "lifetime), (token, expiry_epoch_seconds[, principal, extensions]) as confluent-kafka's oauth_cb, "
+       "or kprod.sasl.OAuthBearerToken; it may take sasl.oauthbearer.config as its one argument and may be "
+       "async. Default None.", "oauth_cb"),
+    _d("sasl.oauthbearer.config", "str", None, "a string, or None", _optional_nonempty_str,
+       "librdkafka's OAUTHBEARER configuration string, passed to the token provider and read by the "
+       "unsecured JWT login (principal=..., lifeSeconds=..., scope=...). Default None."),
+    _d("enable.sasl.oauthbearer.unsecure.jwt", "bool", False, "true, false", _bool,
+       "librdkafka's unsecured (unsigned) JWT login for development brokers. Default false."),
+    _d("sasl.oauthbearer.token.endpoint.url", "str", None, "an https URL, or None", _optional_nonempty_str,
+       "OIDC token endpoint for the client-credentials login (KIP-768). Default None."),
+    _d("sasl.oauthbearer.client.credentials.client.id", "str", None, "a string, or None",
+       _optional_nonempty_str,
+       "OIDC client id (else the JAAS option clientId). Default None.", "sasl.oauthbearer.client.id"),
+    _d("sasl.oauthbearer.client.credentials.client.secret", "password", None, "a string, or None",
+       _optional_nonempty_str,
+       "OIDC client secret (else the JAAS option clientSecret). Default None.", "sasl.oauthbearer.client.secret"),
+    _d("sasl.oauthbearer.scope", "str", None, "a string, or None", _optional_nonempty_str,
+       "OIDC scope asked for (else the JAAS option scope). Default None."),
+    _d("sasl.oauthbearer.extensions", "str", None, "key=value,... or None", _optional_nonempty_str,
+       "OAUTHBEARER SASL extensions sent with the token (librdkafka syntax; JAAS: extension_key=\"value\"). "
+       "Default None."),
+    _d("sasl.oauthbearer.method", "str", "default", "default, oidc", _choice("default", "oidc"),
+       "librdkafka's switch to the OIDC login; kprod uses OIDC whenever a token endpoint is set. "
+       "Default default."),
+    _d("sasl.login.callback.handler.class", "str", None, "OAuthBearerLoginCallbackHandler, or None",
+       _login_callback_handler, "Java's OIDC login handler class name (accepted for properties files). "
+       "Default None."),
+    _d("sasl.login.connect.timeout.ms", "int", 10000, "[0, ...]", _int(0, _I32),
+       "Milliseconds to connect to the OIDC token endpoint. Default 10000."),
+    _d("sasl.login.read.timeout.ms", "int", 10000, "[0, ...]", _int(0, _I32),
+       "Milliseconds to wait for the OIDC token endpoint's answer. Default 10000."),
+    _d("sasl.login.refresh.window.factor", "double", 0.8, "[0.5, 1.0]", _optional_float(0.5, 1.0),
+       "Fetch a new token once this fraction of its lifetime has passed. Default 0.8."),
+    _d("sasl.login.refresh.buffer.seconds", "short", 300, "[0, 3600]", _int(0, 3600),
+       "Fetch a new token at least this many seconds before it expires. Default 300."),
     _d("ssl.truststore.type", "str", "PEM", "PEM (JKS/PKCS12: convert them)", _store_type,
        "Format of the trust store. Default PEM."),
     _d("ssl.truststore.location", "str", None, "a PEM file, or None", _optional_nonempty_str,
@@ -448,6 +527,14 @@ _client_ids = itertools.count(1)
 
 
 _DEFAULTS: Final[dict[str, Any]] = {d.name: d.default for d in _DEFS}
+
+
+SECRET_SETTINGS: Final[frozenset[str]] = frozenset(d.name for d in _DEFS if d.type == "password") | {
+    "ssl.key.password",
+    "ssl.keystore.key",
+}
+"""Settings whose values are secrets: never shown in reprs, error messages or :meth:`ProducerConfig.to_dict`
+with ``secrets=False``."""
 
 
 def _show(value: object) -> str:
@@ -512,11 +599,33 @@ class ProducerConfig:
     ssl_keystore_location: str | None = _DEFAULTS["ssl.keystore.location"]
     ssl_key_location: str | None = _DEFAULTS["ssl.key.location"]
     ssl_keystore_certificate_chain: str | None = _DEFAULTS["ssl.keystore.certificate.chain"]
-    ssl_keystore_key: str | None = _DEFAULTS["ssl.keystore.key"]
+    ssl_keystore_key: str | None = field(default=_DEFAULTS["ssl.keystore.key"], repr=False)
     ssl_key_password: str | None = field(default=_DEFAULTS["ssl.key.password"], repr=False)
     ssl_endpoint_identification_algorithm: str = _DEFAULTS["ssl.endpoint.identification.algorithm"]
     ssl_enabled_protocols: tuple[str, ...] = _DEFAULTS["ssl.enabled.protocols"]
     ssl_cipher_suites: str | None = _DEFAULTS["ssl.cipher.suites"]
+    sasl_mechanism: str = _DEFAULTS["sasl.mechanism"]
+    sasl_jaas_config: str | None = field(default=_DEFAULTS["sasl.jaas.config"], repr=False)
+    sasl_username: str | None = _DEFAULTS["sasl.username"]
+    sasl_password: str | None = field(default=_DEFAULTS["sasl.password"], repr=False)
+    sasl_oauthbearer_token_provider: Callable[..., Any] | None = _DEFAULTS["sasl.oauthbearer.token.provider"]
+    sasl_oauthbearer_config: str | None = field(default=_DEFAULTS["sasl.oauthbearer.config"], repr=False)
+    enable_sasl_oauthbearer_unsecure_jwt: bool = _DEFAULTS["enable.sasl.oauthbearer.unsecure.jwt"]
+    sasl_oauthbearer_token_endpoint_url: str | None = _DEFAULTS["sasl.oauthbearer.token.endpoint.url"]
+    sasl_oauthbearer_client_credentials_client_id: str | None = _DEFAULTS[
+        "sasl.oauthbearer.client.credentials.client.id"
+    ]
+    sasl_oauthbearer_client_credentials_client_secret: str | None = field(
+        default=_DEFAULTS["sasl.oauthbearer.client.credentials.client.secret"], repr=False
+    )
+    sasl_oauthbearer_scope: str | None = _DEFAULTS["sasl.oauthbearer.scope"]
+    sasl_oauthbearer_extensions: str | None = _DEFAULTS["sasl.oauthbearer.extensions"]
+    sasl_oauthbearer_method: str = _DEFAULTS["sasl.oauthbearer.method"]
+    sasl_login_callback_handler_class: str | None = _DEFAULTS["sasl.login.callback.handler.class"]
+    sasl_login_connect_timeout_ms: int = _DEFAULTS["sasl.login.connect.timeout.ms"]
+    sasl_login_read_timeout_ms: int = _DEFAULTS["sasl.login.read.timeout.ms"]
+    sasl_login_refresh_window_factor: float = _DEFAULTS["sasl.login.refresh.window.factor"]
+    sasl_login_refresh_buffer_seconds: int = _DEFAULTS["sasl.login.refresh.buffer.seconds"]
     kprod_exit_flush_timeout_ms: int = _DEFAULTS["kprod.exit.flush.timeout.ms"]
     key_serializer: Serializer | None = _DEFAULTS["key.serializer"]
     value_serializer: Serializer | None = _DEFAULTS["value.serializer"]
@@ -550,12 +659,15 @@ class ProducerConfig:
                 parsed_value = d.parse(canonical, value)
             except _Invalid as exc:
                 given = "" if spelling == canonical else f" (given as {spelling!r})"
+                shown = "(hidden)" if canonical in SECRET_SETTINGS else _show(value)
                 raise ConfigError(
-                    f"Invalid value {_show(value)} for setting {canonical!r}{given}: expected {exc.allowed}"
+                    f"Invalid value {shown} for setting {canonical!r}{given}: expected {exc.allowed}"
                 ) from None
             if canonical in raw:
                 prev_spelling, prev_value = raw[canonical]
                 if not _same(parsed[canonical], parsed_value):
+                    if canonical in SECRET_SETTINGS:
+                        prev_value = value = "(hidden)"
                     raise ConfigError(
                         f"Setting {canonical!r} given twice with different values: "
                         f"{prev_spelling}={_show(prev_value)} and {spelling}={_show(value)}; give it once"
@@ -618,16 +730,19 @@ class ProducerConfig:
 
         return cls(**{CONFIG_DEFS[k].attr: v for k, v in values.items()}, explicit=explicit)
 
-    def to_dict(self) -> dict[str, object]:
-        """The effective settings by Kafka name, for display.
+    def to_dict(self, *, secrets: bool = True) -> dict[str, object]:
+        """The effective settings by Kafka name.
 
         ``bootstrap.servers`` is shown as a list of ``"host:port"`` strings
         (IPv6 hosts in brackets) or ``None``; other values are as stored. The
-        result can be passed back to :meth:`from_user`.
+        result can be passed back to :meth:`from_user`. ``secrets=False`` (for
+        display and logs) shows each set secret (:data:`SECRET_SETTINGS`) as ``"(hidden)"``.
         """
         out: dict[str, object] = {}
         for d in _DEFS:
             value = getattr(self, d.attr)
+            if not secrets and value is not None and d.name in SECRET_SETTINGS:
+                value = "(hidden)"
             if d.name == "bootstrap.servers" and value is not None:
                 value = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value]
             out[d.name] = value
@@ -720,6 +835,7 @@ def _apply_idempotence_rules(values: dict[str, Any], explicit: frozenset[str]) -
 
 __all__ = [
     "CONFIG_DEFS",
+    "SECRET_SETTINGS",
     "BootstrapServers",
     "ConfigDef",
     "Partitioner",

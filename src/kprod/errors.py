@@ -144,6 +144,20 @@ class UnreadableResponseError(ProtocolError, BrokerConnectionError):
     stage = "connection"
 
 
+class AuthenticationError(BrokerConnectionError):
+    """The broker refused who we are (SASL: wrong password, unknown mechanism, expired or rejected
+    token) or TLS refused the broker's certificate (unknown CA, wrong host name, expired). Not
+    retriable, as in Java (``AuthenticationException``): records waiting for a connection fail at
+    once instead of after ``delivery.timeout.ms``. The message names the mechanism or certificate
+    problem, the setting to change and what the broker answered; never a secret."""
+
+    stage = "connection"
+
+    @property
+    def retriable(self) -> bool:
+        return False
+
+
 # code: (name, retriable, invalid_metadata). Taken from Kafka's Errors.java (4.0):
 # retriable = subclass of RetriableException; invalid_metadata = subclass of
 # InvalidMetadataException (the client refreshes metadata on these).
@@ -319,6 +333,7 @@ def is_invalid_metadata(code: int) -> bool:
 
 __all__ = [
     "ERROR_CODES",
+    "AuthenticationError",
     "BrokerConnectionError",
     "BufferExhaustedError",
     "ConfigError",

@@ -562,6 +562,24 @@ class RecordAccumulator:
             batch.accepting = False
         return out
 
+    def remove_unsent(self, predicate: Callable[[ProducerBatch], bool]) -> list[ProducerBatch]:
+        """Remove and return the queued batches never written to a socket (no sequence either) for
+        which ``predicate`` holds: they can fail without any doubt about the log."""
+        out: list[ProducerBatch] = []
+        for q in list(self._nonempty):
+            gone = [b for b in q.batches if not b.sent and b.base_sequence < 0 and predicate(b)]
+            if not gone:
+                continue
+            out.extend(gone)
+            kept = [b for b in q.batches if not (not b.sent and b.base_sequence < 0 and predicate(b))]
+            q.batches.clear()
+            q.batches.extend(kept)
+            if not kept:
+                del self._nonempty[q]
+        for batch in out:
+            batch.accepting = False
+        return out
+
     def queued_batches(self) -> Iterable[ProducerBatch]:
         for q in self._nonempty:
             yield from q.batches

@@ -659,6 +659,16 @@ class SenderCore:
             completed.append(parent)
             parent = parent.parent
 
+    def fail_unsent(
+        self, error: KprodError, predicate: Callable[[ProducerBatch], bool]
+    ) -> list[ProducerBatch]:
+        """Fail the queued batches that never left for which ``predicate`` holds (an authentication
+        failure: waiting for ``delivery.timeout.ms`` would not change the answer)."""
+        out: list[ProducerBatch] = []
+        for batch in self.accumulator.remove_unsent(predicate):
+            self._complete(batch, -1, -1, error, out)
+        return out
+
     def abort_incomplete(self, error: KprodError) -> list[ProducerBatch]:
         """Fail every batch not yet completed, queued or in flight (close with a timeout, or a dead I/O task)."""
         out: list[ProducerBatch] = []

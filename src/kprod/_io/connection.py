@@ -11,14 +11,17 @@ requests are the engine's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kprod.errors import (
+    AuthenticationError,
     BrokerConnectionError,
     KafkaError,
     KprodError,
@@ -42,8 +45,16 @@ from kprod.protocol.messages import (
     encode_request,
     negotiate_versions,
     parse_api_versions_response,
+    parse_sasl_authenticate,
+    parse_sasl_handshake,
     response_type,
+    sasl_authenticate_request,
+    sasl_handshake_request,
 )
+from kprod.sasl import SaslFailure
+
+if TYPE_CHECKING:
+    from kprod._io.sasl_login import SaslLogin
 
 __all__ = ["BrokerConnection", "ResponseCallback"]
 
@@ -53,6 +64,7 @@ ResponseCallback = Callable[[memoryview | bytes | None, int, BaseException | Non
 """Called with (frame, body_offset, None) for a response, or (None, 0, error) when the connection dies."""
 
 _API_VERSIONS_FIRST = 3
+_UNSUPPORTED_SASL_MECHANISM = 33
 
 
 _READ_BUFFER_BYTES = 256 * 1024
@@ -72,9 +84,22 @@ class BrokerConnection(asyncio.BufferedProtocol):
         send_buffer_bytes: int = -1,
         receive_buffer_bytes: int = -1,
         ssl_context: ssl.SSLContext | None = None,
+        sasl: SaslLogin | None = None,
+        on_ready: Callable[[BrokerConnection], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self._ssl_context = ssl_context
+        self._sasl = sasl
+        self._on_ready = on_ready
+        self.session_lifetime_ms = 0
+        """The SASL session's lifetime the broker gave (KIP-368; 0: none): re-authenticated before it ends."""
+        self.reauthentications = 0
+        """How many times this connection re-authenticated (KIP-368)."""
+        self.reauthentication_failed = False
+        """Set when a re-authentication failed and closed the connection."""
+        self._reauth_handle: asyncio.TimerHandle | None = None
+        self._reauth_task: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -127,6 +152,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
                         lambda: self, self.host, self.port, ssl=self._ssl_context, server_hostname=self.host
                     )
                 await self._negotiate_versions()
+                if self._sasl is not None:
+                    await self._authenticate(timeout_ms)
         except TimeoutError as exc:
             error = BrokerConnectionError(
                 f"connecting to broker {self.node_id} at {self.host}:{self.port} took longer than "
@@ -135,26 +162,33 @@ class BrokerConnection(asyncio.BufferedProtocol):
             self.close(error)
             raise error from exc
         except ssl.SSLError as exc:
-            hint = (
-                "the broker's certificate is not trusted or does not name this host: check "
-                "ssl.truststore.location (ssl.ca.location) and ssl.endpoint.identification.algorithm"
-                if isinstance(exc, ssl.SSLCertVerificationError)
-                else "check security.protocol (is this a TLS listener?) and the ssl.* settings"
+            transient = isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                hint = (
+                    f"the broker's certificate was refused ({exc.verify_message}): check "
+                    "ssl.truststore.location (ssl.ca.location) and, for a host name mismatch, "
+                    "ssl.endpoint.identification.algorithm"
+                )
+            else:
+                hint = "check security.protocol (is this a TLS listener?) and the ssl.* settings"
+            message = (
+                f"TLS handshake with broker {self.node_id} at {self.host}:{self.port} failed: "
+                f"{exc.reason or exc}; {hint}"
             )
-            error = BrokerConnectionError(
-                f"TLS handshake with broker {self.node_id} at {self.host}:{self.port} failed: {exc.reason or exc}; {hint}"
-            )
+            # A refused certificate or handshake will not pass on a retry (Java: SslAuthenticationException);
+            # a connection cut during the handshake may.
+            error = BrokerConnectionError(message) if transient else AuthenticationError(message)
             self.close(error)
             raise error from exc
+        except KprodError as exc:  # before OSError: BrokerConnectionError is a ConnectionError
+            self.close(exc)
+            raise
         except OSError as exc:
             error = BrokerConnectionError(
                 f"cannot connect to broker {self.node_id} at {self.host}:{self.port}: {exc}"
             )
             self.close(error)
             raise error from exc
-        except KprodError as exc:
-            self.close(exc)
-            raise
         except Exception as exc:  # an answer no decoder foresaw: the socket must not leak
             unreadable = ProtocolError(
                 f"unreadable answer from broker {self.node_id} at {self.host}:{self.port} while "
@@ -166,6 +200,105 @@ class BrokerConnection(asyncio.BufferedProtocol):
         log.debug(
             "connected to broker %d at %s:%d, versions %s", self.node_id, self.host, self.port, self.versions
         )
+
+    # -- SASL (KIP-43 framed exchange, KIP-368 re-authentication) ------------------------------
+
+    async def _authenticate(self, timeout_ms: int) -> None:
+        """SaslHandshake, then SaslAuthenticate rounds until the mechanism is done (raises
+        AuthenticationError, naming what the broker answered, if it refuses)."""
+        login = self._sasl
+        assert login is not None
+        where = f"broker {self.node_id} at {self.host}:{self.port}"
+        if ApiKey.SASL_HANDSHAKE not in self.versions or ApiKey.SASL_AUTHENTICATE not in self.versions:
+            raise AuthenticationError(
+                f"{where} offers no SaslHandshake v1 / SaslAuthenticate: it is not a SASL listener or too old "
+                "(Kafka 1.0+ needed); check security.protocol and bootstrap.servers"
+            )
+        code, mechanisms = await self.request(
+            ApiKey.SASL_HANDSHAKE,
+            lambda v: sasl_handshake_request(v, login.mechanism),
+            timeout_ms,
+            parse_sasl_handshake,
+        )
+        if code == _UNSUPPORTED_SASL_MECHANISM:
+            raise AuthenticationError(
+                f"{where} does not enable SASL mechanism {login.mechanism}; it offers "
+                f"{', '.join(mechanisms) or 'none'}: set sasl.mechanism to one of them"
+            )
+        if code != 0:
+            raise AuthenticationError(
+                f"{where} refused SaslHandshake for {login.mechanism}: {KafkaError(code)}; check that "
+                "security.protocol matches the listener"
+            )
+        exchange = await login.exchange()
+        message: bytes | None = exchange.first()
+        lifetime_ms = 0
+        while message is not None:
+            code, error_message, server_message, lifetime_ms = await self.request(
+                ApiKey.SASL_AUTHENTICATE,
+                functools.partial(sasl_authenticate_request, auth_bytes=message),
+                timeout_ms,
+                parse_sasl_authenticate,
+            )
+            if code != 0:
+                if login.mechanism == "OAUTHBEARER":
+                    login.token_rejected()
+                server_error = getattr(exchange, "server_error", None)
+                answered = error_message or str(KafkaError(code))
+                if server_error and server_error not in answered:
+                    answered += f" ({server_error})"
+                raise AuthenticationError(
+                    f"SASL authentication ({login.describe()}) refused by {where}: {answered}; "
+                    f"{login.settings_hint()}"
+                )
+            try:
+                message = exchange.respond(server_message)
+            except SaslFailure as exc:
+                raise AuthenticationError(f"SASL authentication with {where} failed: {exc}") from None
+        self.session_lifetime_ms = lifetime_ms
+        log.debug("authenticated to %s with %s, session lifetime %d ms", where, login.describe(), lifetime_ms)
+        if lifetime_ms > 0:
+            # KIP-368: begin again at 85-95 % of the session, as Java does, before the broker ends it.
+            delay_s = lifetime_ms * random.uniform(0.85, 0.95) / 1000
+            self._reauth_handle = asyncio.get_running_loop().call_later(delay_s, self._begin_reauthentication)
+
+    def _begin_reauthentication(self) -> None:
+        self._reauth_handle = None
+        if self.closed:
+            return
+        self.ready = False  # no new requests until the new session stands
+        self._reauth_task = asyncio.get_running_loop().create_task(self._reauthenticate())
+
+    async def _reauthenticate(self) -> None:
+        """Wait for the answers of requests in flight, then authenticate again on this connection."""
+        timeout_ms = max(1000, self.session_lifetime_ms // 10)
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                if len(self._in_flight):
+                    self._drained = asyncio.get_running_loop().create_future()
+                    await self._drained
+                await self._authenticate(timeout_ms)
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, KprodError)
+                else BrokerConnectionError(f"re-authentication with broker {self.node_id} failed: {exc!r}")
+            )
+            if isinstance(exc, TimeoutError):
+                error = BrokerConnectionError(
+                    f"re-authentication with broker {self.node_id} took longer than {timeout_ms} ms"
+                )
+            log.warning("re-authentication with broker %d failed: %s", self.node_id, error)
+            self.reauthentication_failed = True
+            self.close(error)
+            return
+        finally:
+            self._drained = None
+            self._reauth_task = None
+        self.reauthentications += 1
+        self.ready = True
+        if self._on_ready is not None:
+            self._on_ready(self)
 
     async def _negotiate_versions(self) -> None:
         version = _API_VERSIONS_FIRST
@@ -243,6 +376,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
             callback(frame, offset, None)
         except Exception:  # a bug in a callback must not kill the connection
             log.exception("response callback failed for api %d on %s", entry.api_key, self)
+        drained = self._drained
+        if drained is not None and not drained.done() and not len(self._in_flight):
+            drained.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = self._close_error or BrokerConnectionError(
@@ -371,6 +507,11 @@ class BrokerConnection(asyncio.BufferedProtocol):
             return
         self.closed = True
         self.ready = False
+        if self._reauth_handle is not None:
+            self._reauth_handle.cancel()
+            self._reauth_handle = None
+        if self._reauth_task is not None and self._reauth_task is not asyncio.current_task():
+            self._reauth_task.cancel()
         for entry in self._in_flight.drain_all():
             callback = entry.context
             if callback is not None:

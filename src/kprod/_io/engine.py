@@ -51,9 +51,11 @@ from kprod._core.transactions import (
     TxnResponse,
 )
 from kprod._io.connection import BrokerConnection
+from kprod._io.sasl_login import sasl_login
 from kprod._io.security import ssl_context
 from kprod.config import ProducerConfig
 from kprod.errors import (
+    AuthenticationError,
     BrokerConnectionError,
     BufferExhaustedError,
     ConfigError,
@@ -203,6 +205,13 @@ class ProducerEngine:
         }.get(config.compression_type)
         self.compressor = make_compressor(config.compression_type, level)
         self._ssl_context = ssl_context(config)  # raises ConfigError now, not on the I/O thread
+        self._sasl_login = sasl_login(config)  # likewise for missing or contradictory SASL settings
+        self._auth_failure_logged_ms = 0
+        self.last_auth_error: AuthenticationError | None = None
+        # Java's selector metrics for SASL (KIP-368 names): authentications and re-authentications.
+        self.authentications = [0, 0]  # [successful, failed]
+        self.reauthentications = [0, 0]
+        """The last refusal of a connection (SASL or TLS), until a connection is opened again."""
         self.txn: TransactionManager | None = None
         """The transaction manager, with a transactional.id; guarded by ``lock`` like the core."""
         if config.transactional_id is not None:
@@ -419,6 +428,10 @@ class ProducerEngine:
         if appender is None or appender.version != self.metadata.version:
             appender = self._appender(topic, now_ms)
             if appender is None:
+                refused = self.last_auth_error
+                if refused is not None and self.last_metadata_error is not None:
+                    # Waiting max.block.ms would not change the answer (Java: waitOnMetadata throws it).
+                    raise AuthenticationError(f"no metadata for topic {topic!r}: {refused}", stage="metadata")
                 code = self.metadata.topic_error(topic)
                 if code and not is_retriable(code):
                     # Waiting max.block.ms would not change the answer: fail the send now.
@@ -706,6 +719,10 @@ class ProducerEngine:
                 "producer-epoch": core.producer_epoch,
                 "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
                 "brokers": dict(self.metadata.brokers),
+                "successful-authentication-total": self.authentications[0],
+                "failed-authentication-total": self.authentications[1],
+                "successful-reauthentication-total": self.reauthentications[0],
+                "failed-reauthentication-total": self.reauthentications[1],
             }
 
     def incomplete_batches(self) -> list[ProducerBatch]:
@@ -854,8 +871,8 @@ class ProducerEngine:
         conn = self.connections.get(node_id)
         if conn is not None and conn.ready:
             return self.config.max_in_flight_requests_per_connection - conn.in_flight_count
-        if node_id in self._connecting:
-            return 0
+        if node_id in self._connecting or (conn is not None and not conn.closed):
+            return 0  # connecting, or re-authenticating (KIP-368): it wakes the sender when ready
         return -1
 
     def _ensure_connection(self, node_id: int, now_ms: int) -> None:
@@ -880,7 +897,10 @@ class ProducerEngine:
         except Exception as exc:  # any failure backs off: an unretrieved error here reconnected at once
             failures = self._node_backoff.get(node_id, (0, 0))[1] + 1
             self._node_backoff[node_id] = (monotonic_ms() + self._reconnect_backoff_ms(failures), failures)
-            log.warning("%s", exc)
+            if isinstance(exc, AuthenticationError):
+                self._authentication_failed(exc, node_id)
+            else:
+                log.warning("%s", exc)
             with self.lock:
                 self.metadata.request_update()
         else:
@@ -929,13 +949,50 @@ class ProducerEngine:
             send_buffer_bytes=self.config.send_buffer_bytes,
             receive_buffer_bytes=self.config.receive_buffer_bytes,
             ssl_context=self._ssl_context,
+            sasl=self._sasl_login,
+            on_ready=self._on_connection_ready,
         )
-        await conn.connect(self._connect_timeout_ms(node_id))
+        try:
+            await conn.connect(self._connect_timeout_ms(node_id))
+        except AuthenticationError as exc:
+            self.last_auth_error = exc
+            self.authentications[1] += 1
+            raise
+        self.last_auth_error = None
+        if self._sasl_login is not None:
+            self.authentications[0] += 1
         self._open_conns.add(conn)
         return conn
 
+    def _on_connection_ready(self, conn: BrokerConnection) -> None:
+        """A connection is ready again after re-authenticating (KIP-368)."""
+        log.debug("%s re-authenticated (%d times)", conn, conn.reauthentications)
+        self.reauthentications[0] += 1
+        self._wake()
+
+    def _authentication_failed(self, error: AuthenticationError, node_id: int | None) -> None:
+        """The broker (or TLS) refused us: fail at once the batches that wait for that broker
+        (``node_id`` None: every batch never sent), as retrying until delivery.timeout.ms would not
+        change the answer. The producer stays usable: connections are tried again after the backoff."""
+        now = monotonic_ms()
+        if now - self._auth_failure_logged_ms >= 10_000:  # the same refusal, once per 10 s
+            self._auth_failure_logged_ms = now
+            log.error("%s", error)
+        with self.lock:
+            if node_id is None:
+                failed = self.core.fail_unsent(error, lambda batch: True)
+            else:
+                leader = self.metadata.leader
+                failed = self.core.fail_unsent(error, lambda b: leader(b.topic, b.partition) == node_id)
+        self.deliver(failed)
+        self.notify_waiters()
+
     def _on_connection_closed(self, conn: BrokerConnection, error: BaseException | None) -> None:
         self._open_conns.discard(conn)
+        if conn.reauthentication_failed:
+            self.reauthentications[1] += 1
+            if isinstance(error, AuthenticationError):
+                self.last_auth_error = error
         if self.connections.get(conn.node_id) is conn:
             del self.connections[conn.node_id]
             if not self.closing and not conn.closed_idle:
@@ -962,6 +1019,7 @@ class ProducerEngine:
             # Every known broker is unreachable: start again from bootstrap.servers.
             candidates += [(-1, h, p) for h, p in self.config.bootstrap_servers or ()]
         errors: list[str] = []
+        refused: AuthenticationError | None = None
         now = monotonic_ms()
         for node_id, host, port in candidates:
             if node_id >= 0:
@@ -974,6 +1032,8 @@ class ProducerEngine:
                 conn = await self._open(node_id, host, port)
             except KprodError as exc:
                 errors.append(str(exc))
+                if isinstance(exc, AuthenticationError):
+                    refused = exc
                 if node_id < 0:
                     failures = (backoff[1] if backoff is not None else 0) + 1
                     retry_at = monotonic_ms() + self._reconnect_backoff_ms(failures)
@@ -991,6 +1051,10 @@ class ProducerEngine:
             else:
                 self._bootstrap_conn = conn
             return conn
+        if refused is None and not errors:
+            refused = self.last_auth_error  # every address waits out the backoff of a refusal
+        if refused is not None:
+            raise refused
         raise BrokerConnectionError(
             "no broker reachable: " + ("; ".join(errors) or "all in reconnect backoff")
         )
@@ -1010,6 +1074,8 @@ class ProducerEngine:
             self.last_metadata_error = exc
             with self.lock:
                 self.metadata.on_update_failed(monotonic_ms())
+            if isinstance(exc, AuthenticationError):
+                self._authentication_failed(exc, None)
             log.debug("metadata refresh failed: %s", exc)
         else:
             self.last_metadata_error = None
@@ -1038,6 +1104,10 @@ class ProducerEngine:
                 raise KafkaError(code, "InitProducerId failed", stage="delivery")
         except KprodError as exc:
             retriable = exc.retriable or (isinstance(exc, KafkaError) and is_retriable(exc.code))
+            if isinstance(exc, AuthenticationError):
+                # Nothing can be sent without a producer id: fail what waits, try again after the backoff.
+                self._authentication_failed(exc, None)
+                retriable = True
             if retriable:
                 # Exponential, retry.backoff.ms up to retry.backoff.max.ms with ±20 % jitter, as every
                 # other retry: a broker that keeps refusing is not asked ten times a second.

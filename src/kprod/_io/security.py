@@ -20,12 +20,12 @@ _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_
 
 
 def ssl_context(config: ProducerConfig) -> ssl.SSLContext | None:
-    """The TLS context for ``security.protocol=SSL``, or None for PLAINTEXT.
+    """The TLS context for ``security.protocol`` SSL and SASL_SSL, or None for the others.
 
     :raises ConfigError: naming the setting whose file or PEM cannot be loaded (secrets are never
         part of the message).
     """
-    if config.security_protocol != "SSL":
+    if config.security_protocol not in ("SSL", "SASL_SSL"):
         return None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     try:

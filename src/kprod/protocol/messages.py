@@ -85,6 +85,10 @@ CLIENT_API_VERSIONS: Final[dict[int, tuple[int, int]]] = {
     ApiKey.ADD_OFFSETS_TO_TXN: (1, 3),
     ApiKey.END_TXN: (1, 5),  # v5: transactions v2, the answer carries the bumped epoch
     ApiKey.TXN_OFFSET_COMMIT: (1, 3),
+    # SASL: v1 of the handshake means "SaslAuthenticate frames follow" (no legacy unframed tokens);
+    # SaslAuthenticate v1+ carries the session lifetime (KIP-368).
+    ApiKey.SASL_HANDSHAKE: (1, 1),
+    ApiKey.SASL_AUTHENTICATE: (0, 2),
 }
 
 UNSUPPORTED_VERSION: Final = 35
@@ -357,3 +361,33 @@ def init_producer_id_request(
 def parse_init_producer_id(response: Any) -> tuple[int, int, int]:
     """Return (error_code, producer_id, producer_epoch) from a kio InitProducerIdResponse."""
     return int(response.error_code), int(response.producer_id), int(response.producer_epoch)
+
+
+# --- SASL ------------------------------------------------------------------------------------
+
+
+def sasl_handshake_request(version: int, mechanism: str) -> Any:
+    """Build a SaslHandshake request entity naming ``mechanism``."""
+    return _request(ApiKey.SASL_HANDSHAKE, version, "SaslHandshakeRequest", mechanism=mechanism)
+
+
+def parse_sasl_handshake(response: Any) -> tuple[int, tuple[str, ...]]:
+    """Return (error_code, the broker's enabled mechanisms) from a kio SaslHandshakeResponse."""
+    return int(response.error_code), tuple(str(m) for m in response.mechanisms or ())
+
+
+def sasl_authenticate_request(version: int, auth_bytes: bytes) -> Any:
+    """Build a SaslAuthenticate request entity carrying one client message of the mechanism."""
+    return _request(ApiKey.SASL_AUTHENTICATE, version, "SaslAuthenticateRequest", auth_bytes=auth_bytes)
+
+
+def parse_sasl_authenticate(response: Any) -> tuple[int, str | None, bytes, int]:
+    """Return (error_code, error_message, the server's message, session lifetime in ms; 0: none)."""
+    lifetime = getattr(response, "session_lifetime", None)
+    lifetime_ms = int(lifetime.total_seconds() * 1000) if lifetime is not None else 0
+    return (
+        int(response.error_code),
+        response.error_message,
+        bytes(response.auth_bytes or b""),
+        lifetime_ms,
+    )
