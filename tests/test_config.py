@@ -64,6 +64,15 @@ JAVA_DEFAULTS: dict[str, object] = {
     "ssl.endpoint.identification.algorithm": "https",
     "ssl.enabled.protocols": ("TLSv1.2", "TLSv1.3"),
     "ssl.cipher.suites": None,
+    "sasl.mechanism": "GSSAPI",
+    "sasl.jaas.config": None,
+    "sasl.login.callback.handler.class": None,
+    "sasl.login.refresh.window.factor": 0.8,
+    "sasl.login.refresh.buffer.seconds": 300,
+    "sasl.oauthbearer.token.endpoint.url": None,
+    "sasl.oauthbearer.scope": None,
+    "sasl.oauthbearer.client.credentials.client.id": None,
+    "sasl.oauthbearer.client.credentials.client.secret": None,
     "bootstrap.servers": None,
     "key.serializer": None,
     "value.serializer": None,
@@ -102,6 +111,17 @@ def test_table_and_dataclass_agree() -> None:
         "client.id",
         "allow.auto.create.topics",
         "kprod.exit.flush.timeout.ms",
+        # librdkafka's (and confluent-kafka's) SASL settings, and kprod's token provider.
+        "sasl.username",
+        "sasl.password",
+        "sasl.oauthbearer.token.provider",
+        "sasl.oauthbearer.config",
+        "enable.sasl.oauthbearer.unsecure.jwt",
+        "sasl.oauthbearer.extensions",
+        "sasl.oauthbearer.method",
+        # Java's default is null (no timeout); kprod bounds the token endpoint's call.
+        "sasl.login.connect.timeout.ms",
+        "sasl.login.read.timeout.ms",
     }
     for d in CONFIG_DEFS.values():
         assert d.doc and d.valid and d.type
@@ -283,7 +303,25 @@ INVALID: list[tuple[str, object, str]] = [
     ("ssl.key.location", 5, "non-empty"),
     ("ssl.keystore.certificate.chain", "", "non-empty"),
     ("ssl.keystore.key", "", "non-empty"),
-    ("ssl.key.password", 5, "non-empty"),
+    ("ssl.key.password", "", "non-empty"),
+    ("sasl.mechanism", "GSSAPI2", "'SCRAM-SHA-512'"),
+    ("sasl.jaas.config", "", "non-empty"),
+    ("sasl.username", 5, "non-empty"),
+    ("sasl.password", "", "non-empty"),
+    ("sasl.oauthbearer.token.provider", "token", "callable"),
+    ("sasl.oauthbearer.config", 5, "non-empty"),
+    ("enable.sasl.oauthbearer.unsecure.jwt", "yes", "true or false"),
+    ("sasl.oauthbearer.token.endpoint.url", "", "non-empty"),
+    ("sasl.oauthbearer.client.credentials.client.id", 5, "non-empty"),
+    ("sasl.oauthbearer.client.credentials.client.secret", "", "non-empty"),
+    ("sasl.oauthbearer.scope", 5, "non-empty"),
+    ("sasl.oauthbearer.extensions", 5, "non-empty"),
+    ("sasl.oauthbearer.method", "magic", "'oidc'"),
+    ("sasl.login.callback.handler.class", 5, "non-empty"),
+    ("sasl.login.connect.timeout.ms", -1, "[0, 2147483647]"),
+    ("sasl.login.read.timeout.ms", -1, "[0, 2147483647]"),
+    ("sasl.login.refresh.window.factor", 0.2, "[0.5, 1.0]"),
+    ("sasl.login.refresh.buffer.seconds", 4000, "[0, 3600]"),
     ("ssl.endpoint.identification.algorithm", "http", "'https'"),
     ("ssl.enabled.protocols", "TLSv1.1", "TLSv1.2"),
     ("ssl.cipher.suites", "", "non-empty"),
@@ -311,9 +349,9 @@ def test_every_setting_has_an_invalid_case() -> None:
 
 
 @pytest.mark.parametrize("proto", ["SASL_PLAINTEXT", "sasl_ssl"])
-def test_sasl_is_not_supported_yet(proto: str) -> None:
-    msg = err(security_protocol=proto)
-    assert "security.protocol" in msg and "not yet supported" in msg and "'SSL'" in msg
+def test_sasl_protocols_are_accepted(proto: str) -> None:
+    cfg = ProducerConfig.from_user(security_protocol=proto, sasl_mechanism="scram-sha-512")
+    assert cfg.security_protocol == proto.upper() and cfg.sasl_mechanism == "SCRAM-SHA-512"
 
 
 def test_ssl_is_accepted_and_the_key_password_stays_out_of_the_repr() -> None:
