@@ -19,6 +19,8 @@ import datetime
 import http.server
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -30,7 +32,8 @@ import pytest
 
 from helpers import consume_all
 from kprod import AuthenticationError, Producer
-from kprod.kafka_broker import USERS, KafkaCluster, make_certificates
+from kprod.cli.perf import parse_properties
+from kprod.kafka_broker import USERS, KafkaCluster, _java, kafka_jars, make_certificates
 from kprod.sasl import unsecured_jwt
 
 pytestmark = pytest.mark.timeout(240)
@@ -106,8 +109,9 @@ def test_ten_thousand_records_through_each_listener_and_mechanism(
 
 
 def test_a_java_properties_file_works_as_it_is(kafka: KafkaCluster, tmp_path: Path) -> None:
-    """``sasl.jaas.config`` for each login module, as a Java client's client.properties has it; the
-    unsecured OAUTHBEARER login options of Kafka's default login handler too."""
+    """``sasl.jaas.config`` for each login module, as a Java client's client.properties has it (the
+    unsecured OAUTHBEARER login options of Kafka's default login handler too); the SCRAM file drives
+    Java's own ProducerPerformance and ``kprod perf --producer.config`` alike."""
     kafka.create_topic("jaas", partitions=1)
     ca = kafka.certificates.ca
     modules = {
@@ -118,36 +122,43 @@ def test_a_java_properties_file_works_as_it_is(kafka: KafkaCluster, tmp_path: Pa
         "OAUTHBEARER": "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
         'unsecuredLoginStringClaim_sub="bob" unsecuredLoginLifetimeSeconds="120";',
     }
+    files: dict[str, Path] = {}
     for mechanism, jaas in modules.items():
-        properties = tmp_path / f"{mechanism}.properties"
-        jaas_line = jaas.replace("\n", " \\\n")
+        files[mechanism] = properties = tmp_path / f"{mechanism}.properties"
+        jaas_lines = jaas.replace("\n", " \\\n")
         properties.write_text(
-            f"bootstrap.servers={kafka.bootstrap('SASL_SSL')}\nsecurity.protocol=SASL_SSL\n"
-            f"sasl.mechanism={mechanism}\nsasl.jaas.config={jaas_line}\n"
-            f"ssl.truststore.type=PEM\nssl.truststore.location={ca}\nacks=all\n"
+            f"# a Java client's file\nsecurity.protocol=SASL_SSL\nsasl.mechanism={mechanism}\n"
+            f"sasl.jaas.config={jaas_lines}\nssl.truststore.type=PEM\nssl.truststore.location={ca}\nacks=all\n"
         )
-        settings = _read_properties(properties)
+        settings = {
+            "bootstrap.servers": kafka.bootstrap("SASL_SSL"),
+            **parse_properties(properties.read_text()),
+        }
         with Producer(settings) as producer:
             metadata = producer.send("jaas", mechanism.encode()).result(timeout=30)
         assert metadata.topic == "jaas" and metadata.offset >= 0
     read = consume_all(kafka.bootstrap_servers, "jaas", 1, len(modules), timeout_s=30)
     assert [r.value for r in read] == [m.encode() for m in modules]
 
-
-def _read_properties(path: Path) -> dict[str, str]:
-    """A Java properties file: key=value lines, '\\' continuations (what `kprod perf --producer.config` reads)."""
-    out: dict[str, str] = {}
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = pending + raw.strip()
-        if line.endswith("\\"):
-            pending = line[:-1] + " "
-            continue
-        pending = ""
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out
+    kafka.create_topic("jaas-perf", partitions=1)
+    perf = ["--topic", "jaas-perf", "--num-records", "2000", "--record-size", "100", "--throughput", "-1"]
+    common = [
+        "--bootstrap-server",
+        kafka.bootstrap("SASL_SSL"),
+        "--producer.config",
+        str(files["SCRAM-SHA-512"]),
+    ]
+    java = _java()
+    assert java is not None
+    for argv in (
+        [java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", f"{kafka_jars()}/*",
+         "org.apache.kafka.tools.ProducerPerformance", *perf, *common],
+        [sys.executable, "-m", "kprod.cli.main", "perf", *perf, *common],
+    ):  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "2000 records sent" in result.stdout, result.stdout[-2000:]
+    assert len(consume_all(kafka.bootstrap_servers, "jaas-perf", 1, 4000, timeout_s=60)) == 4000
 
 
 def test_librdkafka_setting_names_for_sasl(kafka: KafkaCluster) -> None:
