@@ -125,6 +125,11 @@ def _stop_broker(pid: int) -> None:
 # ----------------------------------------------------------------------------- kprod
 
 
+def security_props() -> dict[str, Any]:
+    """TLS/SASL settings the parent passes for ``--security`` (names both kprod and librdkafka take)."""
+    return dict(json.loads(os.environ.get("KPROD_BENCH_SECURITY") or "{}"))
+
+
 def kprod_props(w: Workload, bootstrap: str) -> dict[str, object]:
     """kprod's settings for a workload (sync and asyncio alike)."""
     return {
@@ -133,6 +138,7 @@ def kprod_props(w: Workload, bootstrap: str) -> dict[str, object]:
         "linger.ms": w.linger_ms,
         "compression.type": w.compression,
         "enable.idempotence": w.idempotence,
+        **security_props(),
     }
 
 
@@ -293,6 +299,7 @@ def run_confluent(w: Workload, bootstrap: str, every: int, broker_pid: int) -> N
     from confluent_kafka import Producer
 
     conf: dict[str, Any] = {
+        **security_props(),
         "bootstrap.servers": bootstrap,
         "acks": w.acks,
         "linger.ms": w.linger_ms,

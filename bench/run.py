@@ -36,7 +36,14 @@ from common import git  # noqa: E402
 from workloads import BASELINE, CLIENTS, PARTITIONS, TOPIC, WORKLOADS, Workload  # noqa: E402
 
 from kprod.broker import EmbeddedBroker  # noqa: E402
-from kprod.kafka_broker import DEFAULT_KAFKA_VERSION, KafkaCluster, _java, java_problem, kafka_jars  # noqa: E402
+from kprod.kafka_broker import (  # noqa: E402
+    DEFAULT_KAFKA_VERSION,
+    USERS,
+    KafkaCluster,
+    _java,
+    java_problem,
+    kafka_jars,
+)
 
 KAFKA_JVM = ("-Xms512m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError")
 """Apache Kafka for throughput: C2 on (no TieredStopAtLevel=1), a bigger heap."""
@@ -142,8 +149,12 @@ MODULES = {
 KAFKA_PYTHON_CODECS = {"lz4": "lz4", "zstd": "zstandard"}
 
 
-def missing_requirement(client: str, w: Workload, args_broker: str = "tansu") -> str | None:
+def missing_requirement(
+    client: str, w: Workload, args_broker: str = "tansu", security: str = "plaintext"
+) -> str | None:
     """Why this pair cannot run here (a package is not installed), or None."""
+    if security != "plaintext" and client not in ("kprod", "kprod-async", "confluent-kafka", "java"):
+        return f"--security {security} is measured for kprod, confluent-kafka and the Java producer only"
     if client == "java":
         if args_broker == "tansu":
             return (
@@ -159,7 +170,35 @@ def missing_requirement(client: str, w: Workload, args_broker: str = "tansu") ->
     return None
 
 
-def java_argv(w: Workload, bootstrap: str) -> list[str]:
+SASL_USER = "alice"
+
+
+def security_settings(broker: Any, security: str) -> tuple[str, dict[str, Any], list[str]]:
+    """(bootstrap, settings for kprod and confluent-kafka, Java properties) for ``--security``:
+    TLS with the cluster's CA, or SASL_SSL with SCRAM-SHA-512 as alice."""
+    if security == "plaintext":
+        return broker.bootstrap_servers, {}, []
+    ca = str(broker.certificates.ca)
+    settings: dict[str, Any] = {"security.protocol": security.upper(), "ssl.ca.location": ca}
+    java = [
+        f"security.protocol={security.upper()}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={ca}",
+    ]
+    if security == "sasl_ssl":
+        password = USERS[SASL_USER]
+        settings.update(
+            {"sasl.mechanism": "SCRAM-SHA-512", "sasl.username": SASL_USER, "sasl.password": password}
+        )
+        java += [
+            "sasl.mechanism=SCRAM-SHA-512",
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{SASL_USER}" password="{password}";',
+        ]
+    return broker.bootstrap(security.upper()), settings, java
+
+
+def java_argv(w: Workload, bootstrap: str, security: list[str] | None = None) -> list[str]:
     """ProducerPerformance for W1, W2 or W4 (W4 at a low rate with linger.ms=0, so that each record
     is alone in flight: the Java tool cannot wait for each acknowledgement)."""
     java = _java()
@@ -171,7 +210,7 @@ def java_argv(w: Workload, bootstrap: str) -> list[str]:
     argv += ["--throughput", "1000" if w.mode == "one-at-a-time" else "-1"]
     if w.keyed:
         argv += ["--key-distribution", "random", "--record-key-range", "10000"]
-    return [*argv, "--command-property", *props]
+    return [*argv, "--command-property", *props, *(security or [])]
 
 
 _JAVA_SUMMARY = (
@@ -192,6 +231,8 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
     try:
         broker.start()
         broker.create_topic(TOPIC, partitions=PARTITIONS)
+        bootstrap, security, java_security = security_settings(broker, args.security)
+        child_env["KPROD_BENCH_SECURITY"] = json.dumps(security)
         pid = broker.pid
         broker_cpu0 = proc_cpu_s(pid)
         argv = [
@@ -202,7 +243,7 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
             "--workload",
             w.to_json(),
             "--bootstrap",
-            broker.bootstrap_servers,
+            bootstrap,
             "--broker-pid",
             str(pid or 0),
             "--sample-every",
@@ -211,7 +252,7 @@ def run_one(w: Workload, client: str, args: argparse.Namespace) -> dict[str, Any
             str(timeout + 5),
         ]
         if client == "java":
-            argv = java_argv(w, broker.bootstrap_servers)
+            argv = java_argv(w, bootstrap, java_security)
         t = time.perf_counter()
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env
@@ -313,6 +354,11 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
             if args.broker == "tansu"
             else "Apache Kafka 4.4 (kprod.kafka_broker, one KRaft node, C2 JIT), a fresh node per run"
         )
+        if args.security != "plaintext":
+            broker_text += {
+                "ssl": "; every client over its TLS listener (TLSv1.3, the cluster's CA)",
+                "sasl_ssl": "; every client over its SASL_SSL listener (SCRAM-SHA-512 on TLSv1.3)",
+            }[args.security]
         add("Clients: " + ", ".join(versions) + f". Broker: {broker_text}.")
     add("")
     add(
@@ -517,7 +563,15 @@ def main() -> int:
         default="tansu",
         help="the broker each pair gets: embedded Tansu (default) or a fresh Apache Kafka node (Java 17+)",
     )
+    parser.add_argument(
+        "--security",
+        choices=("plaintext", "ssl", "sasl_ssl"),
+        default="plaintext",
+        help="with --broker kafka: TLS, or SASL_SSL with SCRAM-SHA-512 (kprod, confluent-kafka, java only)",
+    )
     args = parser.parse_args()
+    if args.security != "plaintext" and args.broker != "kafka":
+        parser.error("--security needs --broker kafka (Tansu has no TLS/SASL listeners)")
     if args.scale <= 0:
         parser.error("--scale must be > 0")
     if BASELINE not in args.clients:
@@ -526,7 +580,7 @@ def main() -> int:
     info = machine()
     print(
         f"kprod bench: commit {info['commit']}{'+dirty src' if info['dirty'] else ''}, {info['nproc']} × "
-        f"{info['cpu']}, Python {info['python']}, scale {args.scale}, broker {args.broker}",
+        f"{info['cpu']}, Python {info['python']}, scale {args.scale}, broker {args.broker}, security {args.security}",
         flush=True,
     )
     rows: list[dict[str, Any]] = []
@@ -537,7 +591,7 @@ def main() -> int:
             if client not in w.clients:
                 continue
             print(f"  {w.name:8s} {client:16s} {w.records:>10,} records ... ", end="", flush=True)
-            reason = missing_requirement(client, w, args.broker)
+            reason = missing_requirement(client, w, args.broker, args.security)
             if reason:
                 rows.append({"client": client, "workload": w.name, "skipped": reason})
                 print(f"not run: {reason}", flush=True)
@@ -566,6 +620,7 @@ def main() -> int:
         f"{info['date'][:10]}-{info['commit']}"
         + ("" if args.scale == 1 else f"-scale{args.scale:g}")
         + ("" if args.broker == "tansu" else f"-{args.broker}")
+        + ("" if args.security == "plaintext" else f"-{args.security}")
     )
     md = args.out / f"{stem}.md"
     md.write_text(text)
