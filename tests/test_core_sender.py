@@ -1180,3 +1180,26 @@ def test_a_failure_elsewhere_resets_the_producer_id_despite_an_in_doubt_batch_be
         if h.core.needs_producer_id:
             break
     assert h.core.needs_producer_id, "the producer-id reset never happened"
+
+
+def test_fail_unsent_fails_only_batches_that_never_left_and_match() -> None:
+    """An authentication refusal of broker 1 fails its partitions' queued batches at once, but not a
+    batch that was sent and awaits a retry (it may be in the log), nor broker 2's batches."""
+    from kprod.errors import AuthenticationError
+
+    h = Harness()
+    retried = h.append(0, 0)
+    plan = only_plan(h.send(LINGER, slots={1: 1, 2: 0}))
+    assert plan.batches == [retried]
+    assert h.core.on_produce_response(plan, respond(plan, NOT_LEADER), LINGER) == []
+    fresh_0 = h.append(0, LINGER)  # queued behind the retried batch on broker 1's partition 0
+    fresh_2 = h.append(2, LINGER)  # broker 1
+    other = h.append(1, LINGER)  # broker 2
+    used = h.acc.used_bytes
+    error = AuthenticationError("refused")
+    failed = h.core.fail_unsent(error, lambda b: h.metadata.leader(b.topic, b.partition) == 1)
+    assert set(failed) == {fresh_0, fresh_2}
+    assert all(b.done and b.error is error for b in failed)
+    assert not retried.done and not other.done
+    assert h.acc.used_bytes < used  # their memory is free again
+    assert [b for b in h.acc.queued_batches()] in ([retried, other], [other, retried])

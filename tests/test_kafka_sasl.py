@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import http.server
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -29,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kio.static.primitive import i8, i32
 
 from helpers import consume_all
 from kprod import AuthenticationError, Producer
 from kprod.cli.perf import parse_properties
 from kprod.kafka_broker import USERS, KafkaCluster, _java, kafka_jars, make_certificates
+from kprod.protocol.messages import _request
 from kprod.sasl import unsecured_jwt
 
 pytestmark = pytest.mark.timeout(240)
@@ -421,3 +425,68 @@ def test_reauthentication_under_load_loses_and_duplicates_nothing(strict_kafka: 
     read = consume_all(strict_kafka.bootstrap_servers, "reauth", 3, sent, timeout_s=90, linger_s=1.0)
     values = [r.value for r in read]
     assert len(values) == sent and len(set(values)) == sent  # 0 lost, 0 duplicated
+
+
+def _scram_credentials(kafka: KafkaCluster, user: str, password: str | None) -> None:
+    """Create (password) or delete (None) ``user``'s SCRAM-SHA-512 credential (AlterUserScramCredentials)."""
+    api = 51
+    mechanism = i8(2)  # SCRAM-SHA-512
+    if password is None:
+        change: dict[str, Any] = {
+            "deletions": (_request(api, 0, "ScramCredentialDeletion", name=user, mechanism=mechanism),),
+            "upsertions": (),
+        }
+    else:
+        salt = os.urandom(16)
+        salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 4096)
+        upsertion = _request(
+            api, 0, "ScramCredentialUpsertion", name=user, mechanism=mechanism, iterations=i32(4096),
+            salt=salt, salted_password=salted,
+        )  # fmt: skip
+        change = {"deletions": (), "upsertions": (upsertion,)}
+    answer = kafka.request(_request(api, 0, "AlterUserScramCredentialsRequest", **change))
+    assert [int(r.error_code) for r in answer.results] == [0], answer
+
+
+def test_credentials_revoked_while_producing_fail_the_waiting_records_fast(
+    strict_kafka: KafkaCluster,
+) -> None:
+    """A SCRAM user deleted on the broker while its producer runs: the next re-authentication (sessions
+    of 3 s) is refused, and records sent from then on fail within seconds with AuthenticationError,
+    not after delivery.timeout.ms (120 s); records acknowledged before stay acknowledged."""
+    _scram_credentials(strict_kafka, "carol", "carol-secret-1")
+    time.sleep(1)  # the credential reaches the broker through the metadata log
+    settings = {
+        "bootstrap.servers": strict_kafka.bootstrap("SASL_PLAINTEXT"),
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "carol",
+        "sasl.password": "carol-secret-1",
+        "enable.idempotence": False,
+        "acks": 1,
+    }
+    with Producer(settings) as producer:
+        before = [producer.send("strict", b"before-%d" % i) for i in range(100)]
+        assert all(f.result(timeout=30).offset >= 0 for f in before)
+        _scram_credentials(strict_kafka, "carol", None)
+        deadline = time.monotonic() + 20
+        error: BaseException | None = None
+        while error is None and time.monotonic() < deadline:
+            started = time.monotonic()
+            future = producer.send("strict", b"after")
+            try:
+                future.result(timeout=15)
+            except AuthenticationError as exc:
+                error = exc
+                took = time.monotonic() - started
+            else:
+                time.sleep(0.2)  # the session still stands: the broker has not asked yet
+        assert error is not None, "records kept going after the credential was deleted"
+        assert took < 5, f"a record waited {took:.1f} s after the refusal"
+        assert "carol" in str(error) and "SCRAM-SHA-512" in str(error)
+        assert "carol-secret-1" not in str(error)
+        assert (
+            producer.metrics()["failed-reauthentication-total"]
+            + producer.metrics()["failed-authentication-total"]
+            >= 1
+        )
