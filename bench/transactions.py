@@ -5,7 +5,8 @@
     python bench/transactions.py --records 50000   # quicker
 
 One Apache Kafka node (kprod.kafka_broker, JVM flags for throughput) and one topic of 6 partitions
-per run; 100-byte records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of
+per run; kprod runs twice, with the cluster's transactions v2 (as Java) and with
+``kprod.transaction.version=1`` (AddPartitionsToTxn from the client, as librdkafka); 100-byte records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of
 10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
 process, one after the other; commit latency is the time ``commit_transaction()`` takes (it
 includes sending the transaction's last records). The Java producer is ProducerPerformance with
@@ -17,6 +18,7 @@ is printed and, with ``--out``, written as markdown.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import statistics
 import subprocess
@@ -41,12 +43,15 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
 
 
-def run_kprod(bootstrap: str, topic: str, records: int, per_txn: int) -> dict[str, Any]:
+def run_kprod(
+    bootstrap: str, topic: str, records: int, per_txn: int, transaction_version: str = "auto"
+) -> dict[str, Any]:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "transactional.id": f"bench-kprod-{uuid.uuid4().hex[:6]}",
             "linger.ms": 5,
+            "kprod.transaction.version": transaction_version,
         }
     )
     commits: list[float] = []
@@ -152,8 +157,16 @@ def main() -> int:
     with KafkaCluster(jvm_options=THROUGHPUT_JVM) as kafka:
         for per_txn in (1_000, 10_000):
             results: dict[str, dict[str, Any]] = {}
-            for client, fn in (("kprod", run_kprod), ("confluent-kafka", run_confluent)):
-                topic = f"txn-bench-{client}-{per_txn}"
+            runs: tuple[tuple[str, Any], ...] = (
+                ("kprod (transactions v2, as Java)", run_kprod),
+                (
+                    "kprod (kprod.transaction.version=1)",
+                    functools.partial(run_kprod, transaction_version="1"),
+                ),
+                ("confluent-kafka", run_confluent),
+            )
+            for client, fn in runs:
+                topic = f"txn-bench-{client.split()[0]}-{len(results)}-{per_txn}"
                 kafka.create_topic(topic, partitions=6)
                 results[client] = fn(kafka.bootstrap_servers, topic, args.records, per_txn)
                 print(f"{per_txn:>6} {client:<16} {results[client]['rate']:>10,.0f} rec/s", flush=True)

@@ -111,6 +111,7 @@ def test_table_and_dataclass_agree() -> None:
         "client.id",
         "allow.auto.create.topics",
         "kprod.exit.flush.timeout.ms",
+        "kprod.transaction.version",
         # librdkafka's (and confluent-kafka's) SASL settings, and kprod's token provider.
         "sasl.username",
         "sasl.password",
@@ -255,6 +256,7 @@ INVALID: list[tuple[str, object, str]] = [
     ("acks", 2, "'all', -1, 0 or 1"),
     ("linger.ms", -1, ">= 0"),
     ("kprod.exit.flush.timeout.ms", -1, ">= 0"),
+    ("kprod.transaction.version", "3", "'auto'"),
     ("linger.ms", "soon", ">= 0"),
     ("linger.ms", True, ">= 0"),
     ("linger.ms", 1.5, ">= 0"),

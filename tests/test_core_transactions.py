@@ -269,11 +269,19 @@ def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -
     tm.begin_transaction()
     tm.add_partition("t", 0)
     request = expect(tm, K.ADD_PARTITIONS)
-    tm.on_response(request, TxnResponse(partition_errors={("t", 0): 51}), 1_000)
-    assert tm.next_deadline_ms() == 1_020, (
-        "the previous transaction is finishing: 20 ms, not retry.backoff.ms"
-    )
-    assert expect(tm, K.ADD_PARTITIONS, 1_020) is request
+    # The previous transaction is finishing (its markers take a few ms): 2, 4, 8, 16, then Java's
+    # 20 ms between tries, never retry.backoff.ms.
+    now = 1_000
+    waits = []
+    for _ in range(6):
+        tm.on_response(request, TxnResponse(partition_errors={("t", 0): 51}), now)
+        deadline = tm.next_deadline_ms()
+        assert deadline is not None
+        waits.append(deadline - now)
+        assert tm.next_request(deadline - 1, False) is None
+        now = deadline
+        assert expect(tm, K.ADD_PARTITIONS, now) is request
+    assert waits == [2, 4, 8, 16, 20, 20]
 
 
 def test_txn_offset_commit_retries_only_the_partitions_that_failed() -> None:

@@ -55,15 +55,19 @@ def values_of(
     return [r.value for r in records if r.value is not None]
 
 
-def test_committed_transactions_are_all_visible_in_order(kafka: KafkaCluster) -> None:
-    topic = "txn-commit"
+@pytest.mark.parametrize("version", ["auto", "1"])
+def test_committed_transactions_are_all_visible_in_order(kafka: KafkaCluster, version: str) -> None:
+    """Under the cluster's transactions v2 (Kafka 4.4) and under kprod.transaction.version=1
+    (AddPartitionsToTxn from the client, Produce v11, EndTxn v4)."""
+    topic = f"txn-commit-v{version}"
     kafka.create_topic(topic, partitions=6)
-    with transactional(kafka, "txn-commit-1") as producer:
+    with transactional(kafka, f"txn-commit-{version}", kprod_transaction_version=version) as producer:
         for t in range(10):
             producer.begin_transaction()
             for i in range(1_000):
                 producer.send(topic, b"%d-%04d" % (t, i), key=b"k%d" % (i % 50))
             producer.commit_transaction(timeout=60)
+        assert producer.metrics()["transaction-version"] == (2 if version == "auto" else 1)
     values = values_of(kafka, topic, 6, 10_000, COMMITTED)
     assert len(values) == 10_000 and len(set(values)) == 10_000, "each committed record exactly once"
     records = consume_all(kafka.bootstrap_servers, topic, 6, 10_000, timeout_s=60, config=COMMITTED)
@@ -73,10 +77,13 @@ def test_committed_transactions_are_all_visible_in_order(kafka: KafkaCluster) ->
     assert all(vs == sorted(vs) for vs in by_key.values()), "per-key order is send order"
 
 
-def test_aborted_records_are_written_but_never_visible_to_read_committed(kafka: KafkaCluster) -> None:
-    topic = "txn-abort"
+@pytest.mark.parametrize("version", ["auto", "1"])
+def test_aborted_records_are_written_but_never_visible_to_read_committed(
+    kafka: KafkaCluster, version: str
+) -> None:
+    topic = f"txn-abort-v{version}"
     kafka.create_topic(topic, partitions=3)
-    with transactional(kafka, "txn-abort-1") as producer:
+    with transactional(kafka, f"txn-abort-{version}", kprod_transaction_version=version) as producer:
         for t in range(4):
             producer.begin_transaction()
             futures = [producer.send(topic, b"%d-%03d" % (t, i)) for i in range(300)]

@@ -381,6 +381,10 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "Enables transactions under this id (implies idempotence). Default None."),
     _d("transaction.timeout.ms", "int", 60000, "[1, ...]", _int(1, _I32),
        "Milliseconds the coordinator waits before aborting an open transaction. Default 60000."),
+    _d("kprod.transaction.version", "str", "auto", "auto, 1", _choice("auto", "1"),
+       "Transaction protocol: auto uses the cluster's finalized transaction.version (2 on Kafka 4.x: "
+       "partitions join with the first Produce, KIP-890), as Java does; 1 adds them with "
+       "AddPartitionsToTxn as librdkafka does, faster for back-to-back short transactions. Default auto."),
     _d("compression.type", "str", "none", "none, gzip, snappy, lz4, zstd",
        _choice("none", "gzip", "snappy", "lz4", "zstd"),
        "Batch compression codec. Default none."),
@@ -574,6 +578,7 @@ class ProducerConfig:
     enable_idempotence: bool = _DEFAULTS["enable.idempotence"]
     transactional_id: str | None = _DEFAULTS["transactional.id"]
     transaction_timeout_ms: int = _DEFAULTS["transaction.timeout.ms"]
+    kprod_transaction_version: str = _DEFAULTS["kprod.transaction.version"]
     compression_type: str = _DEFAULTS["compression.type"]
     compression_gzip_level: int = _DEFAULTS["compression.gzip.level"]
     compression_lz4_level: int = _DEFAULTS["compression.lz4.level"]

@@ -86,10 +86,12 @@ class BrokerConnection(asyncio.BufferedProtocol):
         ssl_context: ssl.SSLContext | None = None,
         sasl: SaslLogin | None = None,
         on_ready: Callable[[BrokerConnection], None] | None = None,
+        max_transaction_version: int = 2,
     ) -> None:
         self.node_id = node_id
         self._ssl_context = ssl_context
         self._sasl = sasl
+        self._max_transaction_version = max_transaction_version
         self._on_ready = on_ready
         self.session_lifetime_ms = 0
         """The SASL session's lifetime the broker gave (KIP-368; 0: none): re-authenticated before it ends."""
@@ -111,7 +113,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._in_flight = InFlightRequests()
         self.versions: dict[int, int] = {}
         self.transaction_version = 0
-        """The cluster's finalized ``transaction.version`` feature (2: KIP-890 transactions v2)."""
+        """The cluster's finalized ``transaction.version`` feature (2: KIP-890 transactions v2), capped
+        by ``kprod.transaction.version``."""
         """Negotiated version per API key (after :meth:`connect`)."""
         self.ready = False
         """True once connected and versions are negotiated."""
@@ -315,7 +318,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
                     result.error_code, f"ApiVersions failed on {self.host}:{self.port}", stage="connection"
                 )
             self.versions = negotiate_versions(CLIENT_API_VERSIONS, result.api_ranges)
-            self.transaction_version = result.finalized_features.get("transaction.version", 0)
+            self.transaction_version = min(
+                self._max_transaction_version, result.finalized_features.get("transaction.version", 0)
+            )
             cap_for_transaction_version(self.versions, self.transaction_version)
             if ApiKey.PRODUCE not in self.versions:
                 raise ProtocolError(

@@ -719,6 +719,7 @@ class ProducerEngine:
                 "producer-epoch": core.producer_epoch,
                 "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
                 "brokers": dict(self.metadata.brokers),
+                "transaction-version": (2 if self._transactions_v2 else 1) if self.txn is not None else 0,
                 "successful-authentication-total": self.authentications[0],
                 "failed-authentication-total": self.authentications[1],
                 "successful-reauthentication-total": self.reauthentications[0],
@@ -951,6 +952,7 @@ class ProducerEngine:
             ssl_context=self._ssl_context,
             sasl=self._sasl_login,
             on_ready=self._on_connection_ready,
+            max_transaction_version=1 if self.config.kprod_transaction_version == "1" else 2,
         )
         try:
             await conn.connect(self._connect_timeout_ms(node_id))
