@@ -164,6 +164,16 @@ def test_a_java_properties_file_works_as_it_is(kafka: KafkaCluster, tmp_path: Pa
         assert "2000 records sent" in result.stdout, result.stdout[-2000:]
     assert len(consume_all(kafka.bootstrap_servers, "jaas-perf", 1, 4000, timeout_s=60)) == 4000
 
+    # The main job takes the same file; its read-back consumer gets the same credentials.
+    for mechanism in ("SCRAM-SHA-512", "OAUTHBEARER"):
+        demo = subprocess.run(
+            [sys.executable, "-m", "kprod", "demo", "--quiet", "--num-records", "20000", "--bootstrap-servers",
+             kafka.bootstrap("SASL_SSL"), "--producer.config", str(files[mechanism])],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+        assert "verified byte-exact 20,000" in demo.stdout and "result              OK" in demo.stdout
+
 
 def test_librdkafka_setting_names_for_sasl(kafka: KafkaCluster) -> None:
     """A confluent-kafka user's dict: sasl.mechanisms, unsecured JWT with sasl.oauthbearer.config,

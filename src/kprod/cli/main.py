@@ -31,9 +31,16 @@ class _CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int | None: ...
 
 
+def _version() -> str:
+    from kprod import __version__
+
+    return __version__
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """Build the parser; ``argv`` decides which plugged-in subcommand module gets imported."""
     parser = argparse.ArgumentParser(prog="kprod", description="kprod: a Kafka producer for Python.")
+    parser.add_argument("--version", action="version", version=f"kprod {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     broker = sub.add_parser(
