@@ -24,6 +24,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,11 @@ def java_argv(w: Workload, bootstrap: str, security: list[str] | None = None) ->
     argv += ["--throughput", "1000" if w.mode == "one-at-a-time" else "-1"]
     if w.keyed:
         argv += ["--key-distribution", "random", "--record-key-range", "10000"]
-    return [*argv, "--command-property", *props, *(security or [])]
+    if security:  # in a file: --command-property splits each item at every '=' (sasl.jaas.config has some)
+        config = Path(tempfile.mkdtemp(prefix="kprod-bench-")) / "client.properties"
+        config.write_text("".join(f"{line}\n" for line in security))
+        argv += ["--command-config", str(config)]
+    return [*argv, "--command-property", *props]
 
 
 _JAVA_SUMMARY = (

@@ -275,3 +275,48 @@ def test_fast_path_takes_no_record_the_general_path_would_refuse_as_too_large() 
         assert taken and refused  # both sides of the limit were exercised
     finally:
         gen.close()
+
+
+def test_in_a_transaction_the_fast_path_appends_only_while_the_transaction_is_open() -> None:
+    """Transactional records take the fast path into open batches (the general path opened them after
+    adding their partitions to the transaction), and stop taking it as soon as the transaction cannot
+    accept records: the general path then raises what the transaction's state says."""
+    from kprod import TransactionAbortableError
+    from kprod._core.transactions import TxnState
+    from kprod.errors import KafkaError
+
+    gen = make_engine(ProducerEngine, 3, **{"transactional.id": "fast-txn"})
+    engine = next(gen)
+    try:
+        txn = engine.txn
+        assert txn is not None
+        txn.state = TxnState.READY  # as after init_transactions()
+        txn.begin_transaction()
+        records = [(0, None, b"v" * 50, None, None)] * 30 + [(0, b"key-1", b"w" * 40, None, None)] * 30
+        append_all(engine, records)
+        first = {tp for tp in txn._new_partitions | txn._partitions}
+        assert first == {(TOPIC, b.partition) for b in engine.accumulator.queued_batches()}
+        with engine.lock:
+            assert engine.try_append_plain(TOPIC, None, BASE_TS, None, b"v" * 50) is not None  # open batch
+            txn.on_batch_error(KafkaError(10, "a record of the transaction failed"))
+            assert txn.state is TxnState.ABORTABLE_ERROR
+            assert engine.try_append_plain(TOPIC, None, BASE_TS, None, b"v" * 50) is None
+            with pytest.raises(TransactionAbortableError):
+                engine.try_append_locked(TOPIC, None, BASE_TS, None, b"v" * 50, None, 200)
+    finally:
+        gen.close()
+
+    # The same records in a transaction: fast-then-general and general-only build identical batches.
+    built = []
+    for cls in (ProducerEngine, SlowEngine):
+        gen = make_engine(cls, 5, **{"transactional.id": f"diff-{cls.__name__}"})
+        engine = next(gen)
+        try:
+            assert engine.txn is not None
+            engine.txn.state = TxnState.READY
+            engine.txn.begin_transaction()
+            append_all(engine, records)
+            built.append(batches_of(engine))
+        finally:
+            gen.close()
+    assert built[0] == built[1]

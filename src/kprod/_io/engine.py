@@ -49,6 +49,7 @@ from kprod._core.transactions import (
     TxnRequest,
     TxnRequestKind,
     TxnResponse,
+    TxnState,
 )
 from kprod._io.connection import BrokerConnection
 from kprod._io.sasl_login import sasl_login
@@ -507,8 +508,10 @@ class ProducerEngine:
         queues = [self.accumulator.queue(topic, p) for p in range(len(info.leaders))]
         appender = _TopicAppender(metadata.version, info, queues, sticky)
         self._appenders[topic] = appender
-        if self._custom_partitioner is None and self.accepting and self.txn is None:
-            # Transactional records go the general way: each partition must join the transaction.
+        if self._custom_partitioner is None and self.accepting:
+            # In a transaction too: the fast path only appends to a partition's open batch, which
+            # the general path opened in this transaction after adding the partition to it (every
+            # batch is completed before a transaction ends), and it checks the transaction's state.
             self._fast_appenders[topic] = appender
         return appender
 
@@ -1437,6 +1440,8 @@ def _plain_appender(engine: ProducerEngine) -> PlainAppender:
     batch_size = acc.batch_size
     ignore_keys = engine._ignore_keys
     switch_sticky = engine._switch_sticky
+    txn = engine.txn
+    in_transaction = TxnState.IN_TRANSACTION
 
     def try_append_plain(
         topic: Any, partition: Any, timestamp_ms: int, key: Any, value: Any
@@ -1470,6 +1475,8 @@ def _plain_appender(engine: ProducerEngine) -> PlainAppender:
         appender = fast_appenders_get(topic) if type(topic) is str else None
         if appender is None:
             return None
+        if txn is not None and txn.state is not in_transaction:
+            return None  # the general path raises what the transaction's state says
         # _PLAIN_RECORD_BOUND + key_size + value_size bounds the record's size from above (like
         # record_size_upper_bound); the limits below have the constant part folded in.
         data_size = key_size + value_size
