@@ -16,7 +16,7 @@ from kio.index import load_payload_module
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_writer
 from kio.static.constants import EntityType
-from kio.static.primitive import i32Timedelta
+from kio.static.primitive import i32Timedelta, i64Timedelta
 
 from kprod.errors import ProtocolError
 from kprod.protocol import txn
@@ -26,6 +26,8 @@ from kprod.protocol.messages import (
     parse_api_versions_response,
     parse_init_producer_id,
     parse_metadata,
+    parse_sasl_authenticate,
+    parse_sasl_handshake,
     response_type,
 )
 from kprod.protocol.produce import decode_produce_response
@@ -232,6 +234,24 @@ def _add_offsets() -> tuple[bytes, Decode]:
     return _kio(25, 3, entity, txn.parse_add_offsets_to_txn)
 
 
+def _sasl_handshake() -> tuple[bytes, Decode]:
+    m = _module(17, 1)
+    entity = m.SaslHandshakeResponse(error_code=ErrorCode(0), mechanisms=("PLAIN", "SCRAM-SHA-512"))
+    return _kio(17, 1, entity, parse_sasl_handshake)
+
+
+def _sasl_authenticate(version: int) -> tuple[bytes, Decode]:
+    m = _module(36, version)
+    values: dict[str, Any] = {
+        "error_code": ErrorCode(0),
+        "error_message": None,
+        "auth_bytes": b"r=abc,s=QSXCR+Q6sek8bf92,i=4096",
+    }
+    if version >= 1:
+        values["session_lifetime"] = i64Timedelta.parse(datetime.timedelta(seconds=3))
+    return _kio(36, version, m.SaslAuthenticateResponse(**values), parse_sasl_authenticate)
+
+
 def _produce(version: int) -> tuple[bytes, Decode]:
     m = _module(0, version)
     names = set(m.PartitionProduceResponse.__dataclass_fields__)
@@ -277,6 +297,9 @@ FRAMES: dict[str, Callable[[], tuple[bytes, Decode]]] = {
     "add_offsets_to_txn_v3": _add_offsets,
     "txn_offset_commit_v3": _txn_offset_commit,
     "end_txn_v5": _end_txn,
+    "sasl_handshake_v1": _sasl_handshake,
+    "sasl_authenticate_v0": lambda: _sasl_authenticate(0),
+    "sasl_authenticate_v2": lambda: _sasl_authenticate(2),
     "produce_v8": lambda: _produce(8),
     "produce_v11": lambda: _produce(11),
 }
@@ -310,7 +333,12 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-_PARSERS: dict[int, Callable[[Any], Any]] = {3: parse_metadata, 22: parse_init_producer_id}
+_PARSERS: dict[int, Callable[[Any], Any]] = {
+    3: parse_metadata,
+    17: parse_sasl_handshake,
+    22: parse_init_producer_id,
+    36: parse_sasl_authenticate,
+}
 
 
 def wire_decoder(api_key: int, api_version: int) -> Decode:

@@ -209,6 +209,7 @@ class ProducerEngine:
         self._sasl_login = sasl_login(config)  # likewise for missing or contradictory SASL settings
         self._auth_failure_logged_ms = 0
         self.last_auth_error: AuthenticationError | None = None
+        self._txn_requests_in_flight = 0
         # Java's selector metrics for SASL (KIP-368 names): authentications and re-authentications.
         self.authentications = [0, 0]  # [successful, failed]
         self.reauthentications = [0, 0]
@@ -568,7 +569,8 @@ class ProducerEngine:
             return 0
         now_ms = monotonic_ms()
         action = WAKE_SENDER if self.next_wakeup_ms > now_ms + self.config.linger_ms else 0
-        if self.core.in_flight_count and now_ms >= self._next_yield_ms:
+        if (self.core.in_flight_count or self._txn_requests_in_flight) and now_ms >= self._next_yield_ms:
+            # An AddPartitionsToTxn in flight counts too: its answer lets the full batches behind it go.
             self._next_yield_ms = now_ms + _YIELD_INTERVAL_MS
             action |= YIELD_GIL
         return action
@@ -1145,6 +1147,7 @@ class ProducerEngine:
         """Send one request the transaction manager asked for and hand it the answer (or the loss)."""
         txn = self.txn
         assert txn is not None
+        self._txn_requests_in_flight += 1
         try:
             if request.coordinator is None:
                 conn = await self._any_connection()
@@ -1164,6 +1167,7 @@ class ProducerEngine:
             with self.lock:
                 txn.on_response(request, answer, monotonic_ms())
         finally:
+            self._txn_requests_in_flight -= 1
             self.notify_waiters()
             self._wake()
 
