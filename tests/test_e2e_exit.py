@@ -7,6 +7,7 @@ deliver; an ``AsyncProducer`` whose loop ended unclosed says how many records it
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -107,3 +108,47 @@ def test_an_async_producer_whose_loop_ended_unclosed_reports_its_lost_records(
     )
     assert result.returncode == 0, result.stderr
     assert "was never closed: 42 record(s) were not delivered" in result.stderr, result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_futures_dropped_and_failed_by_close_give_one_summary_not_one_log_each() -> None:
+    """AsyncProducer futures nobody awaits, failed by close(): one WARNING with the count instead of
+    asyncio's "Future exception was never retrieved" per record; a kept future still raises."""
+    result = _run(
+        """
+        import asyncio, gc, logging, sys
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from kprod import AsyncProducer, ProducerClosedError
+        from kprod.broker import EmbeddedBroker
+
+        async def main():
+            broker = EmbeddedBroker()
+            broker.start()
+            broker.create_topic("dropped", partitions=1)
+            producer = AsyncProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=60_000,
+                                     batch_size=1 << 20, delivery_timeout_ms=120_000, request_timeout_ms=60_000)
+            await producer.start()
+            first = await producer.enqueue("dropped", b"first")
+            await producer.flush(10)
+            await first  # metadata known, connection up
+            broker.stop()  # nothing more can be delivered
+            kept = await producer.enqueue("dropped", b"kept")
+            for i in range(3000):
+                await producer.enqueue("dropped", b"x")  # dropped at once
+            await producer.close(timeout=0.2)
+            try:
+                await kept
+            except ProducerClosedError:
+                print("kept future raised ProducerClosedError")
+            del kept
+            gc.collect()
+
+        asyncio.run(main())
+        gc.collect()
+        print("done")
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kept future raised ProducerClosedError" in result.stdout and "done" in result.stdout
+    assert result.stderr.count("never retrieved") == 0, result.stderr[-3000:]
+    assert re.search(r"close\(\): 3001 record\(s\) were not delivered", result.stderr), result.stderr[-3000:]

@@ -309,7 +309,9 @@ class ProducerEngine:
             self.accumulator.closing = True
             failed = self.core.abort_incomplete(error)
         count = sum(b.record_count for b in failed)
-        self.deliver(failed)
+        # One summary (the caller logs it) rather than asyncio's "Future exception was never
+        # retrieved" for every dropped future of an AsyncProducer: awaiting one still raises.
+        self.deliver(failed, retrieved=True)
         self.closed = True
         for task in list(self._tasks) + list(self._connecting.values()):
             task.cancel()
@@ -623,7 +625,7 @@ class ProducerEngine:
             batch, index = batch.resolve(index)
         return batch.error
 
-    def deliver(self, batches: list[ProducerBatch]) -> None:
+    def deliver(self, batches: list[ProducerBatch], retrieved: bool = False) -> None:
         """Run callbacks and wake waiters of completed batches (loop thread, lock not held)."""
         if not batches:
             return
@@ -662,6 +664,8 @@ class ProducerEngine:
                                 fn.set_result(metadata)
                             else:
                                 fn.set_exception(error)
+                                if retrieved:
+                                    fn.exception()  # marks it retrieved; the exception stays
                         continue
                     try:
                         fn(metadata, error)
