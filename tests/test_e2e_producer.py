@@ -728,3 +728,29 @@ def test_close_releases_every_connection(private_broker: Any) -> None:
         time.sleep(0.05)
         left = _established_sockets_to(port)
     assert left == 0, f"{left} connection(s) to the broker are still open after close()"
+
+
+@pytest.mark.timeout(120)
+def test_async_sends_of_one_key_keep_their_order_across_the_metadata_wait(
+    broker: Any, make_topic: MakeTopic
+) -> None:
+    """Tasks started in order for one key while the topic's metadata is not known yet: those that
+    waited for it must not be overtaken by tasks started after it arrived (issue 11, point 7)."""
+    topic = make_topic(3)
+    n = 3_000
+
+    async def run() -> None:
+        async with AsyncProducer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 1}) as producer:
+            tasks = []
+            for i in range(n):
+                tasks.append(asyncio.ensure_future(producer.send(topic, b"%05d" % i, key=b"one-key")))
+                if i % 10 == 0:
+                    await asyncio.sleep(0.0005)  # the metadata arrives while tasks keep starting
+            results = await asyncio.gather(*tasks)
+        offsets = [md.offset for md in results]
+        assert offsets == sorted(offsets), "a later send() was written before an earlier one"
+
+    asyncio.run(run())
+    records = consume_all(broker.bootstrap_servers, topic, 3, n, timeout_s=60)
+    values = [r.value for r in records]
+    assert len(values) == n and values == sorted(values)

@@ -75,6 +75,10 @@ class AsyncProducer:
         """Raw bytes keys and values need no serializer call (enqueue() may take its fast path)."""
         self._engine: ProducerEngine | None = None
         self._closed = False
+        self._gates: dict[str, list[Any]] = {}
+        """Topics whose records wait (metadata or memory) -> [FIFO lock, tasks using it]: while a
+        task waits, later enqueues of the topic queue behind it, so that records keep their order
+        (a thread of the sync Producer keeps it by blocking; tasks need the queue)."""
 
     async def start(self) -> None:
         """Start the sender on the running loop (idempotent; does not wait for brokers)."""
@@ -154,6 +158,7 @@ class AsyncProducer:
             headers is None
             and timestamp is None
             and self._plain
+            and not self._gates  # records of a topic that waits keep their order: the general way
             and (on_delivery is None or callable(on_delivery))  # else _send refuses it
         ):
             ts = _time_ns() // 1_000_000
@@ -209,6 +214,69 @@ class AsyncProducer:
                 engine.deliver_failed(on_delivery, error)
             future.set_exception(error)
             return future
+        gate = self._gates.get(topic)
+        if gate is None:  # nobody waits for this topic: try at once, and queue only if it must wait
+            waiting, action = self._try_enqueue(
+                engine, future, topic, partition, ts, kb, vb, hdrs, bound, on_delivery
+            )
+            if not waiting:
+                if action:
+                    await self._after_append(engine, action)
+                return future
+            gate = self._gates[topic] = [asyncio.Lock(), 0]
+        gate[1] += 1
+        try:
+            async with gate[0]:  # FIFO: tasks that wait append in the order they came
+                await self._wait_and_enqueue(
+                    engine, future, topic, partition, ts, kb, vb, hdrs, bound, on_delivery
+                )
+        finally:
+            gate[1] -= 1
+            if gate[1] == 0 and self._gates.get(topic) is gate:
+                del self._gates[topic]
+        return future
+
+    def _try_enqueue(
+        self,
+        engine: ProducerEngine,
+        future: asyncio.Future[RecordMetadata],
+        topic: str,
+        partition: int | None,
+        ts: int,
+        kb: bytes | None,
+        vb: bytes | None,
+        hdrs: Any,
+        bound: int,
+        on_delivery: DeliveryCallback | None,
+    ) -> tuple[bool, int]:
+        """One attempt to append, without waiting: (True, 0) when the record must wait (metadata or
+        memory), else (False, what ``after_append_locked`` asks for)."""
+        with engine.lock:
+            engine.check_open()
+            result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
+            if type(result) is int:
+                return True, 0
+            assert isinstance(result, ProducerBatch)
+            index = result.record_count - 1
+            result.add_callback(index, future, ts)
+            if on_delivery is not None:
+                result.add_callback(index, on_delivery, ts)
+            return False, engine.after_append_locked(result) if index == 0 or not result.accepting else 0
+
+    async def _wait_and_enqueue(
+        self,
+        engine: ProducerEngine,
+        future: asyncio.Future[RecordMetadata],
+        topic: str,
+        partition: int | None,
+        ts: int,
+        kb: bytes | None,
+        vb: bytes | None,
+        hdrs: Any,
+        bound: int,
+        on_delivery: DeliveryCallback | None,
+    ) -> None:
+        """Append, waiting (up to max.block.ms) for metadata or memory."""
         start = time.monotonic()
         while True:
             with engine.lock:
@@ -227,7 +295,7 @@ class AsyncProducer:
             if type(result) is not int:
                 if action:
                     await self._after_append(engine, action)
-                return future
+                return
             remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)
             try:
                 if remaining <= 0:
