@@ -1203,3 +1203,45 @@ def test_fail_unsent_fails_only_batches_that_never_left_and_match() -> None:
     assert not retried.done and not other.done
     assert h.acc.used_bytes < used  # their memory is free again
     assert [b for b in h.acc.queued_batches()] in ([retried, other], [other, retried])
+
+
+def test_persistence_is_each_batchs_own_even_with_a_shared_error() -> None:
+    """One error object failing a whole plan: the batch that was written before says POSSIBLY_PERSISTED,
+    the batch never written says NOT_PERSISTED, whatever the shared error claims."""
+    from kprod.errors import Persisted
+
+    h = Harness(retries=0)
+    written = h.append(0, 0)
+    never = h.append(2, 0)
+    plan = only_plan(h.send(LINGER, slots={1: 1, 2: 0}))
+    assert set(plan.batches) == {written, never}
+    written.maybe_written = True  # an earlier attempt may be in the log
+    for batch in plan.batches:
+        batch.sent = batch is written  # as if ``never`` had not reached the socket
+    shared = BrokerConnectionError("connection lost", persisted=Persisted.POSSIBLY_PERSISTED)
+    failed = h.core.on_request_failed(plan, shared, LINGER + 1)
+    by_batch = {b.partition: b.error for b in failed}
+    assert by_batch[0] is not None and by_batch[0].persisted is Persisted.POSSIBLY_PERSISTED
+    assert by_batch[2] is not None and by_batch[2].persisted is Persisted.NOT_PERSISTED
+    assert shared.persisted is Persisted.POSSIBLY_PERSISTED  # the shared object is left as it was
+
+
+def test_a_new_leader_on_a_broker_not_known_yet_is_reached_through_the_answers_node_endpoints() -> None:
+    """KIP-951: NOT_LEADER naming broker 3, which the metadata does not list, with its address in the
+    answer's NodeEndpoints: the retry goes to broker 3 at once, without a Metadata round trip."""
+    h = Harness()
+    batch = h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    answer = respond(plan, NOT_LEADER, current_leader=(3, LEADER_EPOCH + 1))
+    answer.node_endpoints[3] = ("b3", 9093, None)
+    h.core.on_produce_response(plan, answer, 200)
+    assert h.metadata.node_address(3) == ("b3", 9093)
+    assert h.metadata.leader(TOPIC, 0) == 3
+    retry = only_plan(h.send(200, slots={1: 5, 2: 5, 3: 5}))  # no backoff: the answer named where to go
+    assert (retry.node_id, retry.batches) == (3, [batch])
+    # Without the endpoint the unknown broker cannot be used: the leader stays, a refresh is asked.
+    h2 = Harness()
+    h2.append(0, 0)
+    plan2 = only_plan(h2.send(LINGER))
+    h2.core.on_produce_response(plan2, respond(plan2, NOT_LEADER, current_leader=(3, LEADER_EPOCH + 1)), 200)
+    assert h2.metadata.leader(TOPIC, 0) == 1 and h2.metadata.update_requested

@@ -232,5 +232,14 @@ class ClusterMetadata:
         info.available = [p for p in range(len(info.leaders)) if info.leaders[p] >= 0]
         return changed
 
+    def learn_broker(self, node_id: int, host: str, port: int) -> bool:
+        """A broker named in a Produce response's NodeEndpoints (KIP-951) that this view does not
+        know yet: add it, so that a leader it names can be routed to before the next refresh.
+        Known brokers keep the address the last Metadata answer gave. Returns True when added."""
+        if node_id < 0 or node_id in self.brokers or not host or not 0 < port < 65536:
+            return False
+        self.brokers[node_id] = (host, port)
+        return True
+
     def node_address(self, node_id: int) -> tuple[str, int] | None:
         return self.brokers.get(node_id)

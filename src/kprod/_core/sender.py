@@ -416,6 +416,8 @@ class SenderCore:
     ) -> list[ProducerBatch]:
         """Apply a Produce response: complete, retry or fail each batch of ``plan``."""
         self._in_flight.pop(id(plan), None)
+        for node_id, (host, port, _rack) in response.node_endpoints.items():
+            self.metadata.learn_broker(node_id, host, port)  # KIP-951: new leaders' addresses
         by_tp: dict[tuple[str, int], ProducerBatch] = {(b.topic, b.partition): b for b in plan.batches}
         completed: list[ProducerBatch] = []
         for topic in response.topics:
@@ -601,9 +603,10 @@ class SenderCore:
         persisted = Persisted.POSSIBLY_PERSISTED if maybe else Persisted.NOT_PERSISTED
         if now_ms >= deadline:
             error = self._timeout_error(batch, now_ms, persisted)
-        elif maybe and error.persisted is Persisted.NOT_PERSISTED:
-            # A copy: the error object may be shared by every batch of a plan or a connection.
-            error = _possibly_persisted(error)
+        elif error.persisted is not persisted and error.persisted is not Persisted.PERSISTED:
+            # A copy: the error object may be shared by every batch of a plan or a connection, and
+            # whether the log may hold the records is this batch's own story.
+            error = _with_persisted(error, persisted)
         self._complete(batch, -1, -1, error, completed)
 
     def backoff_ms(self, attempts: int) -> int:
@@ -697,11 +700,16 @@ class SenderCore:
         return len(self._in_flight)
 
 
-def _possibly_persisted(error: KprodError) -> KprodError:
-    """A copy of ``error`` (same class, message and attributes) marked POSSIBLY_PERSISTED."""
+def _with_persisted(error: KprodError, persisted: Persisted) -> KprodError:
+    """A copy of ``error`` (same class, message and attributes) marked ``persisted``."""
     err = error.__class__.__new__(error.__class__)
     err.args = error.args
     err.__dict__.update(error.__dict__)
-    err.persisted = Persisted.POSSIBLY_PERSISTED
+    err.persisted = persisted
     err.__cause__ = error
     return err
+
+
+def _possibly_persisted(error: KprodError) -> KprodError:
+    """A copy of ``error`` (same class, message and attributes) marked POSSIBLY_PERSISTED."""
+    return _with_persisted(error, Persisted.POSSIBLY_PERSISTED)
