@@ -428,3 +428,73 @@ def test_a_replayed_produce_request_is_answered_duplicate_sequence_number(tansu:
     assert unknown, "the records of the replayed request should report offset -1"
     assert {metadata[i].partition for i in unknown} <= replayed_partitions
     assert all((md.partition, md.offset) == offsets[i] for i, md in metadata.items() if i not in unknown)
+
+
+@pytest.mark.timeout(120)
+def test_a_broker_that_stops_reading_is_given_no_more_requests(fresh_broker: Any) -> None:
+    """The broker process is frozen (SIGSTOP) while 50 requests of ~1 MB may be in flight: once the
+    kernel's buffers are full, the connection's writes pause and the producer stops writing to it
+    (the transport holds at most about 2 x max.request.size more), instead of copying every request
+    into the transport's buffer; after SIGCONT everything is delivered once."""
+    import os
+    import signal
+
+    fresh_broker.create_topic("frozen", partitions=1)
+    request = 1_048_576
+    settings = {
+        "bootstrap.servers": fresh_broker.bootstrap_servers,
+        "acks": 1,
+        "enable.idempotence": False,
+        "max.in.flight.requests.per.connection": 50,
+        "linger.ms": 0,
+        "batch.size": 1_000_000,
+        "max.request.size": request,
+        "buffer.memory": 128 << 20,
+        "request.timeout.ms": 60_000,
+        "delivery.timeout.ms": 120_000,
+    }
+    value = b"v" * 900_000
+    pid = fresh_broker.pid
+    with Producer(settings) as producer:
+        assert producer.send("frozen", b"first").result(timeout=30).offset == 0
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            futures = [producer.send("frozen", value) for _ in range(60)]
+            deadline = time.monotonic() + 10
+            conn = producer._engine.connections[next(iter(producer._engine.connections))]
+            while not conn.write_paused and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # a sender that ignored the pause would keep writing now
+            assert conn.write_paused
+            buffered = conn._transport.get_write_buffer_size()
+            assert buffered <= 3 * request, f"{buffered:,} bytes piled up in the transport"
+            assert conn.in_flight_count < 50
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        producer.flush(timeout=60)
+    assert all(f.exception(timeout=0) is None for f in futures)
+    assert len(consume_all(fresh_broker.bootstrap_servers, "frozen", 1, 61, timeout_s=60)) == 61
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_that_stays_down_is_not_logged_every_second(
+    fresh_broker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reconnection attempts to a dead broker: a WARNING for the first failure (then every 30th), the
+    rest at DEBUG with their attempt number."""
+    import logging
+
+    fresh_broker.create_topic("down", partitions=1)
+    caplog.set_level(logging.DEBUG, logger="kprod")
+    with Producer(
+        {"bootstrap.servers": fresh_broker.bootstrap_servers, "reconnect.backoff.max.ms": 200}
+    ) as producer:
+        assert producer.send("down", b"up").result(timeout=30).offset == 0
+        fresh_broker.kill()
+        producer.send("down", b"queued")  # keeps the sender trying to reach the leader
+        time.sleep(4)
+        failures = [r for r in caplog.records if "cannot connect to broker" in r.getMessage()]
+        warnings = [r for r in failures if r.levelno >= logging.WARNING]
+        assert len(failures) >= 5, [r.getMessage() for r in caplog.records][-20:]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        producer.close(0)

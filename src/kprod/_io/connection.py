@@ -87,11 +87,13 @@ class BrokerConnection(asyncio.BufferedProtocol):
         sasl: SaslLogin | None = None,
         on_ready: Callable[[BrokerConnection], None] | None = None,
         max_transaction_version: int = 2,
+        write_buffer_high_bytes: int = 0,
     ) -> None:
         self.node_id = node_id
         self._ssl_context = ssl_context
         self._sasl = sasl
         self._max_transaction_version = max_transaction_version
+        self._write_buffer_high_bytes = write_buffer_high_bytes
         self._on_ready = on_ready
         self.session_lifetime_ms = 0
         """The SASL session's lifetime the broker gave (KIP-368; 0: none): re-authenticated before it ends."""
@@ -335,6 +337,10 @@ class BrokerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._write_buffer_high_bytes > 0:
+            # Pause (and take no more requests) only when a broker stops reading, not for one large
+            # request: the socket buffer drains those in microseconds on a live connection.
+            transport.set_write_buffer_limits(high=self._write_buffer_high_bytes)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -393,10 +399,26 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._finish_close(error)
 
     def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: the broker does not read. The engine
+        gives this connection no request until it drains (:attr:`write_paused`)."""
         self._write_paused = True
+        log.debug("%s: writes paused, the broker is not reading", self)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.ready and self._on_ready is not None:
+            self._on_ready(self)  # the engine may send again
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written to the transport that the kernel has not taken yet."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the transport's write buffer is above its high-water mark."""
+        return self._write_paused
 
     # -- requests -----------------------------------------------------------------------
 

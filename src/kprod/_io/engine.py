@@ -210,6 +210,7 @@ class ProducerEngine:
         self._auth_failure_logged_ms = 0
         self.last_auth_error: AuthenticationError | None = None
         self._txn_requests_in_flight = 0
+        self._reauthentications_seen: dict[int, int] = {}
         # Java's selector metrics for SASL (KIP-368 names): authentications and re-authentications.
         self.authentications = [0, 0]  # [successful, failed]
         self.reauthentications = [0, 0]
@@ -880,7 +881,12 @@ class ProducerEngine:
             del self._throttled_until_ms[node_id]
         conn = self.connections.get(node_id)
         if conn is not None and conn.ready:
-            return self.config.max_in_flight_requests_per_connection - conn.in_flight_count
+            if conn.write_paused:
+                return 0  # the broker is not reading what was written: no more until it drains
+            slots = self.config.max_in_flight_requests_per_connection - conn.in_flight_count
+            # Bytes the kernel did not take yet: one request per round until the buffer drains, so
+            # a broker that stops reading gets at most about one request past the pause.
+            return min(slots, 1) if conn.write_buffer_size else slots
         if node_id in self._connecting or (conn is not None and not conn.closed):
             return 0  # connecting, or re-authenticating (KIP-368): it wakes the sender when ready
         return -1
@@ -909,8 +915,11 @@ class ProducerEngine:
             self._node_backoff[node_id] = (monotonic_ms() + self._reconnect_backoff_ms(failures), failures)
             if isinstance(exc, AuthenticationError):
                 self._authentication_failed(exc, node_id)
+            elif failures == 1 or failures % 30 == 0:
+                # The first failure, then every 30th: a broker that stays down is not logged every second.
+                log.warning("%s%s", exc, f" ({failures} attempts so far)" if failures > 1 else "")
             else:
-                log.warning("%s", exc)
+                log.debug("%s (attempt %d)", exc, failures)
             with self.lock:
                 self.metadata.request_update()
         else:
@@ -962,6 +971,7 @@ class ProducerEngine:
             sasl=self._sasl_login,
             on_ready=self._on_connection_ready,
             max_transaction_version=1 if self.config.kprod_transaction_version == "1" else 2,
+            write_buffer_high_bytes=2 * self.config.max_request_size,
         )
         try:
             await conn.connect(self._connect_timeout_ms(node_id))
@@ -976,9 +986,11 @@ class ProducerEngine:
         return conn
 
     def _on_connection_ready(self, conn: BrokerConnection) -> None:
-        """A connection is ready again after re-authenticating (KIP-368)."""
-        log.debug("%s re-authenticated (%d times)", conn, conn.reauthentications)
-        self.reauthentications[0] += 1
+        """A connection takes requests again: re-authenticated (KIP-368), or its writes resumed."""
+        if conn.reauthentications > self._reauthentications_seen.get(id(conn), 0):
+            self._reauthentications_seen[id(conn)] = conn.reauthentications
+            log.debug("%s re-authenticated (%d times)", conn, conn.reauthentications)
+            self.reauthentications[0] += 1
         self._wake()
 
     def _authentication_failed(self, error: AuthenticationError, node_id: int | None) -> None:
@@ -1000,6 +1012,7 @@ class ProducerEngine:
 
     def _on_connection_closed(self, conn: BrokerConnection, error: BaseException | None) -> None:
         self._open_conns.discard(conn)
+        self._reauthentications_seen.pop(id(conn), None)
         if conn.reauthentication_failed:
             self.reauthentications[1] += 1
             if isinstance(error, AuthenticationError):
@@ -1091,8 +1104,11 @@ class ProducerEngine:
         else:
             self.last_metadata_error = None
             with self.lock:
+                before = _leaders_of(self.metadata, topics) if log.isEnabledFor(logging.DEBUG) else None
                 self.metadata.on_update(snapshot, monotonic_ms())
                 self._fast_appenders.clear()
+                if before is not None:
+                    _log_leader_changes(before, _leaders_of(self.metadata, topics))
         self.notify_waiters()
         self._wake()
 
@@ -1413,6 +1429,24 @@ class ProducerEngine:
             # An in-flight slot is free, a retry or a producer-id reset is due, or a transactional
             # request waits (the EndTxn of a commit waits for the last answer).
             self._wake()
+
+
+def _leaders_of(metadata: ClusterMetadata, topics: list[str]) -> dict[str, list[int]]:
+    """Each topic's partition leaders (for the DEBUG log of changes)."""
+    return {t: list(info.leaders) for t in topics if (info := metadata.topics.get(t)) is not None}
+
+
+def _log_leader_changes(before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
+    for topic, leaders in after.items():
+        old = before.get(topic)
+        if old is None:
+            log.debug("metadata: topic %s, %d partitions, leaders %s", topic, len(leaders), leaders)
+            continue
+        moved = [f"{p}: {a} -> {b}" for p, (a, b) in enumerate(zip(old, leaders, strict=False)) if a != b]
+        if len(old) != len(leaders):
+            moved.append(f"{len(old)} -> {len(leaders)} partitions")
+        if moved:
+            log.debug("metadata: topic %s leaders moved (%s)", topic, ", ".join(moved[:20]))
 
 
 def _run_callback(fn: _DeliveryCallback, error: BaseException) -> None:
