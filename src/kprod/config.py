@@ -237,12 +237,29 @@ def _bootstrap(name: str, raw: object) -> BootstrapServers | None:
     return tuple(out)
 
 
-def _partitioner(name: str, raw: object) -> Partitioner | None:
+LIBRDKAFKA_PARTITIONER_NAMES: Final = (
+    "random",
+    "consistent",
+    "consistent_random",
+    "murmur2",
+    "murmur2_random",
+    "fnv1a",
+    "fnv1a_random",
+)
+"""librdkafka's ``partitioner`` values, accepted by name (placement checked against confluent-kafka)."""
+
+
+def _partitioner(name: str, raw: object) -> Partitioner | str | None:
     allowed = (
-        "None, or a callable (topic: str, key: bytes | None, value: bytes | None, num_partitions: int) -> int"
+        "None, one of librdkafka's partitioners (" + ", ".join(LIBRDKAFKA_PARTITIONER_NAMES) + "), or a "
+        "callable (topic: str, key: bytes | None, value: bytes | None, num_partitions: int) -> int"
     )
     if raw is None:
         return None
+    if isinstance(raw, str):
+        if raw.strip() in LIBRDKAFKA_PARTITIONER_NAMES:
+            return raw.strip()
+        raise _Invalid(allowed)
     if not callable(raw):
         raise _Invalid(allowed)
     try:
@@ -394,10 +411,13 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "lz4 level. Default 9."),
     _d("compression.zstd.level", "int", 3, "[-131072, 22]", _int(-131072, 22),
        "zstd level. Default 3."),
-    _d("partitioner", "callable", None, "None or callable(topic, key, value, num_partitions) -> int",
+    _d("partitioner", "callable", None,
+       "None, a librdkafka partitioner name, or callable(topic, key, value, num_partitions) -> int",
        _partitioner,
-       "Custom partitioner over serialized key/value bytes. Default None: the built-in "
-       "murmur2 / uniform-sticky logic. Alias: partitioner.class.",
+       "Custom partitioner over serialized key/value bytes, or one of librdkafka's by name (random, "
+       "consistent, consistent_random (confluent-kafka's default: CRC32 of the key), murmur2, "
+       "murmur2_random, fnv1a, fnv1a_random), placing each key where confluent-kafka does. Default None: "
+       "the built-in murmur2 / uniform-sticky logic (= murmur2_random). Alias: partitioner.class.",
        "partitioner.class"),
     _d("partitioner.ignore.keys", "bool", False, "true, false", _bool,
        "If true, keys are not hashed: every record uses the uniform sticky partitioner. Default false."),
@@ -583,7 +603,7 @@ class ProducerConfig:
     compression_gzip_level: int = _DEFAULTS["compression.gzip.level"]
     compression_lz4_level: int = _DEFAULTS["compression.lz4.level"]
     compression_zstd_level: int = _DEFAULTS["compression.zstd.level"]
-    partitioner: Partitioner | None = _DEFAULTS["partitioner"]
+    partitioner: Partitioner | str | None = _DEFAULTS["partitioner"]
     partitioner_ignore_keys: bool = _DEFAULTS["partitioner.ignore.keys"]
     partitioner_adaptive_partitioning_enable: bool = _DEFAULTS["partitioner.adaptive.partitioning.enable"]
     partitioner_availability_timeout_ms: int = _DEFAULTS["partitioner.availability.timeout.ms"]

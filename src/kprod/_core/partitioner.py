@@ -13,7 +13,7 @@ import bisect
 import random
 from collections.abc import Callable, Sequence
 
-__all__ = ["StickyPartitioner"]
+__all__ = ["LIBRDKAFKA_PARTITIONERS", "KeyedPartitioner", "StickyPartitioner", "crc32_hash", "fnv1a_hash"]
 
 
 class StickyPartitioner:
@@ -101,3 +101,73 @@ class StickyPartitioner:
             self.current = available[rng.randrange(len(available))] if len(available) > 1 else available[0]
         else:
             self.current = rng.randrange(partition_count) if partition_count > 0 else -1
+
+
+# ---------------------------------------------------------------------------- librdkafka's partitioners
+
+
+def crc32_hash(key: bytes) -> int:
+    """CRC-32 (IEEE, zlib's) of ``key``: librdkafka's ``consistent`` partitioners."""
+    import zlib
+
+    return zlib.crc32(key)
+
+
+def fnv1a_hash(key: bytes) -> int:
+    """32-bit FNV-1a of ``key`` as a signed int32, as librdkafka computes it."""
+    h = 0x811C9DC5
+    for byte in key:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+KeyedPartitioner = Callable[[bytes | None, int, random.Random], int]
+"""``(key, partition_count, rng) -> partition``, or -1 for "the sticky partitioner chooses"."""
+
+
+def _murmur2_positive(key: bytes) -> int:
+    from kprod._core.murmur2 import murmur2
+
+    return murmur2(key) & 0x7FFFFFFF
+
+
+def _consistent(key: bytes | None, count: int, rng: random.Random) -> int:
+    return crc32_hash(key or b"") % count
+
+
+def _consistent_random(key: bytes | None, count: int, rng: random.Random) -> int:
+    return crc32_hash(key) % count if key else -1
+
+
+def _murmur2(key: bytes | None, count: int, rng: random.Random) -> int:
+    return _murmur2_positive(key or b"") % count
+
+
+def _murmur2_random(key: bytes | None, count: int, rng: random.Random) -> int:
+    return _murmur2_positive(key) % count if key is not None else -1
+
+
+def _fnv1a(key: bytes | None, count: int, rng: random.Random) -> int:
+    return abs(fnv1a_hash(key or b"")) % count
+
+
+def _fnv1a_random(key: bytes | None, count: int, rng: random.Random) -> int:
+    return abs(fnv1a_hash(key)) % count if key is not None else -1
+
+
+def _random(key: bytes | None, count: int, rng: random.Random) -> int:
+    return rng.randrange(count) if key is not None else -1
+
+
+LIBRDKAFKA_PARTITIONERS: dict[str, KeyedPartitioner] = {
+    "random": _random,
+    "consistent": _consistent,
+    "consistent_random": _consistent_random,
+    "murmur2": _murmur2,
+    "murmur2_random": _murmur2_random,
+    "fnv1a": _fnv1a,
+    "fnv1a_random": _fnv1a_random,
+}
+"""librdkafka's ``partitioner`` values, placing keyed records as librdkafka does. -1 means the record
+goes to the sticky partitioner (librdkafka's keyless records, and null keys of the ``*_random``
+ones, use its sticky partitioning too)."""

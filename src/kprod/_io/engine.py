@@ -41,7 +41,7 @@ from kprod._core.accumulator import (
 )
 from kprod._core.metadata import TOPIC_NAME_MAX_LENGTH, ClusterMetadata, TopicInfo, topic_name_problem
 from kprod._core.murmur2 import cached_positive_hash, partition_for_key
-from kprod._core.partitioner import StickyPartitioner
+from kprod._core.partitioner import LIBRDKAFKA_PARTITIONERS, StickyPartitioner
 from kprod._core.sender import ProduceRequestPlan, SenderCore, SenderSettings
 from kprod._core.transactions import (
     CoordinatorType,
@@ -236,7 +236,12 @@ class ProducerEngine:
         self._fast_appenders: dict[str, _TopicAppender] = {}
         """Appenders the fast path may use: cleared (under the lock) whenever the metadata
         changes or the producer stops accepting, so the fast path needs no version check."""
-        self._custom_partitioner = config.partitioner
+        named = config.partitioner if isinstance(config.partitioner, str) else None
+        self._custom_partitioner = None if isinstance(config.partitioner, str) else config.partitioner
+        # librdkafka's partitioners by name; murmur2_random is this producer's own default (Java's).
+        self._keyed_partitioner = (
+            LIBRDKAFKA_PARTITIONERS[named] if named is not None and named != "murmur2_random" else None
+        )
         self._ignore_keys = config.partitioner_ignore_keys
         self.try_append_plain: PlainAppender = _plain_appender(self)
         self.accepting = True
@@ -454,9 +459,12 @@ class ProducerEngine:
         sticky: StickyPartitioner | None = None
         if partition is None:
             custom = self._custom_partitioner
+            keyed = self._keyed_partitioner
             if custom is not None:
                 partition = self._custom_partition(custom, topic, key, value, count)
-            elif key is not None and not self._ignore_keys:
+            elif keyed is not None and not self._ignore_keys and (chosen := keyed(key, count, self.rng)) >= 0:
+                partition = chosen  # one of librdkafka's partitioners, by name
+            elif key is not None and not self._ignore_keys and keyed is None:
                 partition = partition_for_key(key, count)
             else:
                 sticky = appender.sticky
@@ -512,7 +520,7 @@ class ProducerEngine:
         queues = [self.accumulator.queue(topic, p) for p in range(len(info.leaders))]
         appender = _TopicAppender(metadata.version, info, queues, sticky)
         self._appenders[topic] = appender
-        if self._custom_partitioner is None and self.accepting:
+        if self._custom_partitioner is None and self._keyed_partitioner is None and self.accepting:
             # In a transaction too: the fast path only appends to a partition's open batch, which
             # the general path opened in this transaction after adding the partition to it (every
             # batch is completed before a transaction ends), and it checks the transaction's state.
