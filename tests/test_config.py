@@ -498,3 +498,45 @@ def test_frozen() -> None:
     cfg = ProducerConfig.from_user()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.linger_ms = 1  # type: ignore[misc]
+
+
+def test_librdkafka_names_with_the_same_meaning_are_taken() -> None:
+    """A confluent-kafka config dict works where the meaning is the same (units converted)."""
+    cfg = ProducerConfig.from_user(
+        {
+            "queue.buffering.max.ms": 20,
+            "queue.buffering.max.kbytes": 1024,
+            "compression.codec": "lz4",
+            "request.required.acks": 1,
+            "message.timeout.ms": 40_000,
+            "message.max.bytes": 2_000_000,
+            "message.send.max.retries": 7,
+            "max.in.flight": 3,
+            "sasl.mechanisms": "PLAIN",
+            "ssl.ca.location": "/etc/ca.pem",
+            "partitioner": "consistent_random",
+            "enable.idempotence": False,
+        }
+    )
+    assert (cfg.linger_ms, cfg.buffer_memory, cfg.compression_type, cfg.acks) == (20, 1_048_576, "lz4", 1)
+    assert (cfg.delivery_timeout_ms, cfg.max_request_size, cfg.retries) == (40_000, 2_000_000, 7)
+    assert (cfg.max_in_flight_requests_per_connection, cfg.sasl_mechanism) == (3, "PLAIN")
+    assert (cfg.ssl_truststore_location, cfg.partitioner) == ("/etc/ca.pem", "consistent_random")
+    assert ProducerConfig.from_user(queue_buffering_max_kbytes=4).buffer_memory == 4096
+    with pytest.raises(ConfigError, match="given twice"):
+        ProducerConfig.from_user({"linger.ms": 5, "queue.buffering.max.ms": 10})
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("batch.num.messages", "batch.size"),
+        ("queue.buffering.max.messages", "buffer.memory"),
+        ("socket.timeout.ms", "request.timeout.ms"),
+        ("compression.level", "compression.zstd.level"),
+        ("dr_msg_cb", "on_delivery"),
+    ],
+)
+def test_librdkafka_names_without_a_twin_are_refused_with_the_kafka_name(name: str, hint: str) -> None:
+    msg = err({name: 1})
+    assert repr(name) in msg and "librdkafka" in msg and hint in msg, msg

@@ -361,9 +361,11 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "Sent in every request header. Default '': becomes 'kprod-producer-<n>' "
        "(or 'kprod-producer-<transactional.id>')."),
     _d("acks", "int", -1, "all, -1, 0, 1", _acks,
-       "Acknowledgements required: 0 none, 1 the leader, all (-1) every in-sync replica. Default all."),
+       "Acknowledgements required: 0 none, 1 the leader, all (-1) every in-sync replica. Default all.",
+       "request.required.acks"),
     _d("linger.ms", "long", 5, "[0, ...]", _int(0, _I64),
-       "Milliseconds to wait for more records before sending a non-full batch. Default 5 ms."),
+       "Milliseconds to wait for more records before sending a non-full batch. Default 5 ms.",
+       "queue.buffering.max.ms"),
     _d("batch.size", "int", 16384, "[0, ...]", _int(0, _I32),
        "Bytes per partition batch buffer. Default 16384; 0 is treated as 1 (no batching)."),
     _d("buffer.memory", "long", 33554432, "[0, ...]", _int(0, _I64),
@@ -371,17 +373,21 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
     _d("max.block.ms", "long", 60000, "[0, ...]", _int(0, _I64),
        "Milliseconds send()/flush-related calls may block for metadata or buffer space. Default 60000."),
     _d("max.request.size", "int", 1048576, "[0, ...]", _int(0, _I32),
-       "Maximum bytes of one Produce request, and of one serialized record. Default 1048576 (1 MiB)."),
+       "Maximum bytes of one Produce request, and of one serialized record. Default 1048576 (1 MiB).",
+       "message.max.bytes"),
     _d("request.timeout.ms", "int", 30000, "[0, ...]", _int(0, _I32),
        "Milliseconds to wait for a broker response before retrying/failing. Default 30000."),
     _d("delivery.timeout.ms", "int", 120000, "[0, ...], >= linger.ms + request.timeout.ms", _int(0, _I32),
        "Upper bound in milliseconds from send() to success/failure. Default 120000; "
-       "if left unset it is raised to linger.ms + request.timeout.ms when that is larger."),
+       "if left unset it is raised to linger.ms + request.timeout.ms when that is larger.",
+       "message.timeout.ms"),
     _d("max.in.flight.requests.per.connection", "int", 5, "[1, ...]", _int(1, _I32),
-       "Unacknowledged requests per connection; at most 5 with idempotence. Default 5."),
+       "Unacknowledged requests per connection; at most 5 with idempotence. Default 5.",
+       "max.in.flight"),
     _d("retries", "int", INT32_MAX, "[0, 2147483647]", _int(0, _I32),
        "Retries of a batch after a retriable error (delivery.timeout.ms is the real bound). "
-       "Default 2147483647."),
+       "Default 2147483647.",
+       "message.send.max.retries"),
     _d("retry.backoff.ms", "long", 100, "[0, ...]", _int(0, _I64),
        "Initial milliseconds between retries (exponential x2, 20% jitter). Default 100."),
     _d("retry.backoff.max.ms", "long", 1000, "[0, ...]", _int(0, _I64),
@@ -404,7 +410,8 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "AddPartitionsToTxn as librdkafka does, faster for back-to-back short transactions. Default auto."),
     _d("compression.type", "str", "none", "none, gzip, snappy, lz4, zstd",
        _choice("none", "gzip", "snappy", "lz4", "zstd"),
-       "Batch compression codec. Default none."),
+       "Batch compression codec. Default none.",
+       "compression.codec"),
     _d("compression.gzip.level", "int", -1, "-1 or [1, 9]", _gzip_level,
        "gzip level; -1 is zlib's default (6). Default -1."),
     _d("compression.lz4.level", "int", 9, "[1, 17]", _int(1, 17),
@@ -552,6 +559,28 @@ _client_ids = itertools.count(1)
 
 _DEFAULTS: Final[dict[str, Any]] = {d.name: d.default for d in _DEFS}
 
+
+LIBRDKAFKA_CONVERTED: Final[dict[str, tuple[str, Callable[[object], object]]]] = {
+    "queue.buffering.max.kbytes": ("buffer.memory", lambda v: int(v) * 1024),  # type: ignore[call-overload]
+}
+"""librdkafka settings with a Kafka twin in another unit: name -> (Kafka name, conversion)."""
+
+LIBRDKAFKA_REFUSED: Final[dict[str, str]] = {
+    "batch.num.messages": "kprod closes batches by bytes, not by count: use batch.size",
+    "queue.buffering.max.messages": "kprod bounds the buffer in bytes, not in records: use buffer.memory",
+    "socket.timeout.ms": "set request.timeout.ms (per request) and socket.connection.setup.timeout.ms",
+    "compression.level": "levels are per codec: compression.gzip.level, compression.lz4.level, "
+    "compression.zstd.level",
+    "sticky.partitioning.linger.ms": "kprod's sticky partitioner (KIP-794) moves on by bytes: see batch.size",
+    "queue.buffering.backpressure.threshold": "not applicable: kprod sends as soon as a batch is ready",
+    "enable.gapless.guarantee": "with enable.idempotence kprod never leaves a gap: it fails the producer "
+    "or bumps the epoch as Java does",
+    "delivery.report.only.error": "pass on_delivery only where you want reports",
+    "dr_cb": "pass on_delivery to send() (called with (metadata, error))",
+    "dr_msg_cb": "pass on_delivery to send() (called with (metadata, error))",
+    "error_cb": "errors are raised by send() or delivered to the record's future / on_delivery",
+}
+"""librdkafka settings whose meaning has no kprod twin: refused with what to set instead."""
 
 SECRET_SETTINGS: Final[frozenset[str]] = frozenset(d.name for d in _DEFS if d.type == "password") | {
     "ssl.key.password",
@@ -701,6 +730,22 @@ class ProducerConfig:
             raw[canonical] = (spelling, value)
             parsed[canonical] = parsed_value
 
+        def librdkafka(key: str, value: object) -> tuple[str, object] | None:
+            """A librdkafka name kprod converts (same meaning, other unit) or refuses with the Kafka
+            name to use; None for any other name."""
+            name = key if key in LIBRDKAFKA_REFUSED or key in LIBRDKAFKA_CONVERTED else key.replace("_", ".")
+            if name in LIBRDKAFKA_REFUSED:
+                raise ConfigError(f"Setting {key!r} (librdkafka's) is not taken: {LIBRDKAFKA_REFUSED[name]}")
+            if name in LIBRDKAFKA_CONVERTED:
+                canonical, convert = LIBRDKAFKA_CONVERTED[name]
+                try:
+                    return canonical, convert(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(
+                        f"Invalid value {_show(value)} for setting {key!r}: expected an integer"
+                    ) from None
+            return None
+
         if config is not None:
             if not isinstance(config, Mapping):
                 raise ConfigError(
@@ -712,12 +757,18 @@ class ProducerConfig:
                     raise ConfigError(f"Setting names must be strings, got {key!r}")
                 canonical = _BY_KAFKA.get(key)
                 if canonical is None:
-                    raise ConfigError(_unknown(key, _BY_KAFKA, kw=False))
+                    converted = librdkafka(key, value)
+                    if converted is None:
+                        raise ConfigError(_unknown(key, _BY_KAFKA, kw=False))
+                    canonical, value = converted
                 take(key, canonical, value)
         for key, value in kwargs.items():
             canonical = _BY_ATTR.get(key)
             if canonical is None:
-                raise ConfigError(_unknown(key, _BY_ATTR, kw=True))
+                converted = librdkafka(key, value)
+                if converted is None:
+                    raise ConfigError(_unknown(key, _BY_ATTR, kw=True))
+                canonical, value = converted
             take(key, canonical, value)
 
         explicit = frozenset(raw)
