@@ -10,6 +10,7 @@ key's records in send order. ``tests/test_faults_kafka.py`` asserts the verdict;
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -185,7 +186,7 @@ def run_scenario(
                 topic,
                 b"%07d" % i,
                 key=b"k%04d" % (i % keys),
-                on_delivery=lambda md, err, i=i: on_delivery(i, md, err),
+                on_delivery=functools.partial(on_delivery, i),
             )
             result.sent = i + 1
             ahead = started + duration_s * (i + 1) / records - time.monotonic()

@@ -312,9 +312,9 @@ def test_a_failed_sequenced_batch_bumps_the_epoch_locally_under_the_same_produce
     h.prime(0, 1)
     h.append(0, 0)
     after = h.append(1, 0)
-    plans = {plan.node_id: plan for plan in h.send(LINGER)}
-    h.core.on_produce_response(plans[1], respond(plans[1], TOPIC_AUTHORIZATION_FAILED), 200)
-    h.core.on_produce_response(plans[2], respond(plans[2]), 200)
+    by_node = {plan.node_id: plan for plan in h.send(LINGER)}
+    h.core.on_produce_response(by_node[1], respond(by_node[1], TOPIC_AUTHORIZATION_FAILED), 200)
+    h.core.on_produce_response(by_node[2], respond(by_node[2]), 200)
     assert after.base_sequence == 1
     waiting = h.append(1, 200)
     behind = h.append(1, 200)
@@ -1221,8 +1221,8 @@ def test_persistence_is_each_batchs_own_even_with_a_shared_error() -> None:
     shared = BrokerConnectionError("connection lost", persisted=Persisted.POSSIBLY_PERSISTED)
     failed = h.core.on_request_failed(plan, shared, LINGER + 1)
     by_batch = {b.partition: b.error for b in failed}
-    assert by_batch[0] is not None and by_batch[0].persisted is Persisted.POSSIBLY_PERSISTED
-    assert by_batch[2] is not None and by_batch[2].persisted is Persisted.NOT_PERSISTED
+    assert isinstance(by_batch[0], KprodError) and by_batch[0].persisted is Persisted.POSSIBLY_PERSISTED
+    assert isinstance(by_batch[2], KprodError) and by_batch[2].persisted is Persisted.NOT_PERSISTED
     assert shared.persisted is Persisted.POSSIBLY_PERSISTED  # the shared object is left as it was
 
 

@@ -466,7 +466,7 @@ def test_a_broker_that_stops_reading_is_given_no_more_requests(fresh_broker: Any
                 time.sleep(0.05)
             time.sleep(0.5)  # a sender that ignored the pause would keep writing now
             assert conn.write_paused
-            buffered = conn._transport.get_write_buffer_size()
+            buffered = conn.write_buffer_size
             assert buffered <= 3 * request, f"{buffered:,} bytes piled up in the transport"
             assert conn.in_flight_count < 50
         finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -49,7 +49,9 @@ class SlowEngine(ProducerEngine):
         self.try_append_plain = lambda *args: None
 
 
-def make_engine(cls: type[ProducerEngine], seed: int, **settings: object) -> Iterator[ProducerEngine]:
+def make_engine(
+    cls: type[ProducerEngine], seed: int, **settings: object
+) -> Generator[ProducerEngine, None, None]:
     loop = asyncio.new_event_loop()
     try:
         config = ProducerConfig.from_user(
@@ -88,14 +90,14 @@ records_strategy = st.lists(
 )
 
 
-def append_all(engine: ProducerEngine, records: list[Record]) -> list[tuple[int, int, int]]:
+def append_all(engine: ProducerEngine, records: Sequence[Record]) -> list[tuple[int, int, int]]:
     """Append every record; return (partition, batch number in its partition, index) per record."""
     placed: list[tuple[int, int, int]] = []
     numbers: dict[int, int] = {}
     for offset, key, value, partition, headers in records:
         if partition == -1:
-            for batch in engine.accumulator.queued_batches():
-                batch.accepting = False
+            for queued in engine.accumulator.queued_batches():
+                queued.accepting = False
             continue
         bound = record_size_upper_bound(key, value, headers)
         with engine.lock:
@@ -112,7 +114,7 @@ def append_all(engine: ProducerEngine, records: list[Record]) -> list[tuple[int,
     return placed
 
 
-def batches_of(engine: ProducerEngine) -> list[tuple[int, bytes, list[int]]]:
+def batches_of(engine: ProducerEngine) -> list[tuple[int, bytes]]:
     return [(b.partition, bytes(b.build())) for b in engine.accumulator.queued_batches()]
 
 

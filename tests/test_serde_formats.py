@@ -569,7 +569,8 @@ def test_serialization_error_fails_send_synchronously() -> None:
 
 
 def _field(name: str, number: int, type_: int, type_name: str = "", repeated: bool = False) -> _F:
-    f = _F(name=name, number=number, type=type_, label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+    label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+    f = _F(name=name, number=number, type=type_, label=label)  # type: ignore[arg-type]
     if type_name:
         f.type_name = type_name
     return f
@@ -667,7 +668,7 @@ def test_protobuf_equals_confluent(
     assert CkProtobufDeserializer(cls, {})(mine, ctx("pb-a")) == msg
     if name == "Payment":  # the import is registered under its file name and referenced
         assert "kprod_serde_tests/common.proto" in client.get_subjects()
-        refs = client.get_latest_version("pb-a-value").schema.references
+        refs = client.get_latest_version("pb-a-value").schema.references or []
         assert [(r.name, r.subject, r.version) for r in refs] == [
             ("kprod_serde_tests/common.proto", "kprod_serde_tests/common.proto", 1)
         ]
