@@ -11,6 +11,7 @@ Pure: time arrives as ``now_ms``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -95,7 +96,19 @@ class ClusterMetadata:
         self._last_attempt_ms = -1
         self._in_progress = False
         self.version = 0
-        """Incremented on every successful update: cheap change detection for waiters."""
+        """Incremented on every change of the view (an update, a leader learned from a Produce answer,
+        a broker added, an idle topic dropped): cheap change detection for caches."""
+        self._subscribers: list[Callable[[], None]] = []
+
+    def subscribe(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change()`` after every change of the view (under whatever lock guards this
+        object), e.g. to drop a cache built from it."""
+        self._subscribers.append(on_change)
+
+    def _changed(self) -> None:
+        self.version += 1
+        for on_change in self._subscribers:
+            on_change()
 
     # -- what the producer wants -------------------------------------------------
 
@@ -120,9 +133,12 @@ class ClusterMetadata:
     def wanted_topics(self, now_ms: int) -> list[str]:
         """Topics to ask for, dropping those idle for longer than ``max_idle_ms``."""
         idle_before = now_ms - self.max_idle_ms
-        for topic in [t for t, used in self._wanted.items() if used < idle_before]:
+        idle = [t for t, used in self._wanted.items() if used < idle_before]
+        for topic in idle:
             del self._wanted[topic]
             self.topics.pop(topic, None)
+        if idle:
+            self._changed()
         return list(self._wanted)
 
     # -- refresh policy ------------------------------------------------------------
@@ -194,7 +210,7 @@ class ClusterMetadata:
         if any(t not in snapshot.topics and t not in self.topics for t in self._wanted):
             self._update_requested = True
             self._new_topic_wanted = True
-        self.version += 1
+        self._changed()
 
     # -- queries -------------------------------------------------------------------
 
@@ -230,6 +246,7 @@ class ClusterMetadata:
         info.leaders[partition] = leader_id
         info.leader_epochs[partition] = leader_epoch
         info.available = [p for p in range(len(info.leaders)) if info.leaders[p] >= 0]
+        self._changed()
         return changed
 
     def learn_broker(self, node_id: int, host: str, port: int) -> bool:
@@ -239,6 +256,7 @@ class ClusterMetadata:
         if node_id < 0 or node_id in self.brokers or not host or not 0 < port < 65536:
             return False
         self.brokers[node_id] = (host, port)
+        self._changed()
         return True
 
     def node_address(self, node_id: int) -> tuple[str, int] | None:

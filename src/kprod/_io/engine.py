@@ -235,7 +235,9 @@ class ProducerEngine:
         self._appenders: dict[str, _TopicAppender] = {}
         self._fast_appenders: dict[str, _TopicAppender] = {}
         """Appenders the fast path may use: cleared (under the lock) whenever the metadata
-        changes or the producer stops accepting, so the fast path needs no version check."""
+        changes (ClusterMetadata tells its subscribers) or the producer stops accepting, so the
+        fast path needs no version check."""
+        self.metadata.subscribe(self._fast_appenders.clear)
         named = config.partitioner if isinstance(config.partitioner, str) else None
         self._custom_partitioner = None if isinstance(config.partitioner, str) else config.partitioner
         # librdkafka's partitioners by name; murmur2_random is this producer's own default (Java's).
@@ -1113,8 +1115,7 @@ class ProducerEngine:
             self.last_metadata_error = None
             with self.lock:
                 before = _leaders_of(self.metadata, topics) if log.isEnabledFor(logging.DEBUG) else None
-                self.metadata.on_update(snapshot, monotonic_ms())
-                self._fast_appenders.clear()
+                self.metadata.on_update(snapshot, monotonic_ms())  # drops the fast path's cache
                 if before is not None:
                     _log_leader_changes(before, _leaders_of(self.metadata, topics))
         self.notify_waiters()
