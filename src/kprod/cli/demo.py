@@ -469,6 +469,19 @@ def _produce_and_verify(
     return 0 if ok else 1
 
 
+def _high_watermark(consumer: Any, tp: Any, default: int) -> int:
+    """The partition's end offset; a topic created a moment ago may have no leader yet (answers
+    NOT_LEADER_FOR_PARTITION): asked again for up to 10 s, then ``default``."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+        except Exception:
+            if time.monotonic() >= deadline:
+                return default
+            time.sleep(0.2)
+
+
 class _Reader:
     """The read-back: confluent-kafka's Consumer (check.crcs=true) from the offsets where this run began
     (so that a topic holding older records, or a second run, is checked for this run's records only)
@@ -500,9 +513,7 @@ class _Reader:
         consumer = Consumer(settings)
         meta = consumer.list_topics(topic, timeout=30)
         partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        starts = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
-        }
+        starts = {p: _high_watermark(consumer, TopicPartition(topic, p), default=0) for p in partitions}
         return cls(consumer, topic, starts)
 
     def verify(self, n: int, codec: _Codec) -> tuple[int, int, list[str]]:
@@ -513,9 +524,7 @@ class _Reader:
         topic = self.topic
         meta = consumer.list_topics(topic, timeout=30)
         partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
-        }
+        ends = {p: _high_watermark(consumer, TopicPartition(topic, p), default=2**62) for p in partitions}
         consumer.assign([TopicPartition(topic, p, self.starts.get(p, 0)) for p in partitions])
         seen = bytearray(n)
         verified = read = 0
