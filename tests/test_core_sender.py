@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -1245,3 +1246,20 @@ def test_a_new_leader_on_a_broker_not_known_yet_is_reached_through_the_answers_n
     plan2 = only_plan(h2.send(LINGER))
     h2.core.on_produce_response(plan2, respond(plan2, NOT_LEADER, current_leader=(3, LEADER_EPOCH + 1)), 200)
     assert h2.metadata.leader(TOPIC, 0) == 1 and h2.metadata.update_requested
+
+
+def test_a_batch_cannot_complete_twice_or_go_back_once_done() -> None:
+    from kprod._core.accumulator import BatchState, BatchStateError
+
+    h = Harness()
+    batch = h.append(0, 0)
+    plan = only_plan(h.send(LINGER))
+    assert batch.state is BatchState.IN_FLIGHT
+    completed = h.core.on_produce_response(plan, respond(plan), LINGER)
+    assert completed == [batch] and batch.state is BatchState.DONE
+    with pytest.raises(BatchStateError, match="cannot go from DONE to DONE"):
+        h.core._complete(batch, 0, -1, None, [])
+    with pytest.raises(BatchStateError, match="DONE to QUEUED"):
+        h.acc.reenqueue(batch, LINGER, 0)
+    # An answer that comes again for a completed batch (a duplicate frame) changes nothing.
+    assert h.core.on_produce_response(plan, respond(plan), LINGER + 1) == []

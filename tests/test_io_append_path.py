@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from kprod._core.accumulator import ProducerBatch, record_size_upper_bound
 from kprod._core.murmur2 import partition_for_key
-from kprod._io.engine import WAIT_METADATA, ProducerEngine
+from kprod._io.engine import WAIT_METADATA, ProducerEngine, Wait
 from kprod.config import ProducerConfig
 from kprod.errors import KprodError
 from kprod.protocol.metadata import MetadataSnapshot, PartitionSnapshot, TopicSnapshot
@@ -105,7 +105,7 @@ def append_all(engine: ProducerEngine, records: Sequence[Record]) -> list[tuple[
             continue
         bound = record_size_upper_bound(key, value, headers)
         with engine.lock:
-            batch: ProducerBatch | int | None = None
+            batch: ProducerBatch | Wait | None = None
             if headers is None:
                 batch = engine.try_append_plain(TOPIC, partition, BASE_TS + offset, key, value)
                 if batch is not None:

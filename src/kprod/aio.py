@@ -18,7 +18,7 @@ from typing import Any
 from kprod._core.accumulator import BatchState, ProducerBatch
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
-from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, wall_ms
+from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, wall_ms
 from kprod._io.frontend import RecordPreparer, check_callback, check_partition
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaError, KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
@@ -254,7 +254,7 @@ class AsyncProducer:
         with engine.lock:
             engine.check_open()
             result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-            if type(result) is int:
+            if type(result) is Wait:
                 return True, 0
             assert isinstance(result, ProducerBatch)
             index = result.record_count - 1
@@ -282,7 +282,7 @@ class AsyncProducer:
             with engine.lock:
                 engine.check_open()
                 result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-                if type(result) is not int:
+                if type(result) is not Wait:
                     assert isinstance(result, ProducerBatch)
                     index = result.record_count - 1
                     # The future itself, not a closure around it: deliver() settles futures directly.
@@ -292,7 +292,7 @@ class AsyncProducer:
                     action = engine.after_append_locked(result) if index == 0 or not result.accepting else 0
                 elif result == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1
-            if type(result) is not int:
+            if type(result) is not Wait:
                 if action:
                     await self._after_append(engine, action)
                 return

@@ -22,7 +22,7 @@ from typing import Any
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
-from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine
+from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait
 from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
@@ -384,7 +384,7 @@ class Producer:
             if not engine.accepting:
                 engine.check_open()
             result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-            if type(result) is int:
+            if type(result) is Wait:
                 result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
             batch: ProducerBatch = result  # type: ignore[assignment]
             index = batch.record_count - 1
@@ -478,7 +478,7 @@ class Producer:
                     kb, vb, hdrs, partition, ts, bound = item
                     try:
                         result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-                        if type(result) is int:
+                        if type(result) is Wait:
                             result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
                     except UnknownTopicError:
                         raise
@@ -532,7 +532,7 @@ class Producer:
         vb: bytes | None,
         hdrs: list[tuple[str, bytes | None]] | None,
         bound: int,
-        reason: int,
+        reason: Wait,
     ) -> ProducerBatch:
         """Block (lock held, released while waiting) until the record fits or max.block.ms passes."""
         engine = self._engine
@@ -555,7 +555,7 @@ class Producer:
                         engine.accumulator.memory_waiters -= 1
                 engine.check_open()
                 result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-                if type(result) is not int:
+                if type(result) is not Wait:
                     assert isinstance(result, ProducerBatch)
                     return result
                 reason = result

@@ -29,9 +29,11 @@ from kprod.records.batch import RecordBatchBuilder
 __all__ = [
     "BATCH_HEADER_BYTES",
     "BatchState",
+    "BatchStateError",
     "PartitionQueue",
     "ProducerBatch",
     "RecordAccumulator",
+    "move_batch",
     "record_size_upper_bound",
 ]
 
@@ -64,6 +66,28 @@ class BatchState(enum.Enum):
     """Part of a request that has not been answered."""
     DONE = 3
     """Completed, successfully or not; its memory is released."""
+
+
+class BatchStateError(RuntimeError):
+    """A batch was moved where its life does not go (a second completion, a done batch requeued):
+    a bug in the producer, refused before it double-counts memory or delivers twice."""
+
+
+_NEXT_STATES: dict[BatchState, frozenset[BatchState]] = {
+    BatchState.QUEUED: frozenset({BatchState.IN_FLIGHT, BatchState.DONE}),
+    BatchState.IN_FLIGHT: frozenset({BatchState.QUEUED, BatchState.DONE}),
+    BatchState.DONE: frozenset(),
+}
+
+
+def move_batch(batch: ProducerBatch, state: BatchState) -> None:
+    """Move ``batch`` to ``state``, or raise BatchStateError for a transition its life does not have."""
+    if state not in _NEXT_STATES[batch.state]:
+        raise BatchStateError(
+            f"batch of {batch.topic}-{batch.partition} ({batch.record_count} records) cannot go from "
+            f"{batch.state.name} to {state.name}"
+        )
+    batch.state = state
 
 
 class ProducerBatch(RecordBatchBuilder):
@@ -388,7 +412,7 @@ class RecordAccumulator:
                 break
             q.batches.popleft()
             head.accepting = False
-            head.state = BatchState.IN_FLIGHT
+            move_batch(head, BatchState.IN_FLIGHT)
             q.in_flight += 1
             if not q.batches:
                 del self._nonempty[q]
@@ -404,7 +428,7 @@ class RecordAccumulator:
         """Put a failed batch back at the front of its queue, in sequence order, to retry after the backoff."""
         q = self.queue(batch.topic, batch.partition)
         q.in_flight -= 1
-        batch.state = BatchState.QUEUED
+        move_batch(batch, BatchState.QUEUED)
         batch.attempts += 1
         batch.next_retry_ms = now_ms + backoff_ms
         batches = q.batches

@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kprod._core.accumulator import BatchState, PartitionQueue, ProducerBatch, RecordAccumulator
+from kprod._core.accumulator import BatchState, PartitionQueue, ProducerBatch, RecordAccumulator, move_batch
 from kprod._core.metadata import ClusterMetadata
 from kprod._core.ratio import CompressionRatioEstimator
 from kprod._core.transactions import TransactionManager
@@ -636,8 +636,9 @@ class SenderCore:
         """Complete ``batch`` once, release its memory, and list it (and a finished split parent).
 
         ``report_to_txn`` False: the failure is the transaction's own abort, not news for it.
+        Raises BatchStateError for a batch completed already.
         """
-        batch.state = BatchState.DONE
+        move_batch(batch, BatchState.DONE)
         batch.base_offset = base_offset
         batch.log_append_time_ms = log_append_time_ms
         batch.error = error
@@ -658,7 +659,7 @@ class SenderCore:
                 parent.error = error
             if parent.pending_children:
                 break
-            parent.state = BatchState.DONE
+            move_batch(parent, BatchState.DONE)
             completed.append(parent)
             parent = parent.parent
 

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import random
@@ -100,21 +101,40 @@ __all__ = [
     "WAIT_METADATA",
     "WAKE_SENDER",
     "YIELD_GIL",
+    "AfterAppend",
     "ProducerEngine",
+    "Wait",
     "monotonic_ms",
     "wall_ms",
 ]
 
 log = logging.getLogger("kprod.producer")
 
-WAIT_METADATA = 1
-"""try_append_locked: the topic's partitions are not known yet."""
-WAIT_MEMORY = 2
-"""try_append_locked: buffer.memory is full."""
-WAKE_SENDER = 1
-"""after_append_locked: wake the sender loop (``wake()``) once the lock is released."""
-YIELD_GIL = 2
-"""after_append_locked: then let the I/O thread run (``time.sleep(0)``, ``asyncio.sleep(0)``)."""
+
+class Wait(enum.Enum):
+    """What :meth:`ProducerEngine.try_append_locked` answers when the record could not be appended."""
+
+    METADATA = "metadata"
+    """The topic's partitions are not known yet."""
+    MEMORY = "memory"
+    """``buffer.memory`` is full."""
+
+
+class AfterAppend(enum.IntFlag):
+    """What :meth:`ProducerEngine.after_append_locked` asks the caller to do, the lock released."""
+
+    NOTHING = 0
+    WAKE_SENDER = 1
+    """Wake the sender loop (``wake()``)."""
+    YIELD_GIL = 2
+    """Then let the I/O thread run (``time.sleep(0)``, ``asyncio.sleep(0)``)."""
+
+
+WAIT_METADATA = Wait.METADATA
+WAIT_MEMORY = Wait.MEMORY
+WAKE_SENDER = AfterAppend.WAKE_SENDER
+YIELD_GIL = AfterAppend.YIELD_GIL
+_WAKE_AND_YIELD = AfterAppend.WAKE_SENDER | AfterAppend.YIELD_GIL
 
 _MAX_INT32 = 2**31 - 1
 
@@ -427,7 +447,7 @@ class ProducerEngine:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes | None]] | None,
         record_bound: int,
-    ) -> ProducerBatch | int:
+    ) -> ProducerBatch | Wait:
         """Partition and append one serialized record, or say what to wait for (lock held).
 
         Returns the batch the record went to (its index there is
@@ -557,7 +577,7 @@ class ProducerEngine:
             )
         return partition
 
-    def after_append_locked(self, batch: ProducerBatch) -> int:
+    def after_append_locked(self, batch: ProducerBatch) -> AfterAppend:
         """After an append that opened ``batch`` or filled it (under the lock): what the caller must do.
 
         Returns WAKE_SENDER and/or YIELD_GIL bits, to act on *after* releasing the
@@ -577,18 +597,18 @@ class ProducerEngine:
         if acc.full_batches != self._full_batches_seen:
             self._full_batches_seen = acc.full_batches
             if not self.core.in_flight_count:
-                return WAKE_SENDER | YIELD_GIL
+                return _WAKE_AND_YIELD
         if batch.record_count != 1:
-            return 0
+            return AfterAppend.NOTHING
         now_ms = monotonic_ms()
-        action = WAKE_SENDER if self.next_wakeup_ms > now_ms + self.config.linger_ms else 0
+        action = WAKE_SENDER if self.next_wakeup_ms > now_ms + self.config.linger_ms else AfterAppend.NOTHING
         if (self.core.in_flight_count or self._txn_requests_in_flight) and now_ms >= self._next_yield_ms:
             # An AddPartitionsToTxn in flight counts too: its answer lets the full batches behind it go.
             self._next_yield_ms = now_ms + _YIELD_INTERVAL_MS
             action |= YIELD_GIL
         return action
 
-    def wait_error(self, reason: int, topic: str, waited_ms: int) -> KprodError:
+    def wait_error(self, reason: Wait, topic: str, waited_ms: int) -> KprodError:
         """The error for a send() that waited ``max.block.ms`` for metadata or memory."""
         max_block = self.config.max_block_ms
         if reason == WAIT_MEMORY:
