@@ -1,0 +1,107 @@
+"""The append path in the pure core, stepped by hand: no event loop, no engine, time as ``now_ms``.
+
+``tests/test_io_append_path.py`` compares the fast and the general path through the engine; these
+check the appender's own decisions: what to wait for, what to refuse at once, where records go.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kprod._core.accumulator import ProducerBatch, RecordAccumulator, record_size_upper_bound
+from kprod._core.appender import RecordAppender, Wait
+from kprod._core.metadata import ClusterMetadata
+from kprod._core.murmur2 import partition_for_key
+from kprod.config import ProducerConfig
+from kprod.errors import KafkaError, KprodError
+from kprod.protocol.metadata import MetadataSnapshot, PartitionSnapshot, TopicSnapshot
+
+TOPIC = "t"
+NOW = 1_000
+TS = 1_700_000_000_000
+
+
+def snapshot(partitions: int = 4, error_code: int = 0, name: str = TOPIC) -> MetadataSnapshot:
+    parts = {p: PartitionSnapshot(1, 0, 0) for p in range(partitions)} if not error_code else {}
+    return MetadataSnapshot(
+        brokers={1: ("b1", 9092)},
+        controller_id=1,
+        cluster_id="c",
+        topics={name: TopicSnapshot(error_code, parts)},
+    )
+
+
+def make(buffer_memory: int = 1 << 20, **settings: object) -> RecordAppender:
+    config = ProducerConfig.from_user({"batch.size": 1024, "buffer.memory": buffer_memory, **settings})
+    acc = RecordAccumulator(
+        batch_size=config.batch_size, linger_ms=config.linger_ms, buffer_memory=buffer_memory
+    )
+    metadata = ClusterMetadata(max_age_ms=300_000, max_idle_ms=300_000, refresh_backoff_ms=100)
+    return RecordAppender(config, acc, metadata, random.Random(1))
+
+
+def append(
+    appender: RecordAppender, key: bytes | None, value: bytes, partition: int | None = None
+) -> ProducerBatch | Wait:
+    bound = record_size_upper_bound(key, value, None)
+    return appender.try_append(TOPIC, partition, TS, key, value, None, bound, NOW)
+
+
+def test_an_unknown_topic_is_asked_for_and_waited_on() -> None:
+    appender = make()
+    assert append(appender, None, b"v") is Wait.METADATA
+    assert appender.metadata.update_requested and TOPIC in appender.metadata.wanted_topics(NOW)
+    appender.metadata.on_update(snapshot(), NOW)
+    batch = append(appender, None, b"v")
+    assert isinstance(batch, ProducerBatch) and batch.record_count == 1
+
+
+def test_refusals_that_waiting_would_not_change_are_raised_at_once() -> None:
+    appender = make()
+    with pytest.raises(KafkaError, match="not a valid topic name"):
+        appender.try_append("bad topic!", None, TS, None, b"v", None, 100, NOW)
+    appender.metadata.on_update(snapshot(error_code=29), NOW)  # TOPIC_AUTHORIZATION_FAILED
+    with pytest.raises(KafkaError, match="grant it WRITE"):
+        append(appender, None, b"v")
+    appender.metadata.on_update(snapshot(), NOW)
+    with pytest.raises(KprodError, match="partition 9 does not exist"):
+        append(appender, None, b"v", partition=9)
+
+
+def test_a_full_buffer_is_waited_on() -> None:
+    appender = make(buffer_memory=2_000)
+    appender.metadata.on_update(snapshot(), NOW)
+    results = [append(appender, None, b"x" * 300) for _ in range(10)]
+    assert Wait.MEMORY in results and isinstance(results[0], ProducerBatch)
+
+
+def test_keys_go_by_murmur2_and_keyless_records_stick_then_move_on() -> None:
+    appender = make()
+    appender.metadata.on_update(snapshot(partitions=4), NOW)
+    for key in (b"a", b"customer-7", b"\xff" * 20):
+        batch = append(appender, key, b"v")
+        assert isinstance(batch, ProducerBatch) and batch.partition == partition_for_key(key, 4)
+    keyless = [append(appender, None, b"y" * 100) for _ in range(40)]
+    partitions = [b.partition for b in keyless if isinstance(b, ProducerBatch)]
+    assert partitions[:5] == [partitions[0]] * 5, "sticks to one partition while its batch fills"
+    assert len(set(partitions)) > 1, "moves on after about batch.size bytes"
+
+
+def test_the_fast_path_cache_follows_the_metadata_and_stops_with_the_producer() -> None:
+    appender = make()
+    appender.metadata.on_update(snapshot(), NOW)
+    first = append(appender, b"k", b"v")
+    assert isinstance(first, ProducerBatch) and TOPIC in appender.fast_appenders
+    again = appender.try_append_plain(TOPIC, None, TS, b"k", b"v")
+    assert again is first and first.record_count == 2  # the fast path appended to the open batch
+    appender.metadata.on_update(snapshot(partitions=6), NOW + 1)
+    assert not appender.fast_appenders
+    assert appender.try_append_plain(TOPIC, None, TS, b"k", b"v") is None
+    append(appender, b"k", b"v")
+    assert TOPIC in appender.fast_appenders
+    appender.stop()
+    assert not appender.fast_appenders and appender.try_append_plain(TOPIC, None, TS, b"k", b"v") is None
+    append(appender, b"k", b"v")
+    assert not appender.fast_appenders, "no fast path once the producer stopped accepting"
