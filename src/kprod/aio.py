@@ -22,8 +22,7 @@ from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine
 from kprod._io.frontend import RecordPreparer, check_callback, check_partition
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import KafkaError, KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
-from kprod.sync import DeliveryCallback
-from kprod.types import RecordMetadata
+from kprod.types import DeliveryCallback, RecordMetadata
 
 __all__ = ["AsyncProducer"]
 

@@ -34,7 +34,7 @@ from kprod.errors import (
     RecordTooLargeError,
     UnknownTopicError,
 )
-from kprod.types import RecordMetadata
+from kprod.types import DeliveryCallback, RecordMetadata
 
 __all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
 
@@ -77,8 +77,6 @@ def _unpack_record(record: Any) -> tuple[Any, Any, Any, int | None, int | None]:
 
 log = logging.getLogger("kprod.producer")
 
-DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
-"""``on_delivery(metadata, error)``: exactly one of the two is None."""
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0

@@ -5,7 +5,7 @@ A leaf module: it imports nothing of kprod's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeAlias
 
 HeaderValue: TypeAlias = bytes | None
@@ -34,3 +34,7 @@ class RecordMetadata(NamedTuple):
 
 
 __all__ = ["Header", "HeaderValue", "HeadersArg", "RecordMetadata"]
+
+
+DeliveryCallback: TypeAlias = Callable[[RecordMetadata | None, BaseException | None], None]
+"""``on_delivery(metadata, error)``: exactly one of the two is None."""
