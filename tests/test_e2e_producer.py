@@ -754,3 +754,36 @@ def test_async_sends_of_one_key_keep_their_order_across_the_metadata_wait(
     records = consume_all(broker.bootstrap_servers, topic, 3, n, timeout_s=60)
     values = [r.value or b"" for r in records]
     assert len(values) == n and values == sorted(values)
+
+
+@pytest.mark.timeout(120)
+def test_metrics_use_javas_names_and_agree_with_what_happened(broker: Any, make_topic: MakeTopic) -> None:
+    """metrics(): Java's producer metrics (rates, averages, totals), per topic and per broker, and why
+    batches left; the counts agree with the records sent and the requests made."""
+    topic = make_topic(3)
+    n = 20_000
+    with Producer(
+        {"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 20, "compression.type": "lz4"}
+    ) as producer:
+        futures = [producer.send(topic, b"m" * 100, key=b"k%d" % (i % 50)) for i in range(n)]
+        producer.flush(60)
+        m = producer.metrics()
+    assert all(f.exception(timeout=0) is None for f in futures)
+    assert m["record-send-total"] == n and m["record-send-rate"] > 0 and m["record-error-total"] == 0
+    assert 100 < m["record-size-avg"] < 200
+    assert m["batch-size-avg"] > 0 and m["batch-size-max"] >= m["batch-size-avg"]
+    assert 0 < m["compression-rate-avg"] < 1, "lz4 on repeated bytes compresses"
+    assert m["records-per-request-avg"] > 1 and m["request-latency-avg"] > 0
+    assert m["request-total"] == m["response-total"] == m["produce-requests-total"]
+    assert m["outgoing-byte-total"] > 0 and m["incoming-byte-total"] > 0
+    assert m["record-queue-time-max"] >= m["record-queue-time-avg"] >= 0
+    reasons = m["batch-close-reasons"]
+    assert (
+        sum(reasons.values()) == m["batches-sent-total"]
+        and reasons["full"] + reasons["linger"] + reasons["flush"] > 0
+    )
+    assert m["producer-topic-metrics"][topic]["record-send-total"] == n
+    nodes = m["producer-node-metrics"]
+    assert sum(v["request-total"] for v in nodes.values()) == m["request-total"]
+    assert m["buffer-available-bytes"] == m["buffer-total-bytes"]  # everything acknowledged
+    assert m["metadata-age"] >= 0

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from kprod._core.accumulator import BatchState, ProducerBatch
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
@@ -52,6 +52,19 @@ def _report_unclosed() -> None:
                 producer.config.client_id,
                 lost,
             )
+
+
+class _Pending(NamedTuple):
+    """A serialized record on its way into a batch (enqueue's general path)."""
+
+    topic: str
+    partition: int | None
+    ts: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    bound: int
+    on_delivery: DeliveryCallback | None
 
 
 class AsyncProducer:
@@ -213,92 +226,71 @@ class AsyncProducer:
                 engine.deliver_failed(on_delivery, error)
             future.set_exception(error)
             return future
+        pending = _Pending(topic, partition, ts, kb, vb, hdrs, bound, on_delivery)
         gate = self._gates.get(topic)
         if gate is None:  # nobody waits for this topic: try at once, and queue only if it must wait
-            waiting, action = self._try_enqueue(
-                engine, future, topic, partition, ts, kb, vb, hdrs, bound, on_delivery
-            )
-            if not waiting:
-                if action:
-                    await self._after_append(engine, action)
+            result = self._try_enqueue(engine, future, pending)
+            if not isinstance(result, Wait):
+                if result:
+                    await self._after_append(engine, result)
                 return future
             gate = self._gates[topic] = [asyncio.Lock(), 0]
         gate[1] += 1
         try:
             async with gate[0]:  # FIFO: tasks that wait append in the order they came
-                await self._wait_and_enqueue(
-                    engine, future, topic, partition, ts, kb, vb, hdrs, bound, on_delivery
-                )
+                await self._wait_and_enqueue(engine, future, pending)
         finally:
             gate[1] -= 1
             if gate[1] == 0 and self._gates.get(topic) is gate:
                 del self._gates[topic]
         return future
 
+    @staticmethod
     def _try_enqueue(
-        self,
-        engine: ProducerEngine,
-        future: asyncio.Future[RecordMetadata],
-        topic: str,
-        partition: int | None,
-        ts: int,
-        kb: bytes | None,
-        vb: bytes | None,
-        hdrs: Any,
-        bound: int,
-        on_delivery: DeliveryCallback | None,
-    ) -> tuple[bool, int]:
-        """One attempt to append, without waiting: (True, 0) when the record must wait (metadata or
-        memory), else (False, what ``after_append_locked`` asks for)."""
+        engine: ProducerEngine, future: asyncio.Future[RecordMetadata], record: _Pending
+    ) -> Wait | int:
+        """One attempt to append, without waiting: what to wait for, or what
+        ``after_append_locked`` asks the caller to do (0: nothing)."""
         with engine.lock:
             engine.check_open()
-            result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
+            result = engine.try_append_locked(
+                record.topic,
+                record.partition,
+                record.ts,
+                record.key,
+                record.value,
+                record.headers,
+                record.bound,
+            )
             if type(result) is Wait:
-                return True, 0
+                return result
             assert isinstance(result, ProducerBatch)
             index = result.record_count - 1
-            result.add_callback(index, future, ts)
-            if on_delivery is not None:
-                result.add_callback(index, on_delivery, ts)
-            return False, engine.after_append_locked(result) if index == 0 or not result.accepting else 0
+            # The future itself, not a closure around it: deliver() settles futures directly.
+            result.add_callback(index, future, record.ts)
+            if record.on_delivery is not None:
+                result.add_callback(index, record.on_delivery, record.ts)
+            return engine.after_append_locked(result) if index == 0 or not result.accepting else 0
 
     async def _wait_and_enqueue(
-        self,
-        engine: ProducerEngine,
-        future: asyncio.Future[RecordMetadata],
-        topic: str,
-        partition: int | None,
-        ts: int,
-        kb: bytes | None,
-        vb: bytes | None,
-        hdrs: Any,
-        bound: int,
-        on_delivery: DeliveryCallback | None,
+        self, engine: ProducerEngine, future: asyncio.Future[RecordMetadata], record: _Pending
     ) -> None:
         """Append, waiting (up to max.block.ms) for metadata or memory."""
         start = time.monotonic()
         while True:
-            with engine.lock:
-                engine.check_open()
-                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-                if type(result) is not Wait:
-                    assert isinstance(result, ProducerBatch)
-                    index = result.record_count - 1
-                    # The future itself, not a closure around it: deliver() settles futures directly.
-                    result.add_callback(index, future, ts)
-                    if on_delivery is not None:
-                        result.add_callback(index, on_delivery, ts)
-                    action = engine.after_append_locked(result) if index == 0 or not result.accepting else 0
-                elif result == WAIT_MEMORY:
-                    engine.accumulator.memory_waiters += 1
-            if type(result) is not Wait:
-                if action:
-                    await self._after_append(engine, action)
+            result = self._try_enqueue(engine, future, record)
+            if not isinstance(result, Wait):
+                if result:
+                    await self._after_append(engine, result)
                 return
+            if result is WAIT_MEMORY:
+                with engine.lock:
+                    engine.accumulator.memory_waiters += 1
+            waited = time.monotonic_ns()
             remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)
             try:
                 if remaining <= 0:
-                    raise engine.wait_error(result, topic, int((time.monotonic() - start) * 1000))
+                    raise engine.wait_error(result, record.topic, int((time.monotonic() - start) * 1000))
                 engine.wake()
                 waiter = engine.async_waiter()
                 try:
@@ -306,9 +298,11 @@ class AsyncProducer:
                 except TimeoutError:
                     pass
             finally:
-                if result == WAIT_MEMORY:
+                if result is WAIT_MEMORY:
+                    now_ns = time.monotonic_ns()
                     with engine.lock:
                         engine.accumulator.memory_waiters -= 1
+                        engine.core.metrics.bufferpool_wait_ns.record(now_ns - waited, now_ns // 1_000_000)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now and wait until it completed (up to ``timeout`` s; None: until done).

@@ -546,11 +546,14 @@ class Producer:
                 if reason == WAIT_MEMORY:
                     engine.accumulator.memory_waiters += 1
                 engine.wake_threadsafe()
+                waited = time.monotonic_ns()
                 try:
                     engine.cond.wait(min(remaining, 0.5))
                 finally:
                     if reason == WAIT_MEMORY:
                         engine.accumulator.memory_waiters -= 1
+                        now_ns = time.monotonic_ns()
+                        engine.core.metrics.bufferpool_wait_ns.record(now_ns - waited, now_ns // 1_000_000)
                 engine.check_open()
                 result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
                 if type(result) is not Wait:

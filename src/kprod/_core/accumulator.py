@@ -37,6 +37,11 @@ __all__ = [
     "record_size_upper_bound",
 ]
 
+CLOSE_REASONS = ("full", "linger", "flush", "memory", "closing", "request")
+"""Why a batch left: full (the next record did not fit), linger (``linger.ms`` passed), flush,
+memory (``buffer.memory`` short: a send() waits), closing, request (it went along with a request
+its broker was sending anyway)."""
+
 BATCH_HEADER_BYTES = 61
 """Size of a v2 record batch header (RECORD_BATCH_OVERHEAD in Java)."""
 
@@ -259,6 +264,8 @@ class RecordAccumulator:
         """Set by flush(): every batch is ready regardless of linger.ms."""
         self.closing = False
         self.memory_waiters = 0
+        self.close_reasons: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
+        """Why each batch left on its first drain (see :data:`CLOSE_REASONS`)."""
         """Callers blocked waiting for memory: batches are sent at once to free it."""
         self.batch_count = 0
         self.full_batches = 0
@@ -411,6 +418,8 @@ class RecordAccumulator:
                 self._drain_start[node_id] = start + i
                 break
             q.batches.popleft()
+            if head.attempts == 0:
+                self.close_reasons[self._close_reason(head, now_ms)] += 1
             head.accepting = False
             move_batch(head, BatchState.IN_FLIGHT)
             q.in_flight += 1
@@ -421,6 +430,17 @@ class RecordAccumulator:
         else:
             self._drain_start[node_id] = start + 1
         return taken
+
+    def _close_reason(self, batch: ProducerBatch, now_ms: int) -> str:
+        if not batch.accepting:
+            return "full"  # the next record did not fit: a new batch replaced it
+        if self.closing:
+            return "closing"
+        if self.flushing:
+            return "flush"
+        if self.memory_waiters:
+            return "memory"
+        return "linger" if now_ms >= batch.created_ms + self.linger_ms else "request"
 
     # -- retries, expiry, completion --------------------------------------------------
 

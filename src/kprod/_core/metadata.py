@@ -100,6 +100,11 @@ class ClusterMetadata:
         a broker added, an idle topic dropped): cheap change detection for caches."""
         self._subscribers: list[Callable[[], None]] = []
 
+    @property
+    def last_refresh_ms(self) -> int:
+        """When the last Metadata answer arrived (monotonic ms; -1: never)."""
+        return self._last_refresh_ms
+
     def subscribe(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change()`` after every change of the view (under whatever lock guards this
         object), e.g. to drop a cache built from it."""

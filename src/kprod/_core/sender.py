@@ -24,8 +24,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kprod._core.accumulator import BatchState, PartitionQueue, ProducerBatch, RecordAccumulator, move_batch
+from kprod._core.accumulator import (
+    BATCH_HEADER_BYTES,
+    BatchState,
+    PartitionQueue,
+    ProducerBatch,
+    RecordAccumulator,
+    move_batch,
+)
 from kprod._core.metadata import ClusterMetadata
+from kprod._core.metrics import ProducerMetrics
 from kprod._core.ratio import CompressionRatioEstimator
 from kprod._core.transactions import TransactionManager
 from kprod.errors import (
@@ -166,6 +174,10 @@ class SenderCore:
         the broker refuses local bumps, not that the producer is fenced."""
         self.epoch_bumps = 0
         self.compression_ratio = CompressionRatioEstimator()
+        self.metrics = ProducerMetrics()
+        """Java's producer metrics, recorded per batch and per request (never per record)."""
+        self._now_ms = 0
+        """The time of the latest call that gave one (for completions recorded deeper down)."""
         """Observed compressed/uncompressed ratio per topic (only fed when compression is on)."""
         self._compressed = False
         self.retries_total = 0
@@ -271,6 +283,7 @@ class SenderCore:
         is then listed in ``connect_nodes``).
         """
         result = PollResult()
+        self._now_ms = now_ms
         settings = self.settings
         acc = self.accumulator
         if self.txn is not None:
@@ -317,6 +330,12 @@ class SenderCore:
                     result.requests.append(plan)
                     if plan.expects_response:
                         self._in_flight[id(plan)] = plan
+                    metrics = self.metrics
+                    metrics.records_per_request.record(sum(b.record_count for b in batches), now_ms)
+                    queue_times = [now_ms - b.created_ms for b in batches]
+                    metrics.record_queue_time.record(
+                        sum(queue_times), now_ms, len(queue_times), max(queue_times)
+                    )
                     slots -= 1
         expiry = acc.next_expiry_ms(settings.delivery_timeout_ms)
         if expiry is not None and expiry < next_ms:
@@ -397,11 +416,26 @@ class SenderCore:
     def on_sent(self, plan: ProduceRequestPlan) -> list[ProducerBatch]:
         """The request was written to the socket. With acks=0 its batches are done now."""
         compressed = plan.compressed
+        metrics = self.metrics
+        now_ms = plan.created_ms
         for batch in plan.batches:
             batch.sent = True
+            wire = len(batch.encoded) if batch.encoded is not None else batch.size_bytes
             if compressed and batch.encoded is not None:
                 self._compressed = True
-                self.compression_ratio.observe(batch.topic, batch.size_bytes, len(batch.encoded))
+                self.compression_ratio.observe(batch.topic, batch.size_bytes, wire)
+            if batch.attempts == 0:
+                ratio = wire / batch.size_bytes if batch.size_bytes else 1.0
+                metrics.batch_size.record(wire, now_ms)
+                metrics.compression_rate.record(ratio, now_ms)
+                records_bytes = batch.size_bytes - BATCH_HEADER_BYTES
+                if batch.record_count:
+                    metrics.record_size.record(
+                        records_bytes, now_ms, batch.record_count, records_bytes / batch.record_count
+                    )
+                topic = metrics.topic(batch.topic)
+                topic["byte"].record(wire, now_ms)
+                topic["compression"].record(ratio, now_ms)
         if plan.expects_response:
             return []
         out: list[ProducerBatch] = []
@@ -416,6 +450,10 @@ class SenderCore:
     ) -> list[ProducerBatch]:
         """Apply a Produce response: complete, retry or fail each batch of ``plan``."""
         self._in_flight.pop(id(plan), None)
+        self._now_ms = now_ms
+        latency = now_ms - plan.created_ms
+        self.metrics.request_latency.record(latency, now_ms)
+        self.metrics.node(plan.node_id)["request-latency"].record(latency, now_ms)
         for node_id, (host, port, _rack) in response.node_endpoints.items():
             self.metadata.learn_broker(node_id, host, port)  # KIP-951: new leaders' addresses
         by_tp: dict[tuple[str, int], ProducerBatch] = {(b.topic, b.partition): b for b in plan.batches}
@@ -498,6 +536,7 @@ class SenderCore:
             # it, so the partition's sequences go on without a gap (batches after it that were in
             # flight are answered OUT_OF_ORDER and follow the children).
             self.batch_splits += 1
+            self.metrics.batch_split.record(1, now_ms)
             children = acc.split(batch, now_ms)
             if batch.base_sequence >= 0:
                 q = acc.queue(batch.topic, batch.partition)
@@ -568,6 +607,7 @@ class SenderCore:
     ) -> list[ProducerBatch]:
         """No answer came for ``plan`` (disconnect or request timeout): retry or fail its batches."""
         self._in_flight.pop(id(plan), None)
+        self._now_ms = now_ms
         self.metadata.request_update()
         completed: list[ProducerBatch] = []
         for batch in plan.batches:
@@ -593,6 +633,8 @@ class SenderCore:
         deadline = batch.created_ms + settings.delivery_timeout_ms
         if batch.attempts < settings.retries and now_ms < deadline and self.fatal_error is None:
             self.retries_total += 1
+            self.metrics.record_retry.record(batch.record_count, now_ms)
+            self.metrics.topic(batch.topic)["record-retry"].record(batch.record_count, now_ms)
             acc.reenqueue(batch, now_ms, 0 if skip_backoff else self.backoff_ms(batch.attempts))
             return
         acc.on_in_flight_done(batch)
@@ -639,6 +681,12 @@ class SenderCore:
         Raises BatchStateError for a batch completed already.
         """
         move_batch(batch, BatchState.DONE)
+        now_ms = self._now_ms  # a split parent is not counted: its children are
+        outcome = "record-send" if error is None else "record-error"
+        (self.metrics.record_send if error is None else self.metrics.record_error).record(
+            batch.record_count, now_ms
+        )
+        self.metrics.topic(batch.topic)[outcome].record(batch.record_count, now_ms)
         batch.base_offset = base_offset
         batch.log_append_time_ms = log_append_time_ms
         batch.error = error

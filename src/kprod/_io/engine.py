@@ -579,10 +579,20 @@ class ProducerEngine:
         return fut
 
     def metrics(self) -> dict[str, Any]:
-        """A snapshot of the internals: buffer use, batches, requests, retries, producer id, brokers."""
+        """A snapshot of the internals: Java's producer metrics by name (rates and averages over
+        ``metrics.num.samples`` windows of ``metrics.sample.window.ms``, as Java), per topic and per
+        broker, why batches left, and kprod's own counters."""
         with self.lock:
             core = self.core
-            return {
+            now = monotonic_ms()
+            java = core.metrics.snapshot(now)
+            java["batch-close-reasons"] = dict(self.accumulator.close_reasons)
+            java["buffer-available-bytes"] = self.config.buffer_memory - self.accumulator.used_bytes
+            java["waiting-threads"] = self.sync_waiters + len(self._async_waiters)
+            java["connection-count"] = len(self._open_conns)
+            last = self.metadata.last_refresh_ms
+            java["metadata-age"] = (now - last) / 1000 if last >= 0 else -1.0
+            return java | {
                 "buffer-total-bytes": self.config.buffer_memory,
                 "buffer-used-bytes": self.accumulator.used_bytes,
                 "batches-incomplete": self.accumulator.batch_count,
@@ -592,11 +602,6 @@ class ProducerEngine:
                 "batches-sent-total": self.batches_sent,
                 "produce-requests-total": self.requests_sent,
                 "batch-split-total": core.batch_splits,
-                # Java's produce-throttle-time-avg/max (ms), over every Produce answer so far.
-                "produce-throttle-time-avg": (
-                    self.throttle_time_total_ms / self.produce_responses if self.produce_responses else 0.0
-                ),
-                "produce-throttle-time-max": self.throttle_time_max_ms,
                 "produce-throttled-responses": self.throttled_responses,
                 "producer-id-resets": core.producer_id_resets,
                 "producer-epoch-bumps": core.epoch_bumps,
@@ -1215,6 +1220,13 @@ class ProducerEngine:
             self._fail_plan(plan, exc)
             return
         with self.lock:
+            metrics = self.core.metrics
+            size = sum(len(part) for part in frame)
+            metrics.outgoing_bytes.record(size, plan.created_ms)
+            metrics.requests.record(1, plan.created_ms)
+            node = metrics.node(plan.node_id)
+            node["outgoing-byte"].record(size, plan.created_ms)
+            node["request"].record(1, plan.created_ms)
             completed = self.core.on_sent(plan)
             self.records_sent += sum(b.record_count for b in plan.batches)
             self.batches_sent += len(plan.batches)
@@ -1284,6 +1296,10 @@ class ProducerEngine:
             throttle_ms = response.throttle_time_ms
             with self.lock:
                 self.produce_responses += 1
+                metrics = self.core.metrics
+                metrics.incoming_bytes.record(len(frame), now)
+                metrics.responses.record(1, now)
+                metrics.produce_throttle_time.record(throttle_ms, now)
                 if throttle_ms > 0:
                     self._throttled_until_ms[conn.node_id] = now + throttle_ms
                     self.throttled_responses += 1
