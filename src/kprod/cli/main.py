@@ -22,6 +22,7 @@ from typing import Protocol, cast
 _PLUGGED_COMMANDS: dict[str, str] = {
     "demo": "produce records to a broker (embedded by default), read them back and print a summary",
     "perf": "measure producer throughput and latency",
+    "produce": "send records from stdin or a file (kafka-console-producer's and kcat's options)",
 }
 
 
