@@ -11,6 +11,7 @@ that they freeze with ``SIGSTOP`` or kill, so the session broker is never distur
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -787,3 +788,29 @@ def test_metrics_use_javas_names_and_agree_with_what_happened(broker: Any, make_
     assert sum(v["request-total"] for v in nodes.values()) == m["request-total"]
     assert m["buffer-available-bytes"] == m["buffer-total-bytes"]  # everything acknowledged
     assert m["metadata-age"] >= 0
+
+
+@pytest.mark.timeout(60)
+def test_stats_cb_gets_librdkafkas_statistics_json(broker: Any, make_topic: MakeTopic) -> None:
+    """statistics.interval.ms + stats_cb, as confluent-kafka users configure them: librdkafka's JSON
+    shape with the counts of what happened."""
+    topic = make_topic(2)
+    documents: list[dict[str, Any]] = []
+    with Producer(
+        {"bootstrap.servers": broker.bootstrap_servers, "statistics.interval.ms": 200},
+        stats_cb=lambda text: documents.append(json.loads(text)),
+    ) as producer:
+        for i in range(2_000):
+            producer.send(topic, b"s" * 50, key=b"%d" % i)
+        producer.flush(30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (len(documents) >= 2 and documents[-1]["txmsgs"] == 2_000):
+            time.sleep(0.05)
+    assert len(documents) >= 2
+    last = documents[-1]
+    assert last["type"] == "producer" and last["txmsgs"] == 2_000 and last["msg_cnt"] == 0
+    assert last["tx"] >= 1 and last["tx_bytes"] > 100_000 and last["rx"] == last["tx"]
+    assert set(last["topics"][topic]["partitions"]) == {"0", "1"}
+    assert last["topics"][topic]["txmsgs"] == 2_000
+    assert any(b["state"] == "UP" and b["tx"] >= 1 for b in last["brokers"].values())
+    assert documents[0]["ts"] < last["ts"] and last["age"] > 0

@@ -528,6 +528,16 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "Fetch a new token once this fraction of its lifetime has passed. Default 0.8."),
     _d("sasl.login.refresh.buffer.seconds", "short", 300, "[0, 3600]", _int(0, 3600),
        "Fetch a new token at least this many seconds before it expires. Default 300."),
+    _d("metrics.sample.window.ms", "long", 30000, "[1, ...]", _int(1, _I64),
+       "Milliseconds of each sample of the windowed metrics (rates, averages, maxima). Default 30000."),
+    _d("metrics.num.samples", "int", 2, "[2, ...]", _int(2, _I32),
+       "Samples the windowed metrics keep (the window is this many samples long). Default 2."),
+    _d("statistics.interval.ms", "int", 0, "[0, 86400000]", _int(0, 86_400_000),
+       "librdkafka's: every this many ms, stats_cb gets the statistics as librdkafka's JSON; 0 off. "
+       "Default 0."),
+    _d("stats_cb", "callable", None, "None or callable(json_str)", _optional_callable,
+       "librdkafka's (confluent-kafka's) statistics callback: called on the I/O thread with a JSON string "
+       "every statistics.interval.ms. Default None."),
     _d("kprod.exit.flush.timeout.ms", "long", 5000, "[0, ...]", _int(0, _I64),
        "kprod's own: at interpreter exit, an open Producer flushes for at most this many ms, then "
        "logs a WARNING with the number of records it could not deliver; 0 only warns. Default 5000."),
@@ -680,6 +690,10 @@ class ProducerConfig:
     sasl_login_read_timeout_ms: int = _DEFAULTS["sasl.login.read.timeout.ms"]
     sasl_login_refresh_window_factor: float = _DEFAULTS["sasl.login.refresh.window.factor"]
     sasl_login_refresh_buffer_seconds: int = _DEFAULTS["sasl.login.refresh.buffer.seconds"]
+    metrics_sample_window_ms: int = _DEFAULTS["metrics.sample.window.ms"]
+    metrics_num_samples: int = _DEFAULTS["metrics.num.samples"]
+    statistics_interval_ms: int = _DEFAULTS["statistics.interval.ms"]
+    stats_cb: Callable[..., Any] | None = _DEFAULTS["stats_cb"]
     kprod_exit_flush_timeout_ms: int = _DEFAULTS["kprod.exit.flush.timeout.ms"]
     key_serializer: Serializer | None = _DEFAULTS["key.serializer"]
     value_serializer: Serializer | None = _DEFAULTS["value.serializer"]

@@ -76,6 +76,8 @@ class SenderSettings:
     retry_backoff_ms: int  # retry.backoff.ms
     retry_backoff_max_ms: int  # retry.backoff.max.ms
     idempotent: bool  # enable.idempotence
+    metrics_window_ms: int = 30_000  # metrics.sample.window.ms
+    metrics_num_samples: int = 2  # metrics.num.samples
 
 
 @dataclass(slots=True, eq=False)
@@ -174,7 +176,7 @@ class SenderCore:
         the broker refuses local bumps, not that the producer is fenced."""
         self.epoch_bumps = 0
         self.compression_ratio = CompressionRatioEstimator()
-        self.metrics = ProducerMetrics()
+        self.metrics = ProducerMetrics(settings.metrics_window_ms, settings.metrics_num_samples)
         """Java's producer metrics, recorded per batch and per request (never per record)."""
         self._now_ms = 0
         """The time of the latest call that gave one (for completions recorded deeper down)."""

@@ -185,6 +185,8 @@ class ProducerEngine:
                 retry_backoff_ms=config.retry_backoff_ms,
                 retry_backoff_max_ms=config.retry_backoff_max_ms,
                 idempotent=config.enable_idempotence,
+                metrics_window_ms=config.metrics_sample_window_ms,
+                metrics_num_samples=config.metrics_num_samples,
             ),
             self.accumulator,
             self.metadata,
@@ -201,6 +203,7 @@ class ProducerEngine:
         self._auth_failure_logged_ms = 0
         self.last_auth_error: AuthenticationError | None = None
         self._txn_requests_in_flight = 0
+        self._stats_started_ns = time.monotonic_ns()
         self._reauthentications_seen: dict[int, int] = {}
         # Java's selector metrics for SASL (KIP-368 names): authentications and re-authentications.
         self.authentications = [0, 0]  # [successful, failed]
@@ -287,8 +290,25 @@ class ProducerEngine:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sender loop (call on the loop thread)."""
+        """Start the sender loop (call on the loop thread), and the statistics timer if asked for."""
         self._schedule_pump()
+        if self.config.statistics_interval_ms > 0 and self.config.stats_cb is not None:
+            self._stats_started_ns = time.monotonic_ns()
+            self.loop.call_later(self.config.statistics_interval_ms / 1000, self._emit_statistics)
+
+    def _emit_statistics(self) -> None:
+        """Call stats_cb with librdkafka's statistics JSON, then again after statistics.interval.ms."""
+        if self.closed:
+            return
+        from kprod._io.statistics import librdkafka_statistics
+
+        callback = self.config.stats_cb
+        assert callback is not None
+        try:
+            callback(librdkafka_statistics(self, self._stats_started_ns))
+        except Exception:
+            log.exception("stats_cb raised")
+        self.loop.call_later(self.config.statistics_interval_ms / 1000, self._emit_statistics)
 
     async def shutdown(self, error: KprodError) -> int:
         """Stop the sender, fail what is left with ``error``, close connections. Returns the records failed."""

@@ -1,0 +1,94 @@
+"""librdkafka's statistics JSON for ``statistics.interval.ms`` + ``stats_cb`` (confluent-kafka's names).
+
+Dashboards and scripts built on confluent-kafka's ``stats_cb`` read a JSON document of librdkafka's
+shape; this fills the fields kprod has a meaning for (top level, ``brokers``, ``topics`` with their
+``partitions``) from the engine's metrics, in librdkafka's units (microseconds for ``ts``/``age``/
+``rtt``, milliseconds for ``metadata_age``). Fields without a kprod counterpart are left out rather
+than invented.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kprod._io.engine import ProducerEngine
+
+__all__ = ["librdkafka_statistics"]
+
+
+def librdkafka_statistics(engine: ProducerEngine, started_ns: int) -> str:
+    """The statistics document at this moment (call on the loop thread; takes the engine's lock)."""
+    with engine.lock:
+        now_ns = time.monotonic_ns()
+        now_ms = now_ns // 1_000_000
+        core = engine.core
+        metrics = core.metrics
+        acc = engine.accumulator
+        incomplete = engine.incomplete_batches()
+        last_refresh = engine.metadata.last_refresh_ms
+        brokers: dict[str, Any] = {}
+        for node_id, (host, port) in sorted(engine.metadata.brokers.items()):
+            conn = engine.connections.get(node_id)
+            node = metrics.nodes.get(node_id)
+            latency = node["request-latency"] if node is not None else None
+            brokers[f"{host}:{port}/{node_id}"] = {
+                "name": f"{host}:{port}/{node_id}",
+                "nodeid": node_id,
+                "nodename": f"{host}:{port}",
+                "state": "UP" if conn is not None and conn.ready else "DOWN",
+                "waitresp_cnt": conn.in_flight_count if conn is not None else 0,
+                "tx": int(node["request"].total) if node is not None else 0,
+                "txbytes": int(node["outgoing-byte"].total) if node is not None else 0,
+                "rtt": {
+                    "avg": _us(latency.avg(now_ms)) if latency is not None else 0,
+                    "max": _us(latency.max(now_ms)) if latency is not None else 0,
+                },
+            }
+        topics: dict[str, Any] = {}
+        for name, info in sorted(engine.metadata.topics.items()):
+            stats = metrics.topics.get(name)
+            partitions = {
+                str(p): {
+                    "partition": p,
+                    "leader": leader,
+                    "msgq_cnt": sum(
+                        b.record_count for b in incomplete if b.topic == name and b.partition == p
+                    ),
+                }
+                for p, leader in enumerate(info.leaders)
+            }
+            topics[name] = {
+                "topic": name,
+                "metadata_age": now_ms - last_refresh if last_refresh >= 0 else 0,
+                "txmsgs": int(stats["record-send"].total) if stats is not None else 0,
+                "txbytes": int(stats["byte"].total) if stats is not None else 0,
+                "partitions": partitions,
+            }
+        document = {
+            "name": engine.config.client_id,
+            "client_id": engine.config.client_id,
+            "type": "producer",
+            "ts": now_ns // 1000,
+            "time": int(time.time()),
+            "age": (now_ns - started_ns) // 1000,
+            "replyq": 0,
+            "msg_cnt": sum(b.record_count for b in incomplete),
+            "msg_size": acc.used_bytes,
+            "msg_size_max": engine.config.buffer_memory,
+            "tx": int(metrics.requests.total),
+            "tx_bytes": int(metrics.outgoing_bytes.total),
+            "rx": int(metrics.responses.total),
+            "rx_bytes": int(metrics.incoming_bytes.total),
+            "txmsgs": int(metrics.record_send.total),
+            "txmsg_bytes": int(sum(s["byte"].total for s in metrics.topics.values())),
+            "brokers": brokers,
+            "topics": topics,
+        }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _us(ms: float) -> int:
+    return 0 if ms != ms else int(ms * 1000)  # NaN (no sample) reads as 0, as librdkafka's empty windows
