@@ -814,3 +814,36 @@ def test_stats_cb_gets_librdkafkas_statistics_json(broker: Any, make_topic: Make
     assert last["topics"][topic]["txmsgs"] == 2_000
     assert any(b["state"] == "UP" and b["tx"] >= 1 for b in last["brokers"].values())
     assert documents[0]["ts"] < last["ts"] and last["age"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_a_prometheus_scrape_reads_the_producers_metrics(broker: Any, make_topic: MakeTopic) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kprod.prometheus import ProducerCollector
+
+    topic = make_topic(2)
+    with Producer({"bootstrap.servers": broker.bootstrap_servers, "client.id": "scraped"}) as producer:
+        registry = CollectorRegistry()
+        registry.register(ProducerCollector(producer))
+        for i in range(1_000):
+            producer.send(topic, b"p" * 80, key=b"%d" % i)
+        producer.flush(30)
+        text = generate_latest(registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    ident = (("client_id", "scraped"),)
+    assert samples[("kprod_producer_records_sent_total", ident)] == 1_000
+    assert samples[("kprod_producer_record_errors_total", ident)] == 0
+    assert (
+        samples[("kprod_producer_topic_records_sent_total", (("client_id", "scraped"), ("topic", topic)))]
+        == 1_000
+    )
+    assert 0 < samples[("kprod_producer_request_latency_avg_seconds", ident)] < 5
+    assert samples[("kprod_producer_buffer_total_bytes", ident)] == 33_554_432
+    closed = sum(v for (name, _), v in samples.items() if name == "kprod_producer_batches_closed_total")
+    assert closed >= 2
