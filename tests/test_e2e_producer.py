@@ -847,3 +847,42 @@ def test_a_prometheus_scrape_reads_the_producers_metrics(broker: Any, make_topic
     assert samples[("kprod_producer_buffer_total_bytes", ident)] == 33_554_432
     closed = sum(v for (name, _), v in samples.items() if name == "kprod_producer_batches_closed_total")
     assert closed >= 2
+
+
+@pytest.mark.timeout(60)
+def test_opentelemetry_instruments_read_the_producers_metrics(broker: Any, make_topic: MakeTopic) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from kprod.opentelemetry import instrument_producer
+
+    topic = make_topic(2)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with Producer({"bootstrap.servers": broker.bootstrap_servers, "client.id": "observed"}) as producer:
+        instruments = instrument_producer(producer, provider)
+        for i in range(500):
+            producer.send(topic, b"o" * 60, key=b"%d" % i)
+        producer.flush(30)
+        data = reader.get_metrics_data()
+    assert instruments
+    points: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name] = list(metric.data.data_points)
+    sent = points["messaging.client.sent.messages"]
+    assert [(p.value, dict(p.attributes)) for p in sent] == [
+        (
+            500,
+            {
+                "messaging.system": "kafka",
+                "messaging.client.id": "observed",
+                "messaging.destination.name": topic,
+                "messaging.operation.name": "send",
+            },
+        )
+    ]
+    assert points["kprod.producer.requests"][0].value >= 1
+    assert 0 < points["kprod.producer.request.latency"][0].value < 5
+    assert sum(p.value for p in points["kprod.producer.batches.closed"]) >= 2
