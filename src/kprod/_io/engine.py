@@ -608,6 +608,8 @@ class ProducerEngine:
             java = core.metrics.snapshot(now)
             java["batch-close-reasons"] = dict(self.accumulator.close_reasons)
             java["buffer-available-bytes"] = self.config.buffer_memory - self.accumulator.used_bytes
+            java["records-queued"] = sum(b.record_count for b in self.accumulator.queued_batches())
+            java["batch-size-limit"] = self.config.batch_size
             java["waiting-threads"] = self.sync_waiters + len(self._async_waiters)
             java["connection-count"] = len(self._open_conns)
             last = self.metadata.last_refresh_ms

@@ -147,6 +147,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-metrics", action="store_true", help="print the producer's metrics at the end of the test"
     )
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help="show the producer's nine stages while it runs, on stderr: a panel on a terminal (with Rich), "
+        "one line per second otherwise",
+    )
+    parser.add_argument(
         "--warmup-records",
         type=int,
         default=0,
@@ -760,15 +766,30 @@ def _send_sync(run: _Run, producer: Any) -> None:
         run.commits += 1
 
 
+def _live_view(run: _Run, producer: Any) -> Any:
+    """The live view (``--live``) over ``producer.metrics``, started, or None."""
+    if not run.args.live:
+        return None
+    from kprod.cli.live import LiveView
+
+    view = LiveView(producer.metrics, stream=sys.stderr)
+    view.start()
+    return view
+
+
 def _run_sync(run: _Run) -> None:
     from kprod import KprodError, Producer
 
     producer = Producer(run.props)
+    view = _live_view(run, producer)
     try:
         try:
             _send_sync(run, producer)
         except KprodError as exc:
             run.send_error = exc
+        finally:
+            if view is not None:
+                view.stop()
         if run.args.print_metrics:
             producer.flush()
             run.metrics = producer.metrics()
@@ -785,6 +806,7 @@ async def _run_async(run: _Run) -> None:
     topic = args.topic
     producer = AsyncProducer(run.props)
     await producer.start()
+    view = _live_view(run, producer)
     try:
         stats = run.begin()
         throttler = Throttler(args.throughput, stats.start_ns) if args.throughput >= 0 else None
@@ -822,6 +844,9 @@ async def _run_async(run: _Run) -> None:
                 run.commits += 1
         except KprodError as exc:
             run.send_error = exc
+        finally:
+            if view is not None:
+                view.stop()
         if args.print_metrics:
             await producer.flush()
             metrics = getattr(producer, "metrics", None)

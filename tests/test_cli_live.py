@@ -1,0 +1,61 @@
+"""The live view of the nine stages (``kprod perf --live``): its text, its terminal panel, its plain lines."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from typing import Any
+
+from kprod.cli.live import STAGES, LiveView, render_lines
+
+SNAPSHOT: dict[str, Any] = {
+    "records-sent-total": 10_000, "records-queued": 500, "record-send-total": 9_000,
+    "buffer-total-bytes": 33_554_432, "buffer-available-bytes": 30_000_000,
+    "batch-close-reasons": {"full": 30, "linger": 10, "flush": 0}, "batch-size-avg": 12_288.0,
+    "batch-size-limit": 16_384, "compression-rate-avg": 0.5, "request-latency-avg": 2.5,
+    "request-latency-max": 9.0, "producer-node-metrics": {1: {"request-total": 5}},
+    "brokers": {1: ("h", 9092)}, "metadata-age": 1.2, "record-size-avg": 110.0,
+    "records-per-request-avg": 40.0, "producer-topic-metrics": {"t": {}}, "batches-incomplete": 3,
+    "record-retry-total": 2, "record-error-total": 0, "requests-in-flight": 1,
+}  # fmt: skip
+BEFORE = {"records-sent-total": 0, "records-queued": 0, "record-send-total": 0}
+
+
+def test_the_panel_names_the_nine_stages_with_their_numbers_within_80_columns() -> None:
+    lines = render_lines(SNAPSHOT, BEFORE, 2.0, 5.0)
+    assert len(lines) == 10 and all(len(line) <= 80 for line in lines)
+    assert [line.split("  ")[0][2:].strip() for line in lines[1:]] == [s[:17].strip() for s in STAGES]
+    text = "\n".join(lines)
+    assert "5,250 rec/s accepted" in text  # (10,000 + 500) records in 2 s
+    assert "4,500 rec/s acked" in text and "2.5 ms avg" in text
+    assert "fill 75%; full 75% linger 25%" in text and "ratio 0.50" in text and "retries 2" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_rich_draws_the_panel() -> None:
+    screen = _Terminal()
+    view = LiveView(lambda: SNAPSHOT, interval_s=0.05, stream=screen)
+    view.start()
+    time.sleep(0.4)
+    view.stop()
+    drawn = screen.getvalue()
+    assert "kprod live" in drawn and all(stage in drawn for stage in STAGES), drawn[-2000:]
+
+
+def test_perf_live_prints_a_line_per_second_when_not_on_a_terminal() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kprod", "perf", "--topic", "live", "--num-records", "600000", "--record-size",
+         "100", "--throughput", "200000", "--live"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("live ")]
+    assert len(lines) >= 2, result.stderr[-2000:]
+    assert any(" | in 0 rec/s" not in line for line in lines), lines
+    assert "600000 records sent" in result.stdout  # the Java tool's summary stays on stdout
