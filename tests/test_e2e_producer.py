@@ -865,7 +865,7 @@ def test_opentelemetry_instruments_read_the_producers_metrics(broker: Any, make_
             producer.send(topic, b"o" * 60, key=b"%d" % i)
         producer.flush(30)
         data = reader.get_metrics_data()
-    assert instruments
+    assert instruments and data is not None
     points: dict[str, list[Any]] = {}
     for resource in data.resource_metrics:
         for scope in resource.scope_metrics:
