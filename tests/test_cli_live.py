@@ -13,7 +13,7 @@ from kprod.cli.live import STAGES, LiveView, render_lines
 SNAPSHOT: dict[str, Any] = {
     "records-sent-total": 10_000, "records-queued": 500, "record-send-total": 9_000,
     "buffer-total-bytes": 33_554_432, "buffer-available-bytes": 30_000_000,
-    "batch-close-reasons": {"full": 30, "linger": 10, "flush": 0}, "batch-size-avg": 12_288.0,
+    "batch-close-reasons": {"full": 30, "linger": 10, "flush": 0}, "batch-size-avg": 6_144.0,
     "batch-size-limit": 16_384, "compression-rate-avg": 0.5, "request-latency-avg": 2.5,
     "request-latency-max": 9.0, "producer-node-metrics": {1: {"request-total": 5}},
     "brokers": {1: ("h", 9092)}, "metadata-age": 1.2, "record-size-avg": 110.0,

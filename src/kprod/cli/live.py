@@ -62,10 +62,13 @@ def stage_rows(m: dict[str, Any], before: dict[str, Any] | None, seconds: float)
     why = " ".join(f"{k} {100 * v / closed:.0f}%" for k, v in reasons.items() if v)
     limit = float(m.get("batch-size-limit", 16384)) or 1.0
     batch_avg = m.get("batch-size-avg")
-    fill = (
-        f"{100 * batch_avg / limit:.0f}%" if isinstance(batch_avg, float) and batch_avg == batch_avg else "-"
-    )
     ratio = m.get("compression-rate-avg")
+    raw = 1.0 if not isinstance(ratio, float) or not ratio > 0 else ratio  # fill counts uncompressed bytes
+    fill = (
+        f"{100 * batch_avg / raw / limit:.0f}%"
+        if isinstance(batch_avg, float) and batch_avg == batch_avg
+        else "-"
+    )
     nodes = m.get("producer-node-metrics") or {}
     topics = m.get("producer-topic-metrics") or {}
     age = m.get("metadata-age", -1)
