@@ -23,7 +23,6 @@ from kprod import ConfigError, KprodError, Producer, ProducerConfig, RecordMetad
 from kprod.sasl import jwt_expiry_ms, parse_jaas_config
 
 LATENCY_SAMPLE_EVERY = 20
-_NO_OFFSET = 2**63
 MIN_RECORD_SIZE = 13
 """The smallest value: a 12-digit index and a colon."""
 TRANSACTION_RECORDS = 10_000
@@ -354,7 +353,8 @@ def _produce_and_verify(
         with stats.lock:
             if err is None:
                 stats.acked += 1
-                if md is not None and 0 <= md.offset < first_offsets.get(md.partition, _NO_OFFSET):
+                if md is not None and md.partition not in first_offsets and md.offset >= 0:
+                    # Acknowledgements of a partition come in offset order: the first is its lowest.
                     first_offsets[md.partition] = md.offset
             else:
                 stats.failed += 1
@@ -487,8 +487,10 @@ class _Reader:
     (so that a topic holding older records, or a second run, is checked for this run's records only)
     up to the ends found after producing."""
 
-    def __init__(self, consumer: Any, topic: str, starts: dict[int, int], skipped: str | None = None) -> None:
-        self.consumer = consumer
+    def __init__(
+        self, settings: dict[str, Any] | None, topic: str, starts: dict[int, int], skipped: str | None = None
+    ) -> None:
+        self.settings = settings
         self.topic = topic
         self.starts = starts
         self.skipped = skipped
@@ -510,17 +512,19 @@ class _Reader:
             "isolation.level": "read_committed" if committed_only else "read_uncommitted",
             **security,
         }
-        consumer = Consumer(settings)
+        consumer = Consumer(settings)  # for the starting offsets only: closed while the producer runs
         meta = consumer.list_topics(topic, timeout=30)
         partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
         starts = {p: _high_watermark(consumer, TopicPartition(topic, p), default=0) for p in partitions}
-        return cls(consumer, topic, starts)
+        consumer.close()
+        return cls(settings, topic, starts)
 
     def verify(self, n: int, codec: _Codec) -> tuple[int, int, list[str]]:
         """(records verified byte-exact, distinct records found, problems)."""
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
 
-        consumer = self.consumer
+        assert self.settings is not None
+        consumer = Consumer(self.settings)
         topic = self.topic
         meta = consumer.list_topics(topic, timeout=30)
         partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
