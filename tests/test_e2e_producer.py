@@ -774,7 +774,9 @@ def test_metrics_use_javas_names_and_agree_with_what_happened(broker: Any, make_
     assert 100 < m["record-size-avg"] < 200
     assert m["batch-size-avg"] > 0 and m["batch-size-max"] >= m["batch-size-avg"]
     assert 0 < m["compression-rate-avg"] < 1, "lz4 on repeated bytes compresses"
-    assert m["records-per-request-avg"] > 1 and m["request-latency-avg"] > 0
+    assert (
+        m["records-per-request-avg"] > 1 and 0 <= m["request-latency-avg"] < 5_000
+    )  # ms; loopback answers can take < 1 ms
     assert m["request-total"] == m["response-total"] == m["produce-requests-total"]
     assert m["outgoing-byte-total"] > 0 and m["incoming-byte-total"] > 0
     assert m["record-queue-time-max"] >= m["record-queue-time-avg"] >= 0
@@ -843,7 +845,7 @@ def test_a_prometheus_scrape_reads_the_producers_metrics(broker: Any, make_topic
         samples[("kprod_producer_topic_records_sent_total", (("client_id", "scraped"), ("topic", topic)))]
         == 1_000
     )
-    assert 0 < samples[("kprod_producer_request_latency_avg_seconds", ident)] < 5
+    assert 0 <= samples[("kprod_producer_request_latency_avg_seconds", ident)] < 5
     assert samples[("kprod_producer_buffer_total_bytes", ident)] == 33_554_432
     closed = sum(v for (name, _), v in samples.items() if name == "kprod_producer_batches_closed_total")
     assert closed >= 2
@@ -884,5 +886,5 @@ def test_opentelemetry_instruments_read_the_producers_metrics(broker: Any, make_
         )
     ]
     assert points["kprod.producer.requests"][0].value >= 1
-    assert 0 < points["kprod.producer.request.latency"][0].value < 5
+    assert 0 <= points["kprod.producer.request.latency"][0].value < 5
     assert sum(p.value for p in points["kprod.producer.batches.closed"]) >= 2
