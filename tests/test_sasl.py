@@ -235,3 +235,44 @@ def test_token_provider_shapes_and_refresh() -> None:
     agen = _login(**{"sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.token.provider": from_coroutine})
     assert agen is not None
     assert asyncio.run(agen.token()).expires_at_ms // 1000 == pytest.approx(time.time() + 100, abs=3)
+
+
+def test_broker_messages_that_do_not_parse_only_fail_the_exchange() -> None:
+    """The SCRAM and OAUTHBEARER exchanges read what a broker sends: 5,000 damaged server messages (bit
+    flips, cuts, insertions) give SaslFailure or an answer, never another exception."""
+    import random
+
+    rng = random.Random(2026)
+    first = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    final = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+    for case in range(5_000):
+        message = bytearray(first if case % 2 else final)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(message) or 1)
+            op = rng.randrange(3)
+            if op == 0 and message:
+                message[at] = rng.randrange(256)
+            elif op == 1:
+                del message[at : at + rng.randint(1, 8)]
+            else:
+                message[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+        scram = ScramExchange("SCRAM-SHA-256", "user", "pencil", client_nonce="rOprNGfwEbeRWgbNEkqO")
+        scram.first()
+        try:
+            if case % 2:
+                scram.respond(bytes(message))
+            else:
+                scram.respond(first)
+                scram.respond(bytes(message))
+        except SaslFailure:
+            pass
+        oauth = OAuthBearerExchange("t")
+        oauth.first()
+        assert oauth.respond(bytes(message)) in (b"\x01", None)
+
+
+def test_a_broker_asking_for_billions_of_scram_iterations_is_refused_not_obeyed() -> None:
+    exchange = ScramExchange("SCRAM-SHA-512", "user", "pencil", client_nonce="abc")
+    exchange.first()
+    with pytest.raises(SaslFailure, match="at most 16384"):
+        exchange.respond(b"r=abcdef,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4000000000")

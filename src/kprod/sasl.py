@@ -236,6 +236,13 @@ class ScramExchange(SaslExchange):
             text = server_message.decode()
             if self._step == 1:
                 self._step = 2
+                iterations = _scram_iterations(text)
+                if iterations > _MAX_SCRAM_ITERATIONS:
+                    # PBKDF2 runs on the I/O thread: a broker asking for billions of rounds would stall it.
+                    raise SaslFailure(
+                        f"{self.mechanism}: the broker asks for {iterations} iterations; Kafka allows at most "
+                        f"{_MAX_SCRAM_ITERATIONS}"
+                    )
                 self._client.set_server_first(text)
                 return str(self._client.get_client_final()).encode()
             if self._step == 2:
@@ -246,6 +253,18 @@ class ScramExchange(SaslExchange):
         except (scramp.ScramException, UnicodeDecodeError, ValueError) as exc:
             raise SaslFailure(f"{self.mechanism}: the broker's message does not verify: {exc}") from None
         raise SaslFailure(f"{self.mechanism}: the broker sent a message after the exchange ended")
+
+
+_MAX_SCRAM_ITERATIONS: Final = 16_384
+"""Kafka's upper bound for SCRAM iterations (ScramMechanism.maxIterations)."""
+
+
+def _scram_iterations(server_first: str) -> int:
+    """The ``i=`` attribute of a server-first message (0 when absent or not a number: scramp refuses it)."""
+    for attribute in server_first.split(","):
+        if attribute.startswith("i=") and attribute[2:].isdigit():
+            return int(attribute[2:])
+    return 0
 
 
 class OAuthBearerExchange(SaslExchange):

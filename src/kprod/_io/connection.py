@@ -85,7 +85,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
         receive_buffer_bytes: int = -1,
         ssl_context: ssl.SSLContext | None = None,
         sasl: SaslLogin | None = None,
-        on_ready: Callable[[BrokerConnection], None] | None = None,
+        on_ready: Callable[[BrokerConnection, bool], None] | None = None,
         max_transaction_version: int = 2,
         write_buffer_high_bytes: int = 0,
     ) -> None:
@@ -303,7 +303,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self.reauthentications += 1
         self.ready = True
         if self._on_ready is not None:
-            self._on_ready(self)
+            self._on_ready(self, True)
 
     async def _negotiate_versions(self) -> None:
         version = _API_VERSIONS_FIRST
@@ -407,7 +407,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self.ready and self._on_ready is not None:
-            self._on_ready(self)  # the engine may send again
+            self._on_ready(self, False)  # the engine may send again
 
     @property
     def write_buffer_size(self) -> int:

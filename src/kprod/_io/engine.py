@@ -204,7 +204,6 @@ class ProducerEngine:
         self.last_auth_error: AuthenticationError | None = None
         self._txn_requests_in_flight = 0
         self._stats_started_ns = time.monotonic_ns()
-        self._reauthentications_seen: dict[int, int] = {}
         # Java's selector metrics for SASL (KIP-368 names): authentications and re-authentications.
         self.authentications = [0, 0]  # [successful, failed]
         self.reauthentications = [0, 0]
@@ -282,10 +281,7 @@ class ProducerEngine:
         self._throttled_until_ms: dict[int, int] = {}
         """KIP-219: a broker that throttles answers at once with throttle_time_ms and expects no
         request on that connection until it has passed (node id -> monotonic ms)."""
-        self.throttle_time_total_ms = 0
-        self.throttle_time_max_ms = 0
         self.throttled_responses = 0
-        self.produce_responses = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -887,10 +883,9 @@ class ProducerEngine:
         self._open_conns.add(conn)
         return conn
 
-    def _on_connection_ready(self, conn: BrokerConnection) -> None:
+    def _on_connection_ready(self, conn: BrokerConnection, reauthenticated: bool) -> None:
         """A connection takes requests again: re-authenticated (KIP-368), or its writes resumed."""
-        if conn.reauthentications > self._reauthentications_seen.get(id(conn), 0):
-            self._reauthentications_seen[id(conn)] = conn.reauthentications
+        if reauthenticated:
             log.debug("%s re-authenticated (%d times)", conn, conn.reauthentications)
             self.reauthentications[0] += 1
         self._wake()
@@ -914,7 +909,6 @@ class ProducerEngine:
 
     def _on_connection_closed(self, conn: BrokerConnection, error: BaseException | None) -> None:
         self._open_conns.discard(conn)
-        self._reauthentications_seen.pop(id(conn), None)
         if conn.reauthentication_failed:
             self.reauthentications[1] += 1
             if isinstance(error, AuthenticationError):
@@ -1317,7 +1311,6 @@ class ProducerEngine:
                 return
             throttle_ms = response.throttle_time_ms
             with self.lock:
-                self.produce_responses += 1
                 metrics = self.core.metrics
                 metrics.incoming_bytes.record(len(frame), now)
                 metrics.responses.record(1, now)
@@ -1325,8 +1318,6 @@ class ProducerEngine:
                 if throttle_ms > 0:
                     self._throttled_until_ms[conn.node_id] = now + throttle_ms
                     self.throttled_responses += 1
-                    self.throttle_time_total_ms += throttle_ms
-                    self.throttle_time_max_ms = max(self.throttle_time_max_ms, throttle_ms)
                 completed = self.core.on_produce_response(plan, response, now)
                 if self.core.fatal_error is not None and self.accepting:
                     self._stop_accepting()  # fenced or unauthorized: send() raises from now on

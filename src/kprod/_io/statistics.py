@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ def librdkafka_statistics(engine: ProducerEngine, started_ns: int) -> str:
         core = engine.core
         metrics = core.metrics
         acc = engine.accumulator
-        incomplete = engine.incomplete_batches()
+        queued = Counter[tuple[str, int]]()
+        for batch in engine.incomplete_batches():
+            queued[batch.topic, batch.partition] += batch.record_count
         last_refresh = engine.metadata.last_refresh_ms
         brokers: dict[str, Any] = {}
         for node_id, (host, port) in sorted(engine.metadata.brokers.items()):
@@ -54,9 +57,7 @@ def librdkafka_statistics(engine: ProducerEngine, started_ns: int) -> str:
                 str(p): {
                     "partition": p,
                     "leader": leader,
-                    "msgq_cnt": sum(
-                        b.record_count for b in incomplete if b.topic == name and b.partition == p
-                    ),
+                    "msgq_cnt": queued[name, p],
                 }
                 for p, leader in enumerate(info.leaders)
             }
@@ -75,7 +76,7 @@ def librdkafka_statistics(engine: ProducerEngine, started_ns: int) -> str:
             "time": int(time.time()),
             "age": (now_ns - started_ns) // 1000,
             "replyq": 0,
-            "msg_cnt": sum(b.record_count for b in incomplete),
+            "msg_cnt": sum(queued.values()),
             "msg_size": acc.used_bytes,
             "msg_size_max": engine.config.buffer_memory,
             "tx": int(metrics.requests.total),

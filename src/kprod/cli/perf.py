@@ -274,6 +274,21 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+def start_embedded_broker(topic: str, partitions: int) -> Any:
+    """Start the embedded Tansu broker with ``topic`` and say so on stderr (the CLI's default cluster)."""
+    from kprod.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    broker.start()
+    broker.create_topic(topic, partitions=partitions)
+    print(
+        f"# embedded broker (Tansu) on {broker.bootstrap_servers}, topic {topic} with {partitions} partitions",
+        file=sys.stderr,
+        flush=True,
+    )
+    return broker
+
+
 def producer_settings(args: argparse.Namespace) -> dict[str, str]:
     """The producer settings: the properties file, then ``--producer-props``, then ``--bootstrap-servers``."""
     props: dict[str, str] = {}
@@ -897,18 +912,8 @@ def run(args: argparse.Namespace) -> int:
     broker: Any = None
     try:
         if "bootstrap.servers" not in props:
-            from kprod.broker import EmbeddedBroker
-
-            broker = EmbeddedBroker()
-            broker.start()
-            broker.create_topic(args.topic, partitions=args.partitions)
+            broker = start_embedded_broker(args.topic, args.partitions)
             props["bootstrap.servers"] = broker.bootstrap_servers
-            print(
-                f"# embedded broker (Tansu) on {broker.bootstrap_servers}, topic {args.topic} "
-                f"with {args.partitions} partitions",
-                file=sys.stderr,
-                flush=True,
-            )
         if args.warmup_records > 0 and not args.json:
             print(
                 f"Warmup first {args.warmup_records} records. "

@@ -147,7 +147,7 @@ def _records(stream: TextIO, delimiter: str) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kprod.cli.perf import parse_properties
+    from kprod.cli.perf import parse_properties, start_embedded_broker
 
     try:
         props: dict[str, Any] = dict(_JAVA_PROPERTIES) | _pairs(args.property, "--property")
@@ -176,13 +176,8 @@ def run(args: argparse.Namespace) -> int:
     broker: Any = None
     try:
         if "bootstrap.servers" not in settings:
-            from kprod.broker import EmbeddedBroker
-
-            broker = EmbeddedBroker()
-            broker.start()
-            broker.create_topic(args.topic, partitions=args.partitions)
+            broker = start_embedded_broker(args.topic, args.partitions)
             settings["bootstrap.servers"] = broker.bootstrap_servers
-            print(f"# embedded broker (Tansu) on {broker.bootstrap_servers}", file=sys.stderr, flush=True)
         stream = args.file.open(encoding="utf-8") if args.file else sys.stdin
         try:
             return _produce(args, settings, props, fixed_headers, stream)
