@@ -13,15 +13,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
-from kprod._core.accumulator import BatchState, ProducerBatch
+from kprod._core.accumulator import ProducerBatch
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
-from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, wall_ms
-from kprod._io.frontend import RecordPreparer, check_callback, check_partition
+from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, wall_ms
+from kprod._io.frontend import RecordPreparer
+from kprod._io.send_path import SendPath, Steps
 from kprod.config import ProducerConfig, check_supported
-from kprod.errors import KafkaError, KafkaTimeoutError, KprodError, ProducerClosedError, RecordTooLargeError
+from kprod.errors import KafkaError, KprodError, ProducerClosedError, RecordTooLargeError
 from kprod.types import DeliveryCallback, RecordMetadata
 
 __all__ = ["AsyncProducer"]
@@ -54,19 +55,6 @@ def _report_unclosed() -> None:
             )
 
 
-class _Pending(NamedTuple):
-    """A serialized record on its way into a batch (enqueue's general path)."""
-
-    topic: str
-    partition: int | None
-    ts: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any
-    bound: int
-    on_delivery: DeliveryCallback | None
-
-
 class AsyncProducer:
     """A native asyncio Kafka producer with the settings of :class:`kprod.Producer`.
 
@@ -86,6 +74,7 @@ class AsyncProducer:
         self._plain = self._preparer.fast
         """Raw bytes keys and values need no serializer call (enqueue() may take its fast path)."""
         self._engine: ProducerEngine | None = None
+        self._path: SendPath | None = None
         self._closed = False
         self._gates: dict[str, list[Any]] = {}
         """Topics whose records wait (metadata or memory) -> [FIFO lock, tasks using it]: while a
@@ -100,6 +89,7 @@ class AsyncProducer:
             engine = ProducerEngine(self.config, asyncio.get_running_loop())
             engine.start()
             self._engine = engine
+            self._path = SendPath(engine, self._preparer)
             if not _STARTED:
                 atexit.unregister(_report_unclosed)  # once, however many producers start and close
                 atexit.register(_report_unclosed)
@@ -216,29 +206,37 @@ class AsyncProducer:
         headers: Any,
         on_delivery: DeliveryCallback | None,
     ) -> asyncio.Future[RecordMetadata]:
-        """enqueue() in general: serializers, validation, new batches, waits for metadata or memory."""
-        check_callback(on_delivery)
-        partition = check_partition(partition)
-        try:
-            kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, wall_ms())
-        except RecordTooLargeError as error:  # only this record fails, delivered like any other outcome
-            if on_delivery is not None:
-                engine.deliver_failed(on_delivery, error)
-            future.set_exception(error)
+        """enqueue() in general (the shared SendPath): serializers, validation, new batches, waits."""
+        path = self._path
+        assert path is not None
+        record = path.prepare(topic, value, key, partition, timestamp, headers, on_delivery, wall_ms())
+        if isinstance(record, RecordTooLargeError):  # only this record fails, delivered like any other
+            future.set_exception(record)
             return future
-        pending = _Pending(topic, partition, ts, kb, vb, hdrs, bound, on_delivery)
         gate = self._gates.get(topic)
         if gate is None:  # nobody waits for this topic: try at once, and queue only if it must wait
-            result = self._try_enqueue(engine, future, pending)
+            with engine.lock:
+                result = path.try_append_locked(record)
+                if not isinstance(result, Wait):
+                    action = path.attach_locked(result, record, future)[1]
             if not isinstance(result, Wait):
-                if result:
-                    await self._after_append(engine, result)
+                if action:
+                    await self._after_append(engine, action)
                 return future
             gate = self._gates[topic] = [asyncio.Lock(), 0]
         gate[1] += 1
         try:
             async with gate[0]:  # FIFO: tasks that wait append in the order they came
-                await self._wait_and_enqueue(engine, future, pending)
+                with engine.lock:
+                    result = path.try_append_locked(record)
+                    if not isinstance(result, Wait):
+                        action = path.attach_locked(result, record, future)[1]
+                if isinstance(result, Wait):
+                    batch: ProducerBatch = await self._await_steps(engine, path.append_steps(record, result))
+                    with engine.lock:
+                        action = path.attach_locked(batch, record, future)[1]
+                if action:
+                    await self._after_append(engine, action)
         finally:
             gate[1] -= 1
             if gate[1] == 0 and self._gates.get(topic) is gate:
@@ -246,63 +244,23 @@ class AsyncProducer:
         return future
 
     @staticmethod
-    def _try_enqueue(
-        engine: ProducerEngine, future: asyncio.Future[RecordMetadata], record: _Pending
-    ) -> Wait | int:
-        """One attempt to append, without waiting: what to wait for, or what
-        ``after_append_locked`` asks the caller to do (0: nothing)."""
-        with engine.lock:
-            engine.check_open()
-            result = engine.try_append_locked(
-                record.topic,
-                record.partition,
-                record.ts,
-                record.key,
-                record.value,
-                record.headers,
-                record.bound,
-            )
-            if type(result) is Wait:
-                return result
-            assert isinstance(result, ProducerBatch)
-            index = result.record_count - 1
-            # The future itself, not a closure around it: deliver() settles futures directly.
-            result.add_callback(index, future, record.ts)
-            if record.on_delivery is not None:
-                result.add_callback(index, record.on_delivery, record.ts)
-            return engine.after_append_locked(result) if index == 0 or not result.accepting else 0
-
-    async def _wait_and_enqueue(
-        self, engine: ProducerEngine, future: asyncio.Future[RecordMetadata], record: _Pending
-    ) -> None:
-        """Append, waiting (up to max.block.ms) for metadata or memory."""
-        start = time.monotonic()
-        while True:
-            result = self._try_enqueue(engine, future, record)
-            if not isinstance(result, Wait):
-                if result:
-                    await self._after_append(engine, result)
-                return
-            if result is WAIT_MEMORY:
+    async def _await_steps(engine: ProducerEngine, steps: Steps) -> Any:
+        """Run ``steps`` (taking the lock for each) on this facade's wait primitive: the engine's
+        async waiter, resolved at its next notification."""
+        try:
+            while True:
                 with engine.lock:
-                    engine.accumulator.memory_waiters += 1
-            waited = time.monotonic_ns()
-            remaining = engine.config.max_block_ms / 1000 - (time.monotonic() - start)
-            try:
-                if remaining <= 0:
-                    raise engine.wait_error(result, record.topic, int((time.monotonic() - start) * 1000))
-                engine.wake()
-                waiter = engine.async_waiter()
+                    try:
+                        wait_s = next(steps)
+                    except StopIteration as done:
+                        return done.value
                 try:
-                    await asyncio.wait_for(waiter, min(remaining, 0.5))
+                    await asyncio.wait_for(engine.async_waiter(), wait_s)
                 except TimeoutError:
                     pass
-            finally:
-                if result is WAIT_MEMORY:
-                    now_ns = time.monotonic_ns()
-                    with engine.lock:
-                        engine.accumulator.memory_waiters -= 1
-                        engine.core.metrics.bufferpool_wait_ns.record(now_ns - waited, now_ns // 1_000_000)
+        finally:
+            with engine.lock:
+                steps.close()
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now and wait until it completed (up to ``timeout`` s; None: until done).
@@ -312,36 +270,8 @@ class AsyncProducer:
         engine = self._engine
         if engine is None:
             return
-        with engine.lock:
-            pending = engine.incomplete_batches()
-            if not pending:
-                return
-            engine.set_flushing(+1)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            engine.wake()
-            for batch in pending:
-                while batch.state is not BatchState.DONE:
-                    if engine.fatal_error is not None:
-                        return
-                    wait_s = 0.5
-                    if deadline is not None:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            left = [b for b in pending if b.state is not BatchState.DONE]
-                            raise KafkaTimeoutError(
-                                f"flush() timed out after {timeout} s with "
-                                f"{sum(b.record_count for b in left)} record(s) in {len(left)} batch(es) pending",
-                                stage="producer",
-                            )
-                        wait_s = min(wait_s, remaining)
-                    try:
-                        await asyncio.wait_for(engine.async_waiter(), wait_s)
-                    except TimeoutError:
-                        pass
-        finally:
-            with engine.lock:
-                engine.set_flushing(-1)
+        assert self._path is not None
+        await self._await_steps(engine, self._path.flush_steps(timeout))
 
     # -- transactions (see kprod.Producer for the semantics of each call) -----------------
 
@@ -412,19 +342,9 @@ class AsyncProducer:
             log.warning("aborting the transaction failed too: %s", exc)
 
     async def _wait_txn(self, operation: TxnOperation, timeout: float | None) -> None:
-        engine = self._engine
-        assert engine is not None
-        timeout_s = self.config.max_block_ms / 1000 if timeout is None else timeout
-        deadline = time.monotonic() + timeout_s
-        while not operation.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise transactional.timed_out(engine, operation, timeout_s)
-            try:
-                await asyncio.wait_for(engine.async_waiter(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
-        transactional.result(operation)
+        engine, path = self._engine, self._path
+        assert engine is not None and path is not None
+        await self._await_steps(engine, path.transaction_steps(operation, timeout))
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout`` s), fail what is left with ProducerClosedError, stop. Always returns."""

@@ -22,8 +22,9 @@ from typing import Any
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
-from kprod._io.engine import WAIT_MEMORY, WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait
-from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
+from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait
+from kprod._io.frontend import RecordPreparer, check_callback, check_records
+from kprod._io.send_path import PreparedRecord, SendPath, Steps
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
     BufferExhaustedError,
@@ -41,6 +42,7 @@ __all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
 _RECORD_OVERHEAD_BOUND = record_size_upper_bound(None, None, None)
 
 _time_ns = time.time_ns
+_new_tuple = tuple.__new__
 _sleep = time.sleep
 _monotonic_ns = time.monotonic_ns
 
@@ -268,6 +270,7 @@ class Producer:
         self._lock = self._engine.lock
         self._engine.after_fork.append(self._after_fork)
         self._append_plain = self._engine.try_append_plain
+        self._path = SendPath(self._engine, self._preparer, _BatchWaiter)
         # This producer's futures: a subclass whose class attribute is the engine, so a future
         # is created with two slot stores and no __init__ (it is made once per record).
         self._future_type: type[RecordFuture] = type(
@@ -366,36 +369,23 @@ class Producer:
         headers: Any,
         on_delivery: DeliveryCallback | None,
     ) -> RecordFuture:
-        """send() in general: serializers, validation, new batches, waits for metadata or memory."""
-        check_callback(on_delivery)
-        partition = check_partition(partition)
+        """send() in general (the shared SendPath): serializers, validation, new batches, waits."""
+        path = self._path
+        record = path.prepare(
+            topic, value, key, partition, timestamp, headers, on_delivery, _time_ns() // 1_000_000
+        )
+        if isinstance(record, RecordTooLargeError):
+            return RecordFuture.failed(record)
         engine = self._engine
-        try:
-            kb, vb, hdrs, ts, bound = self._preparer.prepare(
-                topic, key, value, headers, timestamp, _time_ns() // 1_000_000
-            )
-        except RecordTooLargeError as exc:  # only this record fails, delivered like any other outcome
-            if on_delivery is not None:
-                engine.deliver_failed(on_delivery, exc)
-            return RecordFuture.failed(exc)
         with engine.lock:
-            if not engine.accepting:
-                engine.check_open()
-            result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
+            result = path.try_append_locked(record)
             if type(result) is Wait:
-                result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
+                result = self._wait_locked(record, result)
             batch: ProducerBatch = result  # type: ignore[assignment]
-            index = batch.record_count - 1
-            if index == 0:
-                # Created now, so result() can wait without the engine's lock.
-                batch.waiter = _BatchWaiter()
-            if on_delivery is not None:
-                batch.add_callback(index, on_delivery, ts)
-            # A new batch may need the sender's linger timer, a full one the sender at once.
-            action = engine.after_append_locked(batch) if index == 0 or not batch.accepting else 0
+            index, action = path.attach_locked(batch, record)
         if action:
             self._after_append(action)
-        return self._future(batch, index, ts)
+        return self._future(batch, index, record.timestamp_ms)
 
     def _future(self, batch: ProducerBatch, index: int, timestamp_ms: int) -> RecordFuture:
         """The future of record ``index`` of ``batch`` (send() builds the same inline)."""
@@ -434,30 +424,34 @@ class Producer:
         check_callback(on_delivery)
         preparer = self._preparer
         engine = self._engine
-        items: list[
-            tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None, int | None, int, int]
-            | RecordFuture
-        ] = []
+        items: list[PreparedRecord | RecordFuture] = []
         ts_now = time.time_ns() // 1_000_000
         limit = preparer.limit_bytes
         fast = preparer.fast
         overhead = _RECORD_OVERHEAD_BOUND
+        path = self._path
         for record in records:
             if fast and type(record) is bytes:  # the common case: a bare value
                 bound = overhead + len(record)
                 if bound <= limit:
-                    items.append((None, record, None, None, ts_now, bound))
+                    # tuple.__new__: a NamedTuple's own __new__ is a Python call, per record here.
+                    items.append(
+                        _new_tuple(
+                            PreparedRecord, (topic, None, ts_now, None, record, None, bound, on_delivery)
+                        )
+                    )
                     continue
             try:
                 value, key, headers, partition, timestamp = _unpack_record(record)
-                partition = check_partition(partition)
-                kb, vb, hdrs, ts, bound = preparer.prepare(topic, key, value, headers, timestamp, ts_now)
+                prepared = path.prepare(topic, value, key, partition, timestamp, headers, on_delivery, ts_now)
             except KprodError as exc:
                 if on_delivery is not None:
                     engine.deliver_failed(on_delivery, exc)
                 items.append(RecordFuture.failed(exc))
                 continue
-            items.append((kb, vb, hdrs, partition, ts, bound))
+            items.append(
+                RecordFuture.failed(prepared) if isinstance(prepared, RecordTooLargeError) else prepared
+            )
         futures: list[RecordFuture] = []
         position = 0
         total = len(items)
@@ -473,11 +467,10 @@ class Producer:
                         futures.append(item)
                         position += 1
                         continue
-                    kb, vb, hdrs, partition, ts, bound = item
                     try:
-                        result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
+                        result = path.try_append_locked(item)
                         if type(result) is Wait:
-                            result = self._wait_and_append(topic, partition, ts, kb, vb, hdrs, bound, result)
+                            result = self._wait_locked(item, result)
                     except UnknownTopicError:
                         raise
                     except BufferExhaustedError as exc:
@@ -498,14 +491,10 @@ class Producer:
                         position += 1
                         continue
                     batch: ProducerBatch = result  # type: ignore[assignment]
-                    index = batch.record_count - 1
-                    if index == 0:
-                        batch.waiter = _BatchWaiter()
-                    if on_delivery is not None:
-                        batch.add_callback(index, on_delivery, ts)
-                    if index == 0 or not batch.accepting:
-                        action |= engine.after_append_locked(batch)
-                    futures.append(self._future(batch, index, ts))
+                    index, after = path.attach_locked(batch, item)
+                    if after:
+                        action |= after
+                    futures.append(self._future(batch, index, item.timestamp_ms))
                     position += 1
             if action & WAKE_SENDER:
                 engine.wake()
@@ -521,46 +510,27 @@ class Producer:
             # buffer fills faster than it drains (latency in seconds).
             _sleep(0)
 
-    def _wait_and_append(
-        self,
-        topic: str,
-        partition: int | None,
-        ts: int,
-        kb: bytes | None,
-        vb: bytes | None,
-        hdrs: list[tuple[str, bytes | None]] | None,
-        bound: int,
-        reason: Wait,
-    ) -> ProducerBatch:
+    def _wait_locked(self, record: PreparedRecord, reason: Wait) -> ProducerBatch:
         """Block (lock held, released while waiting) until the record fits or max.block.ms passes."""
         engine = self._engine
-        start = time.monotonic()
-        deadline = start + engine.config.max_block_ms / 1000
-        on_io_thread = threading.current_thread() is self._thread
+        if threading.current_thread() is self._thread:  # a delivery callback: nothing would free room
+            raise engine.wait_error(reason, record.topic, 0)
+        batch: ProducerBatch = self._block_locked(self._path.append_steps(record, reason))
+        return batch
+
+    def _block_locked(self, steps: Steps) -> Any:
+        """Run ``steps`` (lock held) on this facade's wait primitive: the engine's condition."""
+        engine = self._engine
         engine.sync_waiters += 1
         try:
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or on_io_thread:
-                    raise engine.wait_error(reason, topic, int((time.monotonic() - start) * 1000))
-                if reason == WAIT_MEMORY:
-                    engine.accumulator.memory_waiters += 1
-                engine.wake_threadsafe()
-                waited = time.monotonic_ns()
                 try:
-                    engine.cond.wait(min(remaining, 0.5))
-                finally:
-                    if reason == WAIT_MEMORY:
-                        engine.accumulator.memory_waiters -= 1
-                        now_ns = time.monotonic_ns()
-                        engine.core.metrics.bufferpool_wait_ns.record(now_ns - waited, now_ns // 1_000_000)
-                engine.check_open()
-                result = engine.try_append_locked(topic, partition, ts, kb, vb, hdrs, bound)
-                if type(result) is not Wait:
-                    assert isinstance(result, ProducerBatch)
-                    return result
-                reason = result
+                    wait_s = next(steps)
+                except StopIteration as done:
+                    return done.value
+                engine.cond.wait(wait_s)
         finally:
+            steps.close()
             engine.sync_waiters -= 1
 
     # -- flush and close ------------------------------------------------------------------
@@ -578,38 +548,8 @@ class Producer:
             raise engine.fatal_error
         if threading.current_thread() is self._thread:
             raise KprodError("flush() cannot be called from a delivery callback (the I/O thread)")
-        deadline = None if timeout is None else time.monotonic() + timeout
         with engine.cond:
-            pending = engine.incomplete_batches()
-            if not pending:
-                return
-            engine.set_flushing(+1)
-            engine.sync_waiters += 1
-            try:
-                engine.wake_threadsafe()
-                i = 0
-                while i < len(pending):
-                    if pending[i].state is BatchState.DONE:
-                        i += 1
-                        continue
-                    if engine.fatal_error is not None or not self._thread.is_alive():
-                        break
-                    wait_s = 0.5
-                    if deadline is not None:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            left = [b for b in pending[i:] if b.state is not BatchState.DONE]
-                            records = sum(b.record_count for b in left)
-                            raise KafkaTimeoutError(
-                                f"flush() timed out after {timeout} s with {records} record(s) in "
-                                f"{len(left)} batch(es) still pending",
-                                stage="producer",
-                            )
-                        wait_s = min(wait_s, remaining)
-                    engine.cond.wait(wait_s)
-            finally:
-                engine.sync_waiters -= 1
-                engine.set_flushing(-1)
+            self._block_locked(self._path.flush_steps(timeout))
 
     # -- transactions -------------------------------------------------------------------
 
@@ -718,21 +658,8 @@ class Producer:
         engine = self._engine
         if threading.current_thread() is self._thread:
             raise KprodError(f"{operation.name}() cannot be called from a delivery callback (the I/O thread)")
-        timeout_s = self.config.max_block_ms / 1000 if timeout is None else timeout
-        deadline = time.monotonic() + timeout_s
         with engine.cond:
-            engine.sync_waiters += 1
-            try:
-                while not operation.done and self._thread.is_alive():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    engine.cond.wait(min(remaining, 0.5))
-            finally:
-                engine.sync_waiters -= 1
-        if not operation.done:
-            raise transactional.timed_out(engine, operation, timeout_s)
-        transactional.result(operation)
+            self._block_locked(self._path.transaction_steps(operation, timeout))
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, then stop. Always returns.

@@ -606,7 +606,9 @@ class ProducerEngine:
             java["buffer-available-bytes"] = self.config.buffer_memory - self.accumulator.used_bytes
             java["records-queued"] = sum(b.record_count for b in self.accumulator.queued_batches())
             java["batch-size-limit"] = self.config.batch_size
-            java["waiting-threads"] = self.sync_waiters + len(self._async_waiters)
+            # An async waiter whose wait timed out or was cancelled stays listed until the next
+            # notification, done: only the pending ones are tasks waiting.
+            java["waiting-threads"] = self.sync_waiters + sum(1 for f in self._async_waiters if not f.done())
             java["connection-count"] = len(self._open_conns)
             last = self.metadata.last_refresh_ms
             java["metadata-age"] = (now - last) / 1000 if last >= 0 else -1.0

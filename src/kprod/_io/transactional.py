@@ -69,9 +69,8 @@ def _manager(engine: ProducerEngine, name: str) -> TransactionManager:
 
 def timed_out(engine: ProducerEngine, operation: TxnOperation, timeout_s: float) -> KafkaTimeoutError:
     """The error for a call whose ``timeout_s`` passed: it names the phase the operation is in and
-    says that calling the method again waits for the same outcome."""
-    with engine.lock:
-        phase = engine.txn.phase() if engine.txn is not None else "unknown"
+    says that calling the method again waits for the same outcome. Call it with the engine's lock held."""
+    phase = engine.txn.phase() if engine.txn is not None else "unknown"
     return KafkaTimeoutError(
         f"{operation.name}() did not complete within {timeout_s:g} s ({phase}); it goes on in the "
         f"background: call {operation.name}() again to wait for the same outcome",
