@@ -47,6 +47,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "MAX_WRITE_BUFFER_BYTES",
     "PROTOCOL_VERSION",
+    "SNAPSHOT_CACHE_S",
     "LiveEndpoint",
     "json_safe",
     "open_live_endpoint",
