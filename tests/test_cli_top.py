@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from kprod import AsyncProducer, ConfigError, Producer
+from kprod._io import live_endpoint
 from kprod._io.live_endpoint import MAX_CLIENTS, MAX_LINE_BYTES, SNAPSHOT_CACHE_S, json_safe
 from kprod.broker import EmbeddedBroker
 from kprod.cli.live import STAGES
@@ -177,6 +178,30 @@ def test_garbage_and_too_many_clients_do_not_hurt_the_producer(producer: Produce
             break
         time.sleep(0.1)
     assert doc["metrics"]["record-send-total"] >= 300
+
+
+@pytest.mark.timeout(30)
+def test_a_client_that_asks_and_never_reads_is_dropped(
+    producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_endpoint, "MIN_ANSWER_INTERVAL_S", 0.0)  # answer as fast as asked
+    monkeypatch.setattr(live_endpoint, "MAX_WRITE_BUFFER_BYTES", 64 * 1024)
+    address = producer.live_address
+    assert address is not None
+    asked = 20_000
+    with socket.create_connection(address, timeout=10) as greedy:
+        greedy.sendall(b"metrics\n" * asked)
+        time.sleep(1)  # the answers pile up in the kernel, then in the endpoint's buffer: dropped
+        received = b""
+        try:
+            while chunk := greedy.recv(1 << 20):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    assert 0 < received.count(b"\n") < asked
+    futures = [producer.send(TOPIC, b"after") for _ in range(100)]
+    producer.flush(10)
+    assert all(f.result(0).offset >= 0 for f in futures)
 
 
 @pytest.mark.timeout(30)
