@@ -139,7 +139,7 @@ def test_the_endpoint_serves_the_metrics_as_strict_json_lines(producer: Producer
         assert again["timestamp"] > first["timestamp"]
         sock.sendall(b"set linger.ms=0\n")  # read-only: refused, the connection stays
         assert "error" in _strict(lines.readline())
-        sock.sendall(b"metrics\n")
+        sock.sendall(b"\n\r\nmetrics\n")  # empty lines get no answer
         assert "metrics" in _strict(lines.readline())
     assert producer.config.linger_ms == 1
 

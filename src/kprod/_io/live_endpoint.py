@@ -7,8 +7,8 @@ setting and runs no command, it only answers ``metrics``.
 Protocol (newline-delimited JSON, UTF-8):
 
 * On connect the endpoint writes one snapshot line.
-* Each ``metrics`` line from the client is answered with one snapshot line. Any other line is
-  answered with ``{"error": "..."}`` and otherwise ignored.
+* Each ``metrics`` line from the client is answered with one snapshot line. An empty line is
+  ignored; any other line is answered with ``{"error": "..."}`` and otherwise ignored.
 * A snapshot is ``{"kprod.live": 1, "client.id": ..., "pid": ..., "timestamp": <epoch s>,
   "metrics": {...}}``. ``metrics`` is :meth:`kprod.Producer.metrics` made JSON-safe: NaN and
   infinities become ``null``, mapping keys become strings, tuples become lists.
@@ -215,10 +215,11 @@ class LiveEndpoint:
                     return
                 if not line:
                     return  # the client closed
-                if line.strip() == b"metrics":
+                request = line.strip()
+                if request == b"metrics":
                     if not self._answer(writer):
                         return
-                elif not self._send(writer, _UNKNOWN):
+                elif request and not self._send(writer, _UNKNOWN):
                     return
                 await asyncio.sleep(MIN_ANSWER_INTERVAL_S)
         except (ConnectionError, OSError):
