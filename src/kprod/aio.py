@@ -373,6 +373,14 @@ class AsyncProducer:
         engine = self._engine
         return {} if engine is None else engine.metrics()
 
+    @property
+    def live_address(self) -> tuple[str, int] | None:
+        """(host, port) of the ``kprod.live.port`` endpoint (``kprod top --port PORT``); None when
+        unset or before start()."""
+        engine = self._engine
+        endpoint = None if engine is None else engine.live_endpoint
+        return None if endpoint is None else endpoint.address
+
     async def __aenter__(self) -> AsyncProducer:
         await self.start()
         return self

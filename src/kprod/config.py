@@ -308,6 +308,22 @@ def _optional_float(lo: float, hi: float) -> Parser:
     return parse
 
 
+def _live_port(name: str, raw: object) -> int | None:
+    if raw is None:
+        return None
+    try:
+        value: int = _int(0, 65535)(name, raw)
+    except _Invalid:
+        raise _Invalid("None (off), 0 (a free port) or a TCP port in [1, 65535]") from None
+    return value
+
+
+def _live_host(name: str, raw: object) -> str:
+    if isinstance(raw, str) and raw.strip() and not any(c.isspace() for c in raw.strip()):
+        return raw.strip()
+    raise _Invalid("a host name or IP address to listen on, such as '127.0.0.1' or '::1'")
+
+
 def _login_callback_handler(name: str, raw: object) -> str | None:
     value = _optional_nonempty_str(name, raw)
     if value is not None and not value.endswith(".OAuthBearerLoginCallbackHandler"):
@@ -541,6 +557,13 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
     _d("kprod.exit.flush.timeout.ms", "long", 5000, "[0, ...]", _int(0, _I64),
        "kprod's own: at interpreter exit, an open Producer flushes for at most this many ms, then "
        "logs a WARNING with the number of records it could not deliver; 0 only warns. Default 5000."),
+    _d("kprod.live.port", "int", None, "None, 0 or [1, 65535]", _live_port,
+       "kprod's own: open a read-only endpoint on kprod.live.host:PORT that serves this producer's "
+       "metrics() as JSON lines, for `kprod top --port PORT`; 0 takes a free port (see "
+       "Producer.live_address). Default None: no endpoint."),
+    _d("kprod.live.host", "str", "127.0.0.1", "a host name or IP address", _live_host,
+       "kprod's own: where the kprod.live.port endpoint listens. Default 127.0.0.1 (loopback only: "
+       "anyone who can reach the port can read the metrics)."),
     _d("key.serializer", "serializer", None,
        "None, " + "/".join(BUILTIN_SERIALIZER_NAMES) + ", callable(data) -> bytes, or object.serialize()",
        _serializer,
@@ -695,6 +718,8 @@ class ProducerConfig:
     statistics_interval_ms: int = _DEFAULTS["statistics.interval.ms"]
     stats_cb: Callable[..., Any] | None = _DEFAULTS["stats_cb"]
     kprod_exit_flush_timeout_ms: int = _DEFAULTS["kprod.exit.flush.timeout.ms"]
+    kprod_live_port: int | None = _DEFAULTS["kprod.live.port"]
+    kprod_live_host: str = _DEFAULTS["kprod.live.host"]
     key_serializer: Serializer | None = _DEFAULTS["key.serializer"]
     value_serializer: Serializer | None = _DEFAULTS["value.serializer"]
     explicit: frozenset[str] = field(default=frozenset(), compare=False)

@@ -745,3 +745,9 @@ class Producer:
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the producer's internals: buffer use, batches, in-flight requests, brokers."""
         return self._engine.metrics()
+
+    @property
+    def live_address(self) -> tuple[str, int] | None:
+        """(host, port) of the ``kprod.live.port`` endpoint (``kprod top --port PORT``), or None when unset."""
+        endpoint = self._engine.live_endpoint
+        return None if endpoint is None else endpoint.address

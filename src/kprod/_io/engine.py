@@ -48,6 +48,7 @@ from kprod._core.transactions import (
     TxnResponse,
 )
 from kprod._io.connection import BrokerConnection
+from kprod._io.live_endpoint import LiveEndpoint, open_live_endpoint
 from kprod._io.sasl_login import sasl_login
 from kprod._io.security import ssl_context
 from kprod.config import ProducerConfig
@@ -282,12 +283,16 @@ class ProducerEngine:
         """KIP-219: a broker that throttles answers at once with throttle_time_ms and expects no
         request on that connection until it has passed (node id -> monotonic ms)."""
         self.throttled_responses = 0
+        self.live_endpoint: LiveEndpoint | None = open_live_endpoint(config, self.metrics)
+        """kprod.live.port's endpoint for ``kprod top`` (``_io/live_endpoint.py``), or None."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the sender loop (call on the loop thread), and the statistics timer if asked for."""
         self._schedule_pump()
+        if self.live_endpoint is not None:
+            self.live_endpoint.start(self.loop)
         if self.config.statistics_interval_ms > 0 and self.config.stats_cb is not None:
             self._stats_started_ns = time.monotonic_ns()
             self.loop.call_later(self.config.statistics_interval_ms / 1000, self._emit_statistics)
@@ -331,6 +336,8 @@ class ProducerEngine:
         for conn in list(self._open_conns):
             conn.close(ProducerClosedError("producer closed"))
         self.notify_waiters()
+        if self.live_endpoint is not None:
+            await self.live_endpoint.aclose()
         return count
 
     # -- waking the sender -----------------------------------------------------------------

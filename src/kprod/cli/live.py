@@ -2,7 +2,9 @@
 
 On a terminal it draws one panel (80 x 24 at most) with Rich when Rich is installed
 (``pip install 'kprod[live]'``); otherwise, and whenever stdout is not a terminal, it prints one plain
-line per interval. It reads only :meth:`kprod.Producer.metrics`, from its own thread.
+line per interval. It reads only a ``metrics()`` callable, from its own thread:
+:meth:`kprod.Producer.metrics` for ``kprod perf --live``, another process's producer through its
+``kprod.live.port`` endpoint for ``kprod top`` (``kprod.cli.top``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 __all__ = ["LiveView", "render_lines", "stage_rows"]
@@ -102,10 +104,17 @@ def render_lines(
 
 
 class LiveView(threading.Thread):
-    """Redraws the stages from ``metrics()`` every ``interval_s`` until :meth:`stop`."""
+    """Redraws the stages from ``metrics()`` every ``interval_s`` until :meth:`stop`, or ``iterations``
+    redraws, or ``metrics()`` raising :class:`OSError` (kept in :attr:`error`: the source went away).
+
+    A first snapshot is taken at once, so that the first redraw already shows rates."""
 
     def __init__(
-        self, metrics: Callable[[], dict[str, Any]], interval_s: float = 1.0, stream: TextIO | None = None
+        self,
+        metrics: Callable[[], dict[str, Any]],
+        interval_s: float = 1.0,
+        stream: TextIO | None = None,
+        iterations: int | None = None,
     ) -> None:
         super().__init__(name="kprod-live", daemon=True)
         self._metrics = metrics
@@ -113,10 +122,33 @@ class LiveView(threading.Thread):
         self._stream = stream or sys.stdout
         self._stop_event = threading.Event()
         self._began = time.monotonic()
+        self._left = iterations
+        self.error: OSError | None = None
+        """What ended the view when ``metrics()`` failed, else None."""
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+    def _snapshots(self) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None, float, float]]:
+        """(snapshot, the one before, seconds between them, seconds since the start) every interval."""
+        try:
+            before: dict[str, Any] | None = self._metrics()
+        except OSError as exc:
+            self.error = exc
+            return
+        last = time.monotonic()
+        while (self._left is None or self._left > 0) and not self._stop_event.wait(self._interval_s):
+            now = time.monotonic()
+            try:
+                m = self._metrics()
+            except OSError as exc:
+                self.error = exc
+                return
+            if self._left is not None:
+                self._left -= 1
+            yield m, before, now - last, now - self._began
+            before, last = m, now
 
     def run(self) -> None:
         tty = self._stream.isatty()
@@ -132,30 +164,20 @@ class LiveView(threading.Thread):
             return
         console = Console(file=self._stream, width=min(80, Console(file=self._stream).width))
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            before: dict[str, Any] | None = None
-            last = time.monotonic()
-            while not self._stop_event.wait(self._interval_s):
-                now = time.monotonic()
-                m = self._metrics()
-                table = Table(title=f"kprod live: {now - self._began:5.1f} s", width=80)
+            for m, before, seconds, elapsed in self._snapshots():
+                table = Table(title=f"kprod live: {elapsed:5.1f} s", width=80)
                 table.add_column("#", width=2)
                 table.add_column("stage", width=17)
                 table.add_column("now", overflow="fold")
-                for number, (stage, text) in enumerate(stage_rows(m, before, now - last), 1):
+                for number, (stage, text) in enumerate(stage_rows(m, before, seconds), 1):
                     table.add_row(str(number), stage, text)
-                live.update(table)
-                before, last = m, now
+                live.update(table, refresh=True)
 
     def _plain(self) -> None:
-        before: dict[str, Any] | None = None
-        last = time.monotonic()
-        while not self._stop_event.wait(self._interval_s):
-            now = time.monotonic()
-            m = self._metrics()
-            seconds = now - last
+        for m, before, seconds, elapsed in self._snapshots():
             total, used = _buffer(m)
             print(
-                f"live {now - self._began:6.1f}s | in {_accepted_rate(m, before, seconds):,.0f} rec/s | "
+                f"live {elapsed:6.1f}s | in {_accepted_rate(m, before, seconds):,.0f} rec/s | "
                 f"acked {_rate(m, before, 'record-send-total', seconds):,.0f} rec/s | "
                 f"buffer {100 * used / total:.0f}% | open batches {m.get('batches-incomplete', 0)} | "
                 f"latency {_ms(m.get('request-latency-avg'))} | retries {m.get('record-retry-total', 0):.0f} "
@@ -163,4 +185,3 @@ class LiveView(threading.Thread):
                 file=self._stream,
                 flush=True,
             )
-            before, last = m, now

@@ -106,6 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(--producer-props is the Java tool's older name)",
     )
     parser.add_argument(
+        "-X",
+        dest="producer_props",
+        action="append",
+        metavar="PROP-NAME=PROP-VALUE",
+        help="one producer setting, as kcat and kprod produce take it (e.g. -X kprod.live.port=9999 to "
+        "watch the run with kprod top --port 9999)",
+    )
+    parser.add_argument(
         "--command-config",
         "--producer.config",
         dest="producer_config",
@@ -792,10 +800,24 @@ def _live_view(run: _Run, producer: Any) -> Any:
     return view
 
 
+def _say_live_address(producer: Any) -> None:
+    """With kprod.live.port set, say where ``kprod top`` finds this run (stderr)."""
+    address = producer.live_address
+    if address is not None:
+        host, port = address
+        option = "" if host == "127.0.0.1" else f" --host {host}"
+        print(
+            f"# kprod live endpoint on {host}:{port}: kprod top --port {port}{option}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _run_sync(run: _Run) -> None:
     from kprod import KprodError, Producer
 
     producer = Producer(run.props)
+    _say_live_address(producer)
     view = _live_view(run, producer)
     try:
         try:
@@ -821,6 +843,7 @@ async def _run_async(run: _Run) -> None:
     topic = args.topic
     producer = AsyncProducer(run.props)
     await producer.start()
+    _say_live_address(producer)
     view = _live_view(run, producer)
     try:
         stats = run.begin()
