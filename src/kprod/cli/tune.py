@@ -395,6 +395,7 @@ def write_chart(points: Sequence[Point], analysis: Analysis, path: Path, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import StrMethodFormatter
 
     good = [p for p in points if p.ok]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
@@ -447,6 +448,7 @@ def write_chart(points: Sequence[Point], analysis: Analysis, path: Path, title: 
                 ax.set_xscale("log")
         ax.set_xlabel("p99 send→ack latency (ms)")
         ax.set_ylabel("records/s acknowledged")
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         codecs = sorted({p.setting.compression for p in good}, key=CODECS.index)
@@ -682,12 +684,17 @@ def run_sweep(
     throughput: float = -1.0,
     progress: TextIO | None = None,
     measure: Callable[..., Point] = measure_point,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[Point]:
-    """Measure each setting in turn until ``deadline`` (``time.monotonic()``); one progress line per point."""
+    """Measure each setting in turn until ``deadline`` (on ``clock``); one progress line per point.
+
+    Each point gets :func:`slot_seconds` of what is left; when less than :data:`MIN_POINT_S` is
+    left, the sweep stops and returns the points measured so far.
+    """
     points: list[Point] = []
     total = len(settings)
     for i, setting in enumerate(settings):
-        slot = slot_seconds(deadline - time.monotonic(), total - i)
+        slot = slot_seconds(deadline - clock(), total - i)
         if slot is None:
             if progress is not None:
                 print(
@@ -699,11 +706,12 @@ def run_sweep(
         point = measure(setting, base_props, topic, payloads, slot, max_in_flight, throughput)
         points.append(point)
         if progress is not None:
-            print(_progress_line(i + 1, total, point, points, deadline), file=progress, flush=True)
+            left = max(0.0, deadline - clock())
+            print(_progress_line(i + 1, total, point, points, left), file=progress, flush=True)
     return points
 
 
-def _progress_line(i: int, total: int, point: Point, points: Sequence[Point], deadline: float) -> str:
+def _progress_line(i: int, total: int, point: Point, points: Sequence[Point], left_s: float) -> str:
     head = f"[{i}/{total}] {point.setting.label()}: "
     if point.ok:
         body = (
@@ -715,8 +723,7 @@ def _progress_line(i: int, total: int, point: Point, points: Sequence[Point], de
     measured = [p for p in points if p.ok]
     best = max(measured, key=lambda p: p.records_per_s) if measured else None
     tail = f"; best so far {best.records_per_s:,.0f} rec/s" if best is not None else ""
-    left = max(0.0, deadline - time.monotonic())
-    return f"{head}{body}{tail}; {left:.0f} s left"
+    return f"{head}{body}{tail}; {left_s:.0f} s left"
 
 
 # ------------------------------------------------------------------------------ the command
@@ -802,13 +809,24 @@ def run(args: argparse.Namespace) -> int:
         if broker is not None:
             broker.stop()
 
+    return report(points, len(settings), args, topic, mean)
+
+
+def report(
+    points: Sequence[Point], planned: int, args: argparse.Namespace, topic: str, mean_bytes: float
+) -> int:
+    """Print the table and the recommendation on stdout, write the chart and the JSON; the exit status.
+
+    Status 0 when a setting is recommended, 1 when nothing was measured or a file could not be
+    written. Without matplotlib the chart is skipped with a message naming ``kprod[tune]``.
+    """
     analysis = analyze(points, args.max_p99_ms)
     print(format_table(points, analysis))
     print()
     print(recommendation_text(analysis), flush=True)
-    if len(points) < len(settings):
+    if len(points) < planned:
         print(
-            f"# the budget allowed {len(points)} of {len(settings)} points; raise --budget-s for the rest",
+            f"# the budget allowed {len(points)} of {planned} points; raise --budget-s for the rest",
             file=sys.stderr,
         )
     status = 0 if analysis.recommended is not None else 1
@@ -818,7 +836,7 @@ def run(args: argparse.Namespace) -> int:
                 points,
                 analysis,
                 args.chart,
-                title=f"kprod tune: {mean:.0f}-byte records, p99 budget {args.max_p99_ms:g} ms",
+                title=f"kprod tune: {mean_bytes:.0f}-byte records, p99 budget {args.max_p99_ms:g} ms",
             )
             print(f"# chart: {args.chart}", file=sys.stderr)
         except ImportError:
@@ -832,7 +850,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         try:
             args.json.write_text(
-                json.dumps(_json_doc(points, analysis, args, topic, len(settings)), indent=2) + "\n"
+                json.dumps(_json_doc(points, analysis, args, topic, planned), indent=2) + "\n"
             )
         except OSError as exc:
             print(f"kprod tune: cannot write {args.json}: {exc}", file=sys.stderr)
