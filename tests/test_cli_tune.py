@@ -97,6 +97,18 @@ def test_when_nothing_meets_the_budget_the_lowest_p99_is_recommended() -> None:
     assert analyze([slow, C], max_p99_ms=1.0).recommended is C
 
 
+def test_with_a_paced_rate_near_equal_throughputs_tie_and_the_lower_p99_wins() -> None:
+    at_rate = _point(20, "none", 50_020, 19.9)
+    also_at_rate = _point(0, "zstd", 49_600, 0.7)  # 0.8% slower: a tie at 2%
+    lagging = _point(0, "gzip", 45_000, 0.5)  # 10% short of the rate: not a tie
+    points = [at_rate, also_at_rate, lagging]
+    assert analyze(points, 50.0).recommended is at_rate, "no tolerance: the strictly fastest"
+    assert analyze(points, 50.0, tie_fraction=0.02).recommended is also_at_rate
+    assert analyze(points, 50.0, tie_fraction=0.005).recommended is at_rate
+    # The tie only widens the choice among points within the budget.
+    assert analyze(points, 0.6, tie_fraction=0.02).recommended is lagging
+
+
 def test_points_that_measured_nothing_are_left_out() -> None:
     broken = _point(0, "zstd", 0.0, 0.0, records=0, error="KafkaTimeoutError: no broker")
     failed_send = _point(5, "zstd", 900_000, 0.5, error="no record acknowledged")
@@ -200,7 +212,7 @@ def test_without_matplotlib_the_table_is_still_printed(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     args = argparse.Namespace(
-        max_p99_ms=50.0, chart=tmp_path / "c.png", json=tmp_path / "r.json", budget_s=10.0
+        max_p99_ms=50.0, chart=tmp_path / "c.png", json=tmp_path / "r.json", budget_s=10.0, throughput=-1.0
     )
     assert report(POINTS, len(POINTS), args, "t", 100.0) == 0
     out, err = capsys.readouterr()

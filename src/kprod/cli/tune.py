@@ -61,6 +61,8 @@ MIN_POINT_S = 1.0
 SEND_SHARE = 0.7
 """Share of a point's slot spent sending; the rest is for the warm-up, the final flush and close."""
 CLOSE_TIMEOUT_S = 1.0
+PACED_TIE_FRACTION = 0.02
+"""With ``--throughput``, throughputs within 2% of the best count as equal (the lower p99 wins)."""
 POOL_BYTES = 16 << 20
 POOL_MAX = 4096
 CODEC_COLOURS = {
@@ -144,9 +146,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-in-flight",
         type=int,
-        default=20000,
+        default=5000,
         metavar="N",
-        help="records sent but not yet acknowledged, at most (default 20000)",
+        help="records sent but not yet acknowledged, at most (default 5000): at full speed the queue "
+        "this allows adds about N / throughput to every record's latency",
     )
     parser.add_argument(
         "--throughput",
@@ -248,7 +251,7 @@ def _dominates(a: Point, b: Point) -> bool:
     )
 
 
-def analyze(points: Sequence[Point], max_p99_ms: float) -> Analysis:
+def analyze(points: Sequence[Point], max_p99_ms: float, tie_fraction: float = 0.0) -> Analysis:
     """The Pareto set of ``points`` and the recommended point.
 
     The Pareto set holds the points that no other point dominates (higher-or-equal throughput and
@@ -256,6 +259,10 @@ def analyze(points: Sequence[Point], max_p99_ms: float) -> Analysis:
     with the highest throughput among those with ``p99_ms <= max_p99_ms`` (a tie goes to the lower
     p99); when none is within the budget, the point with the lowest p99 (a tie goes to the higher
     throughput) and ``meets_budget`` is False. Points that measured nothing are left out.
+
+    ``tie_fraction`` (used with ``--throughput``, where every point that keeps up reaches the same
+    rate): throughputs within this fraction of the best one within the budget count as equal, and
+    the lowest p99 among them wins (then the lowest CPU per record).
     """
     good = [p for p in points if p.ok]
     excluded = [p for p in points if not p.ok]
@@ -265,6 +272,10 @@ def analyze(points: Sequence[Point], max_p99_ms: float) -> Analysis:
     recommended: Point | None
     if within:
         recommended = max(within, key=lambda p: (p.records_per_s, -p.p99_ms))
+        if tie_fraction > 0:
+            floor = recommended.records_per_s * (1.0 - tie_fraction)
+            tied = [p for p in within if p.records_per_s >= floor]
+            recommended = min(tied, key=lambda p: (p.p99_ms, p.cpu_us_per_record, -p.records_per_s))
     elif good:
         recommended = min(good, key=lambda p: (p.p99_ms, -p.records_per_s))
     else:
@@ -820,7 +831,7 @@ def report(
     Status 0 when a setting is recommended, 1 when nothing was measured or a file could not be
     written. Without matplotlib the chart is skipped with a message naming ``kprod[tune]``.
     """
-    analysis = analyze(points, args.max_p99_ms)
+    analysis = analyze(points, args.max_p99_ms, PACED_TIE_FRACTION if args.throughput > 0 else 0.0)
     print(format_table(points, analysis))
     print()
     print(recommendation_text(analysis), flush=True)
