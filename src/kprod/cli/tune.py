@@ -755,6 +755,8 @@ def _json_doc(
         "topic": topic,
         "budget_s": args.budget_s,
         "max_p99_ms": args.max_p99_ms,
+        "max_in_flight": getattr(args, "max_in_flight", None),
+        "throughput_target": getattr(args, "throughput", -1.0),
         "points_planned": total,
         "points": [row(p) for p in points],
         "meets_budget": analysis.meets_budget,
