@@ -50,6 +50,11 @@ __all__ = [
     "format_table",
     "percentile",
     "properties_lines",
+    "recommendation_text",
+    "report",
+    "run_sweep",
+    "slot_seconds",
+    "sweep",
     "run",
     "write_chart",
 ]
@@ -237,6 +242,8 @@ class Analysis:
     max_p99_ms: float
     excluded: list[Point] = field(default_factory=list)
     """Points that measured nothing (or failed): not in the Pareto set nor recommended."""
+    tie_fraction: float = 0.0
+    """Throughputs within this fraction of the best counted as equal when recommending."""
 
 
 # ------------------------------------------------------------------------------ the pure part
@@ -280,7 +287,7 @@ def analyze(points: Sequence[Point], max_p99_ms: float, tie_fraction: float = 0.
         recommended = min(good, key=lambda p: (p.p99_ms, -p.records_per_s))
     else:
         recommended = None
-    return Analysis(pareto, recommended, bool(within), max_p99_ms, excluded)
+    return Analysis(pareto, recommended, bool(within), max_p99_ms, excluded, tie_fraction)
 
 
 def percentile(sorted_values: Sequence[int] | Sequence[float], pct: float) -> float:
@@ -383,8 +390,11 @@ def recommendation_text(analysis: Analysis) -> str:
     if best is None:
         return "No recommendation: no point acknowledged any record."
     if analysis.meets_budget:
+        rule = "highest throughput"
+        if analysis.tie_fraction > 0:
+            rule = f"throughput within {analysis.tie_fraction:.0%} of the highest, then lowest p99,"
         head = (
-            f"Recommended (highest throughput with p99 <= {analysis.max_p99_ms:g} ms): "
+            f"Recommended ({rule} with p99 <= {analysis.max_p99_ms:g} ms): "
             f"{best.records_per_s:,.0f} records/s, p99 {best.p99_ms:.2f} ms, p50 {best.p50_ms:.2f} ms"
         )
     else:
