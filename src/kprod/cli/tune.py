@@ -52,10 +52,10 @@ __all__ = [
     "properties_lines",
     "recommendation_text",
     "report",
+    "run",
     "run_sweep",
     "slot_seconds",
     "sweep",
-    "run",
     "write_chart",
 ]
 
