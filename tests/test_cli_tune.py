@@ -291,3 +291,24 @@ def test_a_short_sweep_on_the_embedded_broker(tmp_path: Path) -> None:
 
     width, height = _check_png(chart)
     assert width > 300 and height > 200
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--compression", "brotli"],
+        ["--linger-ms", "5,x"],
+        ["--acks", "2"],
+        ["--budget-s", "0"],
+        ["-X", "no-equals-sign"],
+        ["-X", "buffer.memory=-1"],
+    ],
+)
+def test_bad_options_exit_2_before_starting_a_broker(
+    option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kprod.cli.main import main
+
+    assert main(["tune", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kprod tune: ") and "embedded broker" not in err
