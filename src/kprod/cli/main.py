@@ -1,10 +1,10 @@
 """Entry point of the ``kprod`` command: argument parsing and subcommand dispatch.
 
 ``kprod broker`` lives here. Other subcommands live in their own modules under ``kprod.cli``
-(``demo`` in ``kprod.cli.demo``, ``perf`` in ``kprod.cli.perf``, ``top`` in ``kprod.cli.top``), each exposing
-``add_arguments(parser)`` and ``run(args) -> int | None``. Such a module is imported only when its
-subcommand is the one being run, so ``kprod broker`` never pays for the producer's imports; a module
-that does not exist yet simply leaves its subcommand out.
+(``demo`` in ``kprod.cli.demo``, ``perf`` in ``kprod.cli.perf``, ``top`` in ``kprod.cli.top``, ``tune`` in
+``kprod.cli.tune``), each exposing ``add_arguments(parser)`` and ``run(args) -> int | None``. Such a module
+is imported only when its subcommand is the one being run, so ``kprod broker`` never pays for the
+producer's imports; a module that does not exist yet simply leaves its subcommand out.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ _PLUGGED_COMMANDS: dict[str, str] = {
     "perf": "measure producer throughput and latency",
     "produce": "send records from stdin or a file (kafka-console-producer's and kcat's options)",
     "top": "show the live view of a producer in another process (one started with kprod.live.port)",
+    "tune": "sweep linger.ms, batch.size, compression.type (and acks) and recommend settings for a p99 budget",
 }
 
 
