@@ -15,13 +15,13 @@ import argparse
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from kprod import ConfigError, KprodError, Producer, ProducerConfig, RecordMetadata
 
-__all__ = ["add_arguments", "parse_line", "run"]
+__all__ = ["add_arguments", "parse_line", "parse_pairs", "run"]
 
 _JAVA_PROPERTIES = {
     "parse.key": "false",
@@ -97,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _pairs(items: list[str], option: str) -> dict[str, str]:
+def parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` command-line items as a dict (names stripped); ValueError naming ``option``."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -150,18 +151,18 @@ def run(args: argparse.Namespace) -> int:
     from kprod.cli.perf import parse_properties, start_embedded_broker
 
     try:
-        props: dict[str, Any] = dict(_JAVA_PROPERTIES) | _pairs(args.property, "--property")
+        props: dict[str, Any] = dict(_JAVA_PROPERTIES) | parse_pairs(args.property, "--property")
         if args.kcat_key_separator is not None:
             props["parse.key"], props["key.separator"] = "true", args.kcat_key_separator
         if args.null_marker is not None:
             props["null.marker"] = args.null_marker
         fixed_headers: list[tuple[str, bytes | None]] = [
-            (k, v.encode()) for k, v in _pairs(args.kcat_headers, "-H").items()
+            (k, v.encode()) for k, v in parse_pairs(args.kcat_headers, "-H").items()
         ]
         settings: dict[str, object] = {}
         if args.producer_config:
             settings.update(parse_properties(Path(args.producer_config).read_text(encoding="utf-8")))
-        settings.update(_pairs(args.producer_property, "--producer-property"))
+        settings.update(parse_pairs(args.producer_property, "--producer-property"))
         if args.compression_codec:
             settings["compression.type"] = args.compression_codec
         if args.acks is not None:

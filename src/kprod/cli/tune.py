@@ -526,30 +526,12 @@ def _int_list(text: str, option: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _codec_list(text: str) -> list[str]:
+def _choice_list(text: str, option: str, choices: dict[str, str]) -> list[str]:
+    """Comma-separated ``choices`` keys (case-insensitive), mapped to their values, first use kept."""
     values = [v.strip().lower() for v in text.split(",") if v.strip()]
-    unknown = [v for v in values if v not in CODECS]
-    if not values or unknown:
-        raise ValueError(f"--compression takes values among {', '.join(CODECS)}, not {text!r}")
-    return list(dict.fromkeys(values))
-
-
-def _acks_list(text: str) -> list[str]:
-    values = [v.strip().lower() for v in text.split(",") if v.strip()]
-    unknown = [v for v in values if v not in ACKS]
-    if not values or unknown:
-        raise ValueError(f"--acks takes values among all, -1, 1, 0, not {text!r}")
-    return list(dict.fromkeys(ACKS[v] for v in values))
-
-
-def _pairs(items: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"-X takes NAME=VALUE items, not {item!r}")
-        out[name.strip()] = value.strip()
-    return out
+    if not values or any(v not in choices for v in values):
+        raise ValueError(f"{option} takes values among {', '.join(choices)}, not {text!r}")
+    return list(dict.fromkeys(choices[v] for v in values))
 
 
 def sample_records(args: argparse.Namespace) -> list[bytes]:
@@ -781,14 +763,19 @@ def _json_doc(
 
 def run(args: argparse.Namespace) -> int:
     from kprod import ConfigError, KprodError, ProducerConfig
+    from kprod.cli.produce import parse_pairs
 
     try:
-        extra = _pairs(args.producer_property)
-        acks = _acks_list(args.acks) if args.acks is not None else [ACKS.get(extra.get("acks", "all"), "all")]
+        extra = parse_pairs(args.producer_property, "-X")
+        acks = (
+            _choice_list(args.acks, "--acks", ACKS)
+            if args.acks is not None
+            else [ACKS.get(extra.get("acks", "all"), "all")]
+        )
         settings = sweep(
             _int_list(args.linger_ms, "--linger-ms"),
             _int_list(args.batch_size, "--batch-size"),
-            _codec_list(args.compression),
+            _choice_list(args.compression, "--compression", {c: c for c in CODECS}),
             acks,
         )
         if args.budget_s <= 0 or args.max_p99_ms <= 0 or args.max_in_flight <= 0:
