@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from kprod._core.accumulator import ProducerBatch
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, wall_ms
@@ -216,10 +215,9 @@ class AsyncProducer:
         gate = self._gates.get(topic)
         if gate is None:  # nobody waits for this topic: try at once, and queue only if it must wait
             with engine.lock:
-                result = path.try_append_locked(record)
-                if not isinstance(result, Wait):
-                    action = path.attach_locked(result, record, future)[1]
-            if not isinstance(result, Wait):
+                appended = path.append_locked(record, future)
+            if type(appended) is not Wait:
+                action = appended[2]  # type: ignore[index]
                 if action:
                     await self._after_append(engine, action)
                 return future
@@ -228,13 +226,10 @@ class AsyncProducer:
         try:
             async with gate[0]:  # FIFO: tasks that wait append in the order they came
                 with engine.lock:
-                    result = path.try_append_locked(record)
-                    if not isinstance(result, Wait):
-                        action = path.attach_locked(result, record, future)[1]
-                if isinstance(result, Wait):
-                    batch: ProducerBatch = await self._await_steps(engine, path.append_steps(record, result))
-                    with engine.lock:
-                        action = path.attach_locked(batch, record, future)[1]
+                    appended = path.append_locked(record, future)
+                if isinstance(appended, Wait):
+                    appended = await self._await_steps(engine, path.append_steps(record, appended, future))
+                action = appended[2]
                 if action:
                     await self._after_append(engine, action)
         finally:

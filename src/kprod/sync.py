@@ -23,7 +23,7 @@ from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait
-from kprod._io.frontend import RecordPreparer, check_callback, check_records
+from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
 from kprod._io.send_path import PreparedRecord, SendPath, Steps
 from kprod.config import ProducerConfig, check_supported
 from kprod.errors import (
@@ -42,7 +42,6 @@ __all__ = ["DeliveryCallback", "Producer", "RecordFuture"]
 _RECORD_OVERHEAD_BOUND = record_size_upper_bound(None, None, None)
 
 _time_ns = time.time_ns
-_new_tuple = tuple.__new__
 _sleep = time.sleep
 _monotonic_ns = time.monotonic_ns
 
@@ -376,16 +375,18 @@ class Producer:
         )
         if isinstance(record, RecordTooLargeError):
             return RecordFuture.failed(record)
-        engine = self._engine
-        with engine.lock:
-            result = path.try_append_locked(record)
-            if type(result) is Wait:
-                result = self._wait_locked(record, result)
-            batch: ProducerBatch = result  # type: ignore[assignment]
-            index, action = path.attach_locked(batch, record)
+        with self._lock:
+            appended = path.append_locked(record)
+            if type(appended) is Wait:
+                appended = self._wait_locked(record, appended)
+        batch, index, action = appended  # type: ignore[misc]
         if action:
             self._after_append(action)
-        return self._future(batch, index, record.timestamp_ms)
+        future = self._future_type()
+        future._batch = batch
+        future._index = index
+        future._timestamp = record[2]  # its timestamp_ms
+        return future
 
     def _future(self, batch: ProducerBatch, index: int, timestamp_ms: int) -> RecordFuture:
         """The future of record ``index`` of ``batch`` (send() builds the same inline)."""
@@ -428,31 +429,29 @@ class Producer:
         ts_now = time.time_ns() // 1_000_000
         limit = preparer.limit_bytes
         fast = preparer.fast
+        prepare = preparer.prepare
         overhead = _RECORD_OVERHEAD_BOUND
         path = self._path
         for record in records:
             if fast and type(record) is bytes:  # the common case: a bare value
                 bound = overhead + len(record)
                 if bound <= limit:
-                    # tuple.__new__: a NamedTuple's own __new__ is a Python call, per record here.
-                    items.append(
-                        _new_tuple(
-                            PreparedRecord, (topic, None, ts_now, None, record, None, bound, on_delivery)
-                        )
-                    )
+                    items.append((topic, None, ts_now, None, record, None, bound, on_delivery))
                     continue
             try:
+                # SendPath.prepare without its per-call checks of on_delivery (done once above).
                 value, key, headers, partition, timestamp = _unpack_record(record)
-                prepared = path.prepare(topic, value, key, partition, timestamp, headers, on_delivery, ts_now)
-            except KprodError as exc:
+                if partition is not None and type(partition) is not int:
+                    partition = check_partition(partition)
+                kb, vb, hdrs, ts, bound = prepare(topic, key, value, headers, timestamp, ts_now)
+            except KprodError as exc:  # a too large record too: it fails alone, delivered like any outcome
                 if on_delivery is not None:
                     engine.deliver_failed(on_delivery, exc)
                 items.append(RecordFuture.failed(exc))
                 continue
-            items.append(
-                RecordFuture.failed(prepared) if isinstance(prepared, RecordTooLargeError) else prepared
-            )
+            items.append((topic, partition, ts, kb, vb, hdrs, bound, on_delivery))
         futures: list[RecordFuture] = []
+        future_type = self._future_type
         position = 0
         total = len(items)
         while position < total:
@@ -468,9 +467,9 @@ class Producer:
                         position += 1
                         continue
                     try:
-                        result = path.try_append_locked(item)
-                        if type(result) is Wait:
-                            result = self._wait_locked(item, result)
+                        appended = path.append_locked(item)
+                        if type(appended) is Wait:
+                            appended = self._wait_locked(item, appended)
                     except UnknownTopicError:
                         raise
                     except BufferExhaustedError as exc:
@@ -490,11 +489,14 @@ class Producer:
                         futures.append(RecordFuture.failed(exc))
                         position += 1
                         continue
-                    batch: ProducerBatch = result  # type: ignore[assignment]
-                    index, after = path.attach_locked(batch, item)
+                    batch, index, after = appended  # type: ignore[misc]
                     if after:
                         action |= after
-                    futures.append(self._future(batch, index, item.timestamp_ms))
+                    future = future_type()
+                    future._batch = batch
+                    future._index = index
+                    future._timestamp = item[2]  # its timestamp_ms
+                    futures.append(future)
                     position += 1
             if action & WAKE_SENDER:
                 engine.wake()
@@ -510,13 +512,14 @@ class Producer:
             # buffer fills faster than it drains (latency in seconds).
             _sleep(0)
 
-    def _wait_locked(self, record: PreparedRecord, reason: Wait) -> ProducerBatch:
-        """Block (lock held, released while waiting) until the record fits or max.block.ms passes."""
+    def _wait_locked(self, record: PreparedRecord, reason: Wait) -> tuple[ProducerBatch, int, int]:
+        """Block (lock held, released while waiting) until the record fits or max.block.ms passes:
+        what ``SendPath.append_locked`` returns."""
         engine = self._engine
         if threading.current_thread() is self._thread:  # a delivery callback: nothing would free room
-            raise engine.wait_error(reason, record.topic, 0)
-        batch: ProducerBatch = self._block_locked(self._path.append_steps(record, reason))
-        return batch
+            raise engine.wait_error(reason, record[0], 0)
+        appended: tuple[ProducerBatch, int, int] = self._block_locked(self._path.append_steps(record, reason))
+        return appended
 
     def _block_locked(self, steps: Steps) -> Any:
         """Run ``steps`` (lock held) on this facade's wait primitive: the engine's condition."""

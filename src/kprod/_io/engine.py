@@ -439,11 +439,16 @@ class ProducerEngine:
             topic, partition, timestamp_ms, key, value, headers, record_bound, monotonic_ms()
         )
         if result is Wait.METADATA:
-            refused = self.last_auth_error
-            if refused is not None and self.last_metadata_error is not None:
-                # Waiting max.block.ms would not change the answer (Java: waitOnMetadata throws it).
-                raise AuthenticationError(f"no metadata for topic {topic!r}: {refused}", stage="metadata")
+            self.check_metadata_wait(topic)
         return result
+
+    def check_metadata_wait(self, topic: str) -> None:
+        """Before a record waits for ``topic``'s metadata (lock held): raise AuthenticationError at
+        once while the cluster refuses our credentials, since waiting ``max.block.ms`` would not
+        change the answer (Java: ``waitOnMetadata`` throws it)."""
+        refused = self.last_auth_error
+        if refused is not None and self.last_metadata_error is not None:
+            raise AuthenticationError(f"no metadata for topic {topic!r}: {refused}", stage="metadata")
 
     def after_append_locked(self, batch: ProducerBatch) -> AfterAppend:
         """After an append that opened ``batch`` or filled it (under the lock): what the caller must do.
