@@ -25,9 +25,9 @@ def test_idle_connections_close_after_connections_max_idle_ms_and_reopen(
         engine = producer._engine
         assert engine.connections, "a broker connection is open after a send"
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (engine.connections or engine._bootstrap_conn is not None):
+        while time.monotonic() < deadline and (engine.connections or engine.conns.bootstrap is not None):
             time.sleep(0.2)
-        assert not engine.connections and engine._bootstrap_conn is None, "idle connections stayed open"
+        assert not engine.connections and engine.conns.bootstrap is None, "idle connections stayed open"
         # A new record reconnects as needed.
         md = producer.send(topic, b"after").result(timeout=10)
         assert md.offset == 1
@@ -44,8 +44,8 @@ def test_connect_timeout_doubles_per_failure_up_to_the_max() -> None:
     try:
         engine = producer._engine
         for failures, expected in [(0, 1000), (1, 2000), (2, 4000), (3, 5000), (10, 5000)]:
-            engine._node_backoff[7] = (0, failures)
-            samples = [engine._connect_timeout_ms(7) for _ in range(200)]
+            engine.conns.node_backoff[7] = (0, failures)
+            samples = [engine.conns.connect_timeout_ms(7) for _ in range(200)]
             assert 0.8 * expected <= min(samples) and max(samples) <= 1.2 * expected, (failures, samples[:5])
     finally:
         producer.close(1)

@@ -22,6 +22,7 @@ from typing import Any
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
+from kprod._io.delivery import record_error, record_metadata
 from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait
 from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
 from kprod._io.send_path import PreparedRecord, SendPath, Steps
@@ -205,16 +206,16 @@ class RecordFuture:
         Every record completes within ``delivery.timeout.ms``, so ``None`` is bounded.
         """
         self._wait(timeout)
-        error = self._error if self._batch is None else ProducerEngine.record_error(self._batch, self._index)
+        error = self._error if self._batch is None else record_error(self._batch, self._index)
         if error is not None:
             raise error
         assert self._batch is not None
-        return ProducerEngine.record_metadata(self._batch, self._index, self._timestamp)
+        return record_metadata(self._batch, self._index, self._timestamp)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait like :meth:`result`, then return the delivery error or None."""
         self._wait(timeout)
-        return self._error if self._batch is None else ProducerEngine.record_error(self._batch, self._index)
+        return self._error if self._batch is None else record_error(self._batch, self._index)
 
     def add_done_callback(self, fn: Callable[[RecordFuture], None]) -> None:
         """Call ``fn(self)`` when done (at once, in this thread, if already done; else on the I/O thread)."""

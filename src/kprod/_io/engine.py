@@ -1,11 +1,20 @@
-"""The producer engine: the pure core pumped by one asyncio task, plus the append path.
+"""The producer engine: the pure core pumped on one asyncio loop, and the lock the callers share.
 
-Owns *when* and *over which socket*: the sender loop (``_pump``, one round per call, rescheduled by wake-ups and one timer) asks the core
-what to send (:meth:`SenderCore.poll`), writes produce requests, refreshes
-metadata, obtains a producer id, connects to brokers with backoff, enforces
-``request.timeout.ms``, and delivers completions (callbacks, waiters). It also
-holds the one lock that guards the core, and the append path that callers run
-in their own thread (:meth:`ProducerEngine.try_append_locked`).
+Owns *when* and *over which socket*: the sender loop (``_pump``, one round per call, rescheduled
+by wake-ups and one timer) asks the core what to send (:meth:`SenderCore.poll`), writes produce
+requests and reads their answers, refreshes metadata, obtains a producer id, sends the
+transaction manager's requests, enforces ``request.timeout.ms``, and hands completions to
+``_io/delivery.py``. It holds the one lock that guards the core, and the hooks of the append path
+that callers run in their own thread (``_io/send_path.py``, ``_core/appender.py``).
+
+Around it, each in its own module: broker connections and their backoffs
+(``_io/connections.py``), delivery of outcomes (``_io/delivery.py``), the transactional requests'
+wire mapping (``_io/txn_exchange.py``), metrics and statistics (``_io/statistics.py``).
+
+Why one module of about 1,000 lines: what is left here is the state of the loop itself (wake-ups,
+the timer, requests awaiting answers, the producer-id and transactional requests in flight) and
+every method that reads or writes it; split further, each part would reach into the others'
+attributes, which is what the split above removed.
 
 Threading: every core call happens under ``self.lock``. Callers (any thread)
 append under the lock and wake the loop only when a batch becomes full or a
@@ -45,12 +54,15 @@ from kprod._core.transactions import (
     TransactionManager,
     TxnRequest,
     TxnRequestKind,
-    TxnResponse,
 )
 from kprod._io.connection import BrokerConnection
+from kprod._io.connections import BrokerConnections
+from kprod._io.delivery import complete, run_failed_callback
 from kprod._io.live_endpoint import LiveEndpoint, open_live_endpoint
 from kprod._io.sasl_login import sasl_login
 from kprod._io.security import ssl_context
+from kprod._io.statistics import librdkafka_statistics, producer_metrics
+from kprod._io.txn_exchange import speaks_transactions_v2, txn_exchange
 from kprod.config import ProducerConfig
 from kprod.errors import (
     AuthenticationError,
@@ -67,7 +79,6 @@ from kprod.errors import (
     is_retriable,
 )
 from kprod.protocol.messages import (
-    TRANSACTIONS_V2_END_TXN,
     TRANSACTIONS_V2_PRODUCE,
     ApiKey,
     init_producer_id_request,
@@ -76,20 +87,8 @@ from kprod.protocol.messages import (
     parse_metadata,
 )
 from kprod.protocol.produce import decode_produce_response, encode_produce_request
-from kprod.protocol.txn import (
-    add_offsets_to_txn_request,
-    add_partitions_to_txn_request,
-    end_txn_request,
-    find_coordinator_request,
-    parse_add_offsets_to_txn,
-    parse_add_partitions_to_txn,
-    parse_end_txn,
-    parse_find_coordinator,
-    parse_txn_offset_commit,
-    txn_offset_commit_request,
-)
 from kprod.records.compression import make_compressor
-from kprod.types import RecordMetadata
+from kprod.types import DeliveryCallback
 
 __all__ = [
     "WAIT_MEMORY",
@@ -122,8 +121,6 @@ _WAKE_AND_YIELD = AfterAppend.WAKE_SENDER | AfterAppend.YIELD_GIL
 
 _MAX_INT32 = 2**31 - 1
 
-_tuple_new = tuple.__new__
-_DeliveryCallback = Callable[[RecordMetadata | None, BaseException | None], None]
 
 _YIELD_INTERVAL_MS = 1
 """With answers pending, an appending thread offers the I/O thread the GIL at most this often."""
@@ -199,16 +196,24 @@ class ProducerEngine:
             "zstd": config.compression_zstd_level,
         }.get(config.compression_type)
         self.compressor = make_compressor(config.compression_type, level)
-        self._ssl_context = ssl_context(config)  # raises ConfigError now, not on the I/O thread
-        self._sasl_login = sasl_login(config)  # likewise for missing or contradictory SASL settings
         self._auth_failure_logged_ms = 0
-        self.last_auth_error: AuthenticationError | None = None
         self._txn_requests_in_flight = 0
         self._stats_started_ns = time.monotonic_ns()
-        # Java's selector metrics for SASL (KIP-368 names): authentications and re-authentications.
-        self.authentications = [0, 0]  # [successful, failed]
-        self.reauthentications = [0, 0]
-        """The last refusal of a connection (SASL or TLS), until a connection is opened again."""
+        self.conns = BrokerConnections(
+            config,
+            loop,
+            self.metadata,
+            self.rng,
+            ssl_context=ssl_context(config),  # raises ConfigError now, not on the I/O thread
+            sasl_login=sasl_login(config),  # likewise for missing or contradictory SASL settings
+            wake=self._wake,
+            request_metadata_update=self._request_metadata_update,
+            on_refused=self._authentication_failed,
+            is_closing=lambda: self.closing,
+        )
+        """Broker connections and their backoffs (``_io/connections.py``)."""
+        self.connections = self.conns.connections
+        """Broker id -> connection (the same dict as ``conns.connections``)."""
         self.txn: TransactionManager | None = None
         """The transaction manager, with a transactional.id; guarded by ``lock`` like the core."""
         if config.transactional_id is not None:
@@ -220,7 +225,7 @@ class ProducerEngine:
                 rng=self.rng,
             )
             self.core.txn = self.txn
-        self._transactions_v2 = False
+        self.transactions_v2 = False
         """A transactional producer on a cluster with transaction.version 2 (decided at
         init_transactions): Produce v12 and EndTxn v5, no AddPartitionsToTxn (KIP-890)."""
         self._coordinator_addresses: dict[int, tuple[str, int]] = {}
@@ -232,14 +237,6 @@ class ProducerEngine:
         self.try_append_plain: PlainAppender = self.appender.try_append_plain
         self.accepting = True
         """False once closing or failed: send() then goes the slow way through check_open()."""
-        self.connections: dict[int, BrokerConnection] = {}
-        self._bootstrap_conn: BrokerConnection | None = None
-        self._open_conns: set[BrokerConnection] = set()
-        """Every connection opened and not yet closed, whatever slot holds it (closed on shutdown)."""
-        self._control_conn_lock = asyncio.Lock()
-        """Serializes _any_connection so concurrent control requests share one new connection."""
-        self._connecting: dict[int, asyncio.Task[None]] = {}
-        self._node_backoff: dict[int, tuple[int, int]] = {}  # node -> (retry at ms, failures)
         # (deadline ms, plan, connection) of produce requests awaiting an answer, oldest first: one
         # request.timeout.ms for all, so the deque stays sorted and no timer per request is needed.
         self._request_deadlines: deque[tuple[int, ProduceRequestPlan, BrokerConnection]] = deque()
@@ -259,8 +256,6 @@ class ProducerEngine:
         self._pid_pending = False
         self._pid_retry_at_ms = 0
         self._pid_failures = 0
-        # bootstrap address -> (retry at ms, failures): bootstrap.servers back off like known brokers
-        self._bootstrap_backoff: dict[tuple[str, int], tuple[int, int]] = {}
         self.flush_count = 0
         self.sync_waiters = 0
         """Threads blocked on ``cond`` (memory, metadata, flush, results): notify them on progress."""
@@ -279,9 +274,6 @@ class ProducerEngine:
         self.after_fork: list[Callable[[], None]] = []
         """Called in the child after forked_into_child: the facades refresh what they cached."""
         _ENGINES.add(self)
-        self._throttled_until_ms: dict[int, int] = {}
-        """KIP-219: a broker that throttles answers at once with throttle_time_ms and expects no
-        request on that connection until it has passed (node id -> monotonic ms)."""
         self.throttled_responses = 0
         self.live_endpoint: LiveEndpoint | None = open_live_endpoint(config, self.metrics)
         """kprod.live.port's endpoint for ``kprod top`` (``_io/live_endpoint.py``), or None."""
@@ -301,8 +293,6 @@ class ProducerEngine:
         """Call stats_cb with librdkafka's statistics JSON, then again after statistics.interval.ms."""
         if self.closed:
             return
-        from kprod._io.statistics import librdkafka_statistics
-
         callback = self.config.stats_cb
         assert callback is not None
         try:
@@ -323,18 +313,13 @@ class ProducerEngine:
         # retrieved" for every dropped future of an AsyncProducer: awaiting one still raises.
         self.deliver(failed, retrieved=True)
         self.closed = True
-        for task in list(self._tasks) + list(self._connecting.values()):
+        for task in list(self._tasks):
             task.cancel()
         self._request_deadlines.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for conn in list(self.connections.values()):
-            conn.close(ProducerClosedError("producer closed"))
-        if self._bootstrap_conn is not None:
-            self._bootstrap_conn.close(ProducerClosedError("producer closed"))
-        for conn in list(self._open_conns):
-            conn.close(ProducerClosedError("producer closed"))
+        self.conns.close_all(ProducerClosedError("producer closed"))
         self.notify_waiters()
         if self.live_endpoint is not None:
             await self.live_endpoint.aclose()
@@ -446,7 +431,7 @@ class ProducerEngine:
         """Before a record waits for ``topic``'s metadata (lock held): raise AuthenticationError at
         once while the cluster refuses our credentials, since waiting ``max.block.ms`` would not
         change the answer (Java: ``waitOnMetadata`` throws it)."""
-        refused = self.last_auth_error
+        refused = self.conns.last_auth_error
         if refused is not None and self.last_metadata_error is not None:
             raise AuthenticationError(f"no metadata for topic {topic!r}: {refused}", stage="metadata")
 
@@ -508,86 +493,21 @@ class ProducerEngine:
 
     # -- completions ------------------------------------------------------------------------
 
-    @staticmethod
-    def record_metadata(batch: ProducerBatch, index: int, timestamp_ms: int) -> RecordMetadata:
-        """RecordMetadata of record ``index`` (CreateTime ``timestamp_ms``) of a successfully completed batch."""
-        if batch.children is not None:
-            batch, index = batch.resolve(index)
-        base = batch.base_offset
-        ts = batch.log_append_time_ms
-        return RecordMetadata(
-            batch.topic,
-            batch.partition,
-            base + index if base >= 0 else -1,
-            ts if ts >= 0 else timestamp_ms,
-        )
-
-    @staticmethod
-    def record_error(batch: ProducerBatch, index: int) -> BaseException | None:
-        """The error of record ``index`` of a completed batch, or None."""
-        if batch.children is not None:
-            batch, index = batch.resolve(index)
-        return batch.error
-
     def deliver(self, batches: list[ProducerBatch], retrieved: bool = False) -> None:
-        """Run callbacks and wake waiters of completed batches (loop thread, lock not held)."""
-        if not batches:
-            return
-        record_metadata = self.record_metadata
-        future_type = asyncio.Future
-        for batch in batches:
-            callbacks = batch.callbacks
-            if callbacks:
-                split = batch.children is not None
-                error = batch.error
-                # Per record (kprod perf registers a callback on every one): the metadata tuple is
-                # built here with tuple.__new__ rather than through record_metadata() unless split.
-                topic = batch.topic
-                partition = batch.partition
-                base = batch.base_offset
-                log_append_ms = batch.log_append_time_ms
-                for index, fn, timestamp_ms in callbacks:
-                    if split:
-                        error = self.record_error(batch, index)
-                        metadata = None if error is not None else record_metadata(batch, index, timestamp_ms)
-                    elif error is None:
-                        metadata = _tuple_new(
-                            RecordMetadata,
-                            (
-                                topic,
-                                partition,
-                                base + index if base >= 0 else -1,
-                                log_append_ms if log_append_ms >= 0 else timestamp_ms,
-                            ),
-                        )
-                    else:
-                        metadata = None
-                    if type(fn) is future_type:  # AsyncProducer.enqueue's future, stored as is
-                        if not fn.done():
-                            if error is None:
-                                fn.set_result(metadata)
-                            else:
-                                fn.set_exception(error)
-                                if retrieved:
-                                    fn.exception()  # marks it retrieved; the exception stays
-                        continue
-                    try:
-                        fn(metadata, error)
-                    except Exception:
-                        log.exception("a delivery callback raised (topic %s)", batch.topic)
-            waiter = batch.waiter
-            if waiter is not None:
-                waiter.set()
-        self.notify_waiters()
+        """Run callbacks and wake waiters of completed batches (loop thread, lock not held):
+        :func:`~kprod._io.delivery.complete`, then the blocked callers."""
+        if batches:
+            complete(batches, retrieved)
+            self.notify_waiters()
 
-    def deliver_failed(self, fn: _DeliveryCallback, error: BaseException) -> None:
+    def deliver_failed(self, fn: DeliveryCallback, error: BaseException) -> None:
         """Run ``fn(None, error)`` for a record that failed before it entered a batch (too large, a bad
         argument in send_batch) where every other outcome is delivered: on the loop thread, later,
         an exception logged. Any thread; runs it here only when the loop is already closed."""
         try:
-            self.loop.call_soon_threadsafe(_run_callback, fn, error)
+            self.loop.call_soon_threadsafe(run_failed_callback, fn, error)
         except RuntimeError:  # the loop is closed: there is no other thread left to run it on
-            _run_callback(fn, error)
+            run_failed_callback(fn, error)
 
     def notify_waiters(self) -> None:
         """Something changed (memory freed, metadata, completions): wake blocked callers."""
@@ -600,6 +520,11 @@ class ProducerEngine:
                 if not fut.done():
                     fut.set_result(None)
 
+    def waiting_count(self) -> int:
+        """Callers blocked now (threads on ``cond``, and tasks on an async waiter still pending: one
+        whose wait timed out or was cancelled stays listed until the next notification, done)."""
+        return self.sync_waiters + sum(1 for f in self._async_waiters if not f.done())
+
     def async_waiter(self) -> asyncio.Future[None]:
         """A future resolved at the next :meth:`notify_waiters` (loop thread only)."""
         fut: asyncio.Future[None] = self.loop.create_future()
@@ -609,44 +534,8 @@ class ProducerEngine:
     def metrics(self) -> dict[str, Any]:
         """A snapshot of the internals: Java's producer metrics by name (rates and averages over
         ``metrics.num.samples`` windows of ``metrics.sample.window.ms``, as Java), per topic and per
-        broker, why batches left, and kprod's own counters."""
-        with self.lock:
-            core = self.core
-            now = monotonic_ms()
-            java = core.metrics.snapshot(now)
-            java["batch-close-reasons"] = dict(self.accumulator.close_reasons)
-            java["buffer-available-bytes"] = self.config.buffer_memory - self.accumulator.used_bytes
-            java["records-queued"] = sum(b.record_count for b in self.accumulator.queued_batches())
-            java["batch-size-limit"] = self.config.batch_size
-            # An async waiter whose wait timed out or was cancelled stays listed until the next
-            # notification, done: only the pending ones are tasks waiting.
-            java["waiting-threads"] = self.sync_waiters + sum(1 for f in self._async_waiters if not f.done())
-            java["connection-count"] = len(self._open_conns)
-            last = self.metadata.last_refresh_ms
-            java["metadata-age"] = (now - last) / 1000 if last >= 0 else -1.0
-            return java | {
-                "buffer-total-bytes": self.config.buffer_memory,
-                "buffer-used-bytes": self.accumulator.used_bytes,
-                "batches-incomplete": self.accumulator.batch_count,
-                "requests-in-flight": core.in_flight_count,
-                "record-retry-total": core.retries_total,
-                "records-sent-total": self.records_sent,
-                "batches-sent-total": self.batches_sent,
-                "produce-requests-total": self.requests_sent,
-                "batch-split-total": core.batch_splits,
-                "produce-throttled-responses": self.throttled_responses,
-                "producer-id-resets": core.producer_id_resets,
-                "producer-epoch-bumps": core.epoch_bumps,
-                "producer-id": core.producer_id,
-                "producer-epoch": core.producer_epoch,
-                "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
-                "brokers": dict(self.metadata.brokers),
-                "transaction-version": (2 if self._transactions_v2 else 1) if self.txn is not None else 0,
-                "successful-authentication-total": self.authentications[0],
-                "failed-authentication-total": self.authentications[1],
-                "successful-reauthentication-total": self.reauthentications[0],
-                "failed-reauthentication-total": self.reauthentications[1],
-            }
+        broker, why batches left, and kprod's own counters (``_io/statistics.py``)."""
+        return producer_metrics(self)
 
     def incomplete_batches(self) -> list[ProducerBatch]:
         """Every batch not yet completed: queued and in flight (under the lock)."""
@@ -671,7 +560,7 @@ class ProducerEngine:
             now = monotonic_ms()
             request_deadline_ms = self._expire_requests(now)
             if now >= self._next_idle_check_ms:
-                self._close_idle_connections(now)
+                self.conns.close_idle(now)
                 # About four checks per idle period: at least every 60 s, at most every 250 ms.
                 self._next_idle_check_ms = now + max(
                     250, min(self.config.connections_max_idle_ms // 4, 60_000)
@@ -681,7 +570,7 @@ class ProducerEngine:
                 if txn is not None:
                     # Committing or aborting sends everything at once, as flush() does.
                     self.accumulator.flushing = self.flush_count > 0 or txn.is_completing
-                result = self.core.poll(now, self._node_slots)
+                result = self.core.poll(now, self.conns.slots)
                 txn_request = None
                 if txn is not None:
                     txn_request = txn.next_request(
@@ -704,13 +593,9 @@ class ProducerEngine:
                     txn_deadline_ms = txn.next_deadline_ms()
                     if txn_deadline_ms is not None:
                         next_ms = min(next_ms, max(txn_deadline_ms, now + 1))
-                if self._open_conns and self.config.connections_max_idle_ms >= 0:
+                if self.conns.open_conns and self.config.connections_max_idle_ms >= 0:
                     next_ms = min(next_ms, self._next_idle_check_ms)
-                for retry_at, _ in self._node_backoff.values():
-                    if retry_at > now:
-                        next_ms = min(next_ms, retry_at)
-                for until in self._throttled_until_ms.values():
-                    next_ms = min(next_ms, max(until, now + 1))
+                next_ms = self.conns.next_retry_ms(now, next_ms)
                 linger_ms = self.config.linger_ms
                 if linger_ms > 0 and self.core.in_flight_count:
                     # While answers are pending, look again within linger.ms anyway: a batch created
@@ -726,7 +611,7 @@ class ProducerEngine:
             if txn_request is not None:
                 self._spawn(self._send_txn_request(txn_request))
             for node_id in result.connect_nodes:
-                self._ensure_connection(node_id, now)
+                self.conns.ensure(node_id, now)
             for plan in result.requests:
                 self._send_plan(plan)
             if result.completed:
@@ -783,126 +668,12 @@ class ProducerEngine:
             log.error("a kprod background task failed: %r", exc)
             self._die(exc)
 
-    # -- connections -------------------------------------------------------------------------
+    # -- what the connections report -------------------------------------------------------------
 
-    def _node_slots(self, node_id: int) -> int:
-        until = self._throttled_until_ms.get(node_id)
-        if until is not None:
-            if monotonic_ms() < until:
-                return 0  # throttled by a quota: nothing for this broker until then
-            del self._throttled_until_ms[node_id]
-        conn = self.connections.get(node_id)
-        if conn is not None and conn.ready:
-            if conn.write_paused:
-                return 0  # the broker is not reading what was written: no more until it drains
-            slots = self.config.max_in_flight_requests_per_connection - conn.in_flight_count
-            # Bytes the kernel did not take yet: one request per round until the buffer drains, so
-            # a broker that stops reading gets at most about one request past the pause.
-            return min(slots, 1) if conn.write_buffer_size else slots
-        if node_id in self._connecting or (conn is not None and not conn.closed):
-            return 0  # connecting, or re-authenticating (KIP-368): it wakes the sender when ready
-        return -1
-
-    def _ensure_connection(self, node_id: int, now_ms: int) -> None:
-        if node_id in self._connecting:
-            return
-        conn = self.connections.get(node_id)
-        if conn is not None and not conn.closed:
-            return
-        backoff = self._node_backoff.get(node_id)
-        if backoff is not None and backoff[0] > now_ms:
-            return
-        address = self.metadata.node_address(node_id)
-        if address is None:
+    def _request_metadata_update(self) -> None:
+        """A broker failed or is unknown: refresh metadata at the next round (loop thread)."""
+        with self.lock:
             self.metadata.request_update()
-            return
-        task = self.loop.create_task(self._connect_node(node_id, address[0], address[1]))
-        self._connecting[node_id] = task
-
-    async def _connect_node(self, node_id: int, host: str, port: int) -> None:
-        try:
-            conn = await self._open(node_id, host, port)
-        except Exception as exc:  # any failure backs off: an unretrieved error here reconnected at once
-            failures = self._node_backoff.get(node_id, (0, 0))[1] + 1
-            self._node_backoff[node_id] = (monotonic_ms() + self._reconnect_backoff_ms(failures), failures)
-            if isinstance(exc, AuthenticationError):
-                self._authentication_failed(exc, node_id)
-            elif failures == 1 or failures % 30 == 0:
-                # The first failure, then every 30th: a broker that stays down is not logged every second.
-                log.warning("%s%s", exc, f" ({failures} attempts so far)" if failures > 1 else "")
-            else:
-                log.debug("%s (attempt %d)", exc, failures)
-            with self.lock:
-                self.metadata.request_update()
-        else:
-            self._node_backoff.pop(node_id, None)
-            existing = self.connections.get(node_id)
-            if existing is not None and not existing.closed:  # _any_connection connected it meanwhile
-                conn.close()
-            else:
-                self.connections[node_id] = conn
-        finally:
-            self._connecting.pop(node_id, None)
-            self._wake()
-
-    def _reconnect_backoff_ms(self, failures: int) -> int:
-        base = self.config.reconnect_backoff_ms
-        cap = max(base, self.config.reconnect_backoff_max_ms)
-        raw = min(cap, base * 2 ** min(failures - 1, 20))
-        return int(raw * (0.8 + 0.4 * self.rng.random()))
-
-    def _connect_timeout_ms(self, node_id: int) -> int:
-        """socket.connection.setup.timeout.ms, doubling per failed attempt up to ...max.ms, ±20 %."""
-        failures = self._node_backoff.get(node_id, (0, 0))[1] if node_id >= 0 else 0
-        base = self.config.socket_connection_setup_timeout_ms
-        cap = max(base, self.config.socket_connection_setup_timeout_max_ms)
-        raw = min(cap, base * 2 ** min(failures, 20))
-        return int(raw * (0.8 + 0.4 * self.rng.random()))
-
-    def _close_idle_connections(self, now_ms: int) -> None:
-        """Close broker connections idle for connections.max.idle.ms (-1: never)."""
-        idle_ms = self.config.connections_max_idle_ms
-        if idle_ms < 0:
-            return
-        for conn in [*self.connections.values(), *([self._bootstrap_conn] if self._bootstrap_conn else [])]:
-            if conn.in_flight_count == 0 and now_ms - conn.last_activity_ms >= idle_ms:
-                log.debug("closing %s: idle for connections.max.idle.ms=%d", conn, idle_ms)
-                conn.closed_idle = True  # a normal close: no metadata refresh for it
-                conn.close(BrokerConnectionError(f"idle for connections.max.idle.ms={idle_ms}"))
-
-    async def _open(self, node_id: int, host: str, port: int) -> BrokerConnection:
-        conn = BrokerConnection(
-            node_id,
-            host,
-            port,
-            client_id=self.config.client_id,
-            on_closed=self._on_connection_closed,
-            send_buffer_bytes=self.config.send_buffer_bytes,
-            receive_buffer_bytes=self.config.receive_buffer_bytes,
-            ssl_context=self._ssl_context,
-            sasl=self._sasl_login,
-            on_ready=self._on_connection_ready,
-            max_transaction_version=1 if self.config.kprod_transaction_version == "1" else 2,
-            write_buffer_high_bytes=2 * self.config.max_request_size,
-        )
-        try:
-            await conn.connect(self._connect_timeout_ms(node_id))
-        except AuthenticationError as exc:
-            self.last_auth_error = exc
-            self.authentications[1] += 1
-            raise
-        self.last_auth_error = None
-        if self._sasl_login is not None:
-            self.authentications[0] += 1
-        self._open_conns.add(conn)
-        return conn
-
-    def _on_connection_ready(self, conn: BrokerConnection, reauthenticated: bool) -> None:
-        """A connection takes requests again: re-authenticated (KIP-368), or its writes resumed."""
-        if reauthenticated:
-            log.debug("%s re-authenticated (%d times)", conn, conn.reauthentications)
-            self.reauthentications[0] += 1
-        self._wake()
 
     def _authentication_failed(self, error: AuthenticationError, node_id: int | None) -> None:
         """The broker (or TLS) refused us: fail at once the batches that wait for that broker
@@ -921,83 +692,11 @@ class ProducerEngine:
         self.deliver(failed)
         self.notify_waiters()
 
-    def _on_connection_closed(self, conn: BrokerConnection, error: BaseException | None) -> None:
-        self._open_conns.discard(conn)
-        if conn.reauthentication_failed:
-            self.reauthentications[1] += 1
-            if isinstance(error, AuthenticationError):
-                self.last_auth_error = error
-        if self.connections.get(conn.node_id) is conn:
-            del self.connections[conn.node_id]
-            if not self.closing and not conn.closed_idle:
-                log.info("connection to broker %d closed: %s", conn.node_id, error)
-                with self.lock:
-                    self.metadata.request_update()
-        if self._bootstrap_conn is conn:
-            self._bootstrap_conn = None
-        self._wake()
-
-    async def _any_connection(self) -> BrokerConnection:
-        """A ready connection for control requests: an existing one, else a known broker, else bootstrap."""
-        async with self._control_conn_lock:
-            return await self._any_connection_locked()
-
-    async def _any_connection_locked(self) -> BrokerConnection:
-        ready = [conn for conn in self.connections.values() if conn.ready]
-        if ready:  # the least loaded, as Java's leastLoadedNode
-            return min(ready, key=lambda conn: conn.in_flight_count)
-        if self._bootstrap_conn is not None and self._bootstrap_conn.ready:
-            return self._bootstrap_conn
-        candidates: list[tuple[int, str, int]] = [(n, h, p) for n, (h, p) in self.metadata.brokers.items()]
-        if not candidates or self.config.metadata_recovery_strategy == "rebootstrap":
-            # Every known broker is unreachable: start again from bootstrap.servers.
-            candidates += [(-1, h, p) for h, p in self.config.bootstrap_servers or ()]
-        errors: list[str] = []
-        refused: AuthenticationError | None = None
-        now = monotonic_ms()
-        for node_id, host, port in candidates:
-            if node_id >= 0:
-                backoff = self._node_backoff.get(node_id)
-            else:
-                backoff = self._bootstrap_backoff.get((host, port))
-            if backoff is not None and backoff[0] > now:
-                continue
-            try:
-                conn = await self._open(node_id, host, port)
-            except KprodError as exc:
-                errors.append(str(exc))
-                if isinstance(exc, AuthenticationError):
-                    refused = exc
-                if node_id < 0:
-                    failures = (backoff[1] if backoff is not None else 0) + 1
-                    retry_at = monotonic_ms() + self._reconnect_backoff_ms(failures)
-                    self._bootstrap_backoff[(host, port)] = (retry_at, failures)
-                continue
-            if node_id < 0:
-                self._bootstrap_backoff.pop((host, port), None)
-            # Another control request may have connected while we awaited: keep one, close ours.
-            existing = self.connections.get(node_id) if node_id >= 0 else self._bootstrap_conn
-            if existing is not None and existing.ready:
-                conn.close()
-                return existing
-            if node_id >= 0:
-                self.connections[node_id] = conn
-            else:
-                self._bootstrap_conn = conn
-            return conn
-        if refused is None and not errors:
-            refused = self.last_auth_error  # every address waits out the backoff of a refusal
-        if refused is not None:
-            raise refused
-        raise BrokerConnectionError(
-            "no broker reachable: " + ("; ".join(errors) or "all in reconnect backoff")
-        )
-
     # -- control requests ----------------------------------------------------------------------
 
     async def _refresh_metadata(self, topics: list[str]) -> None:
         try:
-            conn = await self._any_connection()
+            conn = await self.conns.any_connection()
             snapshot = await conn.request(
                 ApiKey.METADATA,
                 lambda v: metadata_request(v, topics, self.config.allow_auto_create_topics),
@@ -1023,7 +722,7 @@ class ProducerEngine:
 
     async def _init_producer_id(self) -> None:
         try:
-            conn = await self._any_connection()
+            conn = await self.conns.any_connection()
             if ApiKey.INIT_PRODUCER_ID not in conn.versions:
                 raise ProtocolError(
                     f"broker {conn.host}:{conn.port} does not offer InitProducerId v3 or later, which the "
@@ -1079,10 +778,10 @@ class ProducerEngine:
         self._txn_requests_in_flight += 1
         try:
             if request.coordinator is None:
-                conn = await self._any_connection()
+                conn = await self.conns.any_connection()
             else:
                 conn = await self._coordinator_connection(request.coordinator)
-            api_key, build, parse = self._txn_exchange(request, txn)
+            api_key, build, parse = txn_exchange(request, txn, self._coordinator_found)
             if request.kind is TxnRequestKind.INIT_PRODUCER_ID:
                 self._decide_transactions_v2(conn, txn)
             answer = await conn.request(api_key, build, self.config.request_timeout_ms, parse)
@@ -1101,17 +800,15 @@ class ProducerEngine:
             self._wake()
 
     def _decide_transactions_v2(self, conn: BrokerConnection, txn: TransactionManager) -> None:
-        """Use transactions v2 (KIP-890) when the coordinator's cluster has transaction.version 2
-        and speaks Produce v12 and EndTxn v5, as the Java producer does; decided once, at
-        init_transactions, for the producer's life."""
-        v2 = (
-            conn.transaction_version >= 2
-            and conn.versions.get(ApiKey.PRODUCE, 0) >= TRANSACTIONS_V2_PRODUCE
-            and conn.versions.get(ApiKey.END_TXN, 0) >= TRANSACTIONS_V2_END_TXN
-        )
+        """Decide transactions v2 or v1 once, at init_transactions, for the producer's life."""
+        v2 = speaks_transactions_v2(conn)
         with self.lock:
-            self._transactions_v2 = v2
+            self.transactions_v2 = v2
             txn.transactions_v2 = v2
+
+    def _coordinator_found(self, node_id: int, host: str, port: int) -> None:
+        """FindCoordinator's answer: where ``node_id`` is (it may not be in Metadata yet)."""
+        self._coordinator_addresses[node_id] = (host, port)
 
     async def _coordinator_connection(self, kind: CoordinatorType) -> BrokerConnection:
         txn = self.txn
@@ -1119,110 +816,17 @@ class ProducerEngine:
         node_id = txn.coordinator(kind)
         if node_id is None:
             raise BrokerConnectionError(f"the {kind.name.lower()} coordinator is not known")
-        conn = self.connections.get(node_id)
-        if conn is not None and conn.ready:
-            return conn
-        pending = self._connecting.get(node_id)
-        if pending is not None:
-            await asyncio.wait({pending})
-            conn = self.connections.get(node_id)
-            if conn is not None and conn.ready:
-                return conn
         address = self._coordinator_addresses.get(node_id) or self.metadata.node_address(node_id)
         if address is None:
             raise BrokerConnectionError(f"no address for coordinator {node_id}")
-        conn = await self._open(node_id, address[0], address[1])
-        existing = self.connections.get(node_id)
-        if existing is not None and existing.ready:
-            conn.close()
-            return existing
-        self.connections[node_id] = conn
-        return conn
-
-    def _txn_exchange(
-        self, request: TxnRequest, txn: TransactionManager
-    ) -> tuple[int, Callable[[int], Any], Callable[[Any], TxnResponse]]:
-        """The API key, the request builder (by version) and the answer parser for ``request``."""
-        txn_id = txn.transactional_id
-        kind = request.kind
-        if kind is TxnRequestKind.FIND_COORDINATOR:
-            key = request.coordinator_key
-
-            def found(response: Any) -> TxnResponse:
-                answer = parse_find_coordinator(response, key)
-                if answer.error_code == 0 and answer.node_id >= 0:
-                    self._coordinator_addresses[answer.node_id] = (answer.host, answer.port)
-                return TxnResponse(
-                    error_code=answer.error_code, node_id=answer.node_id, message=answer.message
-                )
-
-            return (
-                ApiKey.FIND_COORDINATOR,
-                lambda v: find_coordinator_request(v, int(request.find_type), key),
-                found,
-            )
-        if kind in (TxnRequestKind.INIT_PRODUCER_ID, TxnRequestKind.EPOCH_BUMP):
-            pid, epoch = (txn.producer_id, txn.producer_epoch) if request.bump_epoch else (-1, -1)
-
-            def initialized(response: Any) -> TxnResponse:
-                code, producer_id, producer_epoch = parse_init_producer_id(response)
-                return TxnResponse(error_code=code, producer_id=producer_id, producer_epoch=producer_epoch)
-
-            return (
-                ApiKey.INIT_PRODUCER_ID,
-                lambda v: init_producer_id_request(v, txn_id, txn.transaction_timeout_ms, pid, epoch),
-                initialized,
-            )
-        pid, epoch = txn.producer_id, txn.producer_epoch
-        if kind is TxnRequestKind.ADD_PARTITIONS:
-            return (
-                ApiKey.ADD_PARTITIONS_TO_TXN,
-                lambda v: add_partitions_to_txn_request(v, txn_id, pid, epoch, request.partitions),
-                lambda r: TxnResponse(partition_errors=parse_add_partitions_to_txn(r)),
-            )
-        if kind is TxnRequestKind.ADD_OFFSETS:
-            assert request.group is not None
-            group_id = request.group.group_id
-            return (
-                ApiKey.ADD_OFFSETS_TO_TXN,
-                lambda v: add_offsets_to_txn_request(v, txn_id, pid, epoch, group_id),
-                lambda r: TxnResponse(error_code=parse_add_offsets_to_txn(r)),
-            )
-        if kind is TxnRequestKind.TXN_OFFSET_COMMIT:
-            group = request.group
-            assert group is not None
-            return (
-                ApiKey.TXN_OFFSET_COMMIT,
-                lambda v: txn_offset_commit_request(
-                    v,
-                    txn_id,
-                    group.group_id,
-                    pid,
-                    epoch,
-                    request.offsets,
-                    group.generation_id,
-                    group.member_id,
-                    group.group_instance_id,
-                ),
-                lambda r: TxnResponse(partition_errors=parse_txn_offset_commit(r)),
-            )
-
-        def ended(response: Any) -> TxnResponse:
-            code, producer_id, producer_epoch = parse_end_txn(response)
-            return TxnResponse(error_code=code, producer_id=producer_id, producer_epoch=producer_epoch)
-
-        return (
-            ApiKey.END_TXN,
-            lambda v: end_txn_request(v, txn_id, pid, epoch, request.committed),
-            ended,
-        )
+        return await self.conns.connect_to(node_id, address)
 
     # -- produce requests ------------------------------------------------------------------------
 
     def _send_plan(self, plan: ProduceRequestPlan) -> None:
         conn = self.connections.get(plan.node_id)
         version = conn.versions.get(ApiKey.PRODUCE, -1) if conn is not None else -1
-        if version >= TRANSACTIONS_V2_PRODUCE and not self._transactions_v2:
+        if version >= TRANSACTIONS_V2_PRODUCE and not self.transactions_v2:
             version = TRANSACTIONS_V2_PRODUCE - 1  # v12 would tell the broker we use transactions v2
         topic_data = plan.encode_batches(self.compressor)
         if conn is None or conn.closed:
@@ -1330,7 +934,7 @@ class ProducerEngine:
                 metrics.responses.record(1, now)
                 metrics.produce_throttle_time.record(throttle_ms, now)
                 if throttle_ms > 0:
-                    self._throttled_until_ms[conn.node_id] = now + throttle_ms
+                    self.conns.throttle(conn.node_id, now + throttle_ms)
                     self.throttled_responses += 1
                 completed = self.core.on_produce_response(plan, response, now)
                 if self.core.fatal_error is not None and self.accepting:
@@ -1364,10 +968,3 @@ def _log_leader_changes(before: dict[str, list[int]], after: dict[str, list[int]
             moved.append(f"{len(old)} -> {len(leaders)} partitions")
         if moved:
             log.debug("metadata: topic %s leaders moved (%s)", topic, ", ".join(moved[:20]))
-
-
-def _run_callback(fn: _DeliveryCallback, error: BaseException) -> None:
-    try:
-        fn(None, error)
-    except Exception:
-        log.exception("a delivery callback raised")

@@ -1,4 +1,6 @@
-"""librdkafka's statistics JSON for ``statistics.interval.ms`` + ``stats_cb`` (confluent-kafka's names).
+"""What a producer shows of itself: ``metrics()`` (Java's names, and kprod's own) and librdkafka's
+statistics JSON for ``statistics.interval.ms`` + ``stats_cb`` (confluent-kafka's names).
+
 
 Dashboards and scripts built on confluent-kafka's ``stats_cb`` read a JSON document of librdkafka's
 shape; this fills the fields kprod has a meaning for (top level, ``brokers``, ``topics`` with their
@@ -17,7 +19,50 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kprod._io.engine import ProducerEngine
 
-__all__ = ["librdkafka_statistics"]
+__all__ = ["librdkafka_statistics", "producer_metrics"]
+
+
+def producer_metrics(engine: ProducerEngine) -> dict[str, Any]:
+    """A snapshot of the internals: Java's producer metrics by name (rates and averages over
+    ``metrics.num.samples`` windows of ``metrics.sample.window.ms``, as Java), per topic and per
+    broker, why batches left, and kprod's own counters: ``ProducerEngine.metrics`` (any thread;
+    takes the engine's lock)."""
+    with engine.lock:
+        core = engine.core
+        now = time.monotonic_ns() // 1_000_000
+        java = core.metrics.snapshot(now)
+        java["batch-close-reasons"] = dict(engine.accumulator.close_reasons)
+        java["buffer-available-bytes"] = engine.config.buffer_memory - engine.accumulator.used_bytes
+        java["records-queued"] = sum(b.record_count for b in engine.accumulator.queued_batches())
+        java["batch-size-limit"] = engine.config.batch_size
+        java["waiting-threads"] = engine.waiting_count()
+        java["connection-count"] = len(engine.conns.open_conns)
+        last = engine.metadata.last_refresh_ms
+        java["metadata-age"] = (now - last) / 1000 if last >= 0 else -1.0
+        return java | {
+            "buffer-total-bytes": engine.config.buffer_memory,
+            "buffer-used-bytes": engine.accumulator.used_bytes,
+            "batches-incomplete": engine.accumulator.batch_count,
+            "requests-in-flight": core.in_flight_count,
+            "record-retry-total": core.retries_total,
+            "records-sent-total": engine.records_sent,
+            "batches-sent-total": engine.batches_sent,
+            "produce-requests-total": engine.requests_sent,
+            "batch-split-total": core.batch_splits,
+            "produce-throttled-responses": engine.throttled_responses,
+            "producer-id-resets": core.producer_id_resets,
+            "producer-epoch-bumps": core.epoch_bumps,
+            "producer-id": core.producer_id,
+            "producer-epoch": core.producer_epoch,
+            "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
+            "brokers": dict(engine.metadata.brokers),
+            "transaction-version": (2 if engine.transactions_v2 else 1) if engine.txn is not None else 0,
+            "successful-authentication-total": engine.conns.authentications[0],
+            "failed-authentication-total": engine.conns.authentications[1],
+            "successful-reauthentication-total": engine.conns.reauthentications[0],
+            "failed-reauthentication-total": engine.conns.reauthentications[1],
+        }
+
 
 
 def librdkafka_statistics(engine: ProducerEngine, started_ns: int) -> str:
