@@ -26,6 +26,10 @@ Tansu facts this code relies on (measured with tansu 0.6.0):
   is checked to belong to our process (``/proc``) before the start counts as a success.
 * It is always node 111, and ``SIGTERM`` with a client connection still open takes about 5 s,
   which is why ``stop()`` falls back to ``SIGKILL``.
+
+Why one module of about 600 lines: a broker process's life (port, spawn, readiness, topics, stop,
+the orphan guards) is one state machine, and every rule above is a line of it; split, the rules
+would be spread over files that all touch the same process handle.
 """
 
 from __future__ import annotations

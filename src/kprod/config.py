@@ -9,6 +9,9 @@ Settings are given either as a mapping with Kafka names
 (``linger_ms=10``). Strings are accepted for numbers and booleans (``"5"``,
 ``"true"``), as in a Java properties file. All durations are in milliseconds
 and all sizes in bytes, as in Kafka.
+
+Why one module of about 1,000 lines: most of it is the table itself, one entry per setting with its
+documentation; the table, its parsers and the dataclass built from it must change together.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Callers' threads serialize, partition and append records themselves under the
 engine's lock (no per-record thread hop); the I/O thread only sends batches
 and delivers completions. ``on_delivery`` callbacks and ``add_done_callback``
 functions run on the I/O thread: keep them short, and do not block in them.
+
+Why one module of about 750 lines: the ``Producer`` facade and its ``RecordFuture`` are one public
+class each with their docstrings, the raw-bytes fast path inlined on purpose (see ``send``), and
+``send_batch``; everything they share with ``AsyncProducer`` is in ``_io/send_path.py`` and
+``_io/transactional.py``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ response frame to the callback registered with the request. It negotiates API
 versions on connect (ApiVersions v3, falling back to v0 on UNSUPPORTED_VERSION).
 It makes no producer decision: retries, routing and timeouts of produce
 requests are the engine's.
+
+Why one module of about 550 lines: the socket, the in-flight table, version negotiation and the
+SASL exchange with its KIP-368 re-authentication all run on the same transport and its state.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@
 Registry failures raise :class:`RegistryError` (a
 :class:`~kprod.errors.SerializationError`) naming the registry URL, the subject and
 the cause.
+
+Why one module of about 650 lines: the registry interface, its Confluent implementation, the
+subject strategies and the wire framing are what every schema serializer imports together.
 """
 
 from __future__ import annotations
