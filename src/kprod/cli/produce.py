@@ -210,7 +210,10 @@ def run(args: argparse.Namespace) -> int:
                 schema_id = serializer.schema_id(args.topic)
             except SerializationError as exc:
                 where = registry.url if registry is not None else "?"
-                print(f"kprod produce: --schema-registry {where}: {spec.source}: {_one_line(exc)}", file=sys.stderr)
+                print(
+                    f"kprod produce: --schema-registry {where}: {spec.source}: {_one_line(exc)}",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"# {side}s: {spec.format}, schema id {schema_id} ({spec.source})", file=sys.stderr)
         if "bootstrap.servers" not in settings:

@@ -49,9 +49,7 @@ _BY_EXTENSION: Final = {
 
 _PROTO_SOURCE = re.compile(rb"^\s*(//[^\n]*\n\s*)*(syntax|package|import|message|edition)\b")
 
-PROTOC_HINT: Final = (
-    "compile the .proto into a descriptor set first: protoc --include_imports --descriptor_set_out=F.desc F.proto"
-)
+PROTOC_HINT: Final = "compile the .proto into a descriptor set first: protoc --include_imports --descriptor_set_out=F.desc F.proto"
 
 
 class SchemaOptionError(ValueError):
@@ -184,7 +182,7 @@ def specs_from(args: argparse.Namespace, props: dict[str, Any]) -> dict[str, Sch
 def open_registry(url: str, props: dict[str, Any]) -> ConfluentSchemaRegistry:
     """The registry at ``url``, with every ``schema.registry.<setting>`` property as a client setting."""
     config = {
-        name.removeprefix("schema.registry."): value
+        name.removeprefix("schema.registry."): _typed(value)
         for name, value in props.items()
         if name.startswith("schema.registry.") and name != "schema.registry.url"
     }
@@ -192,6 +190,16 @@ def open_registry(url: str, props: dict[str, Any]) -> ConfluentSchemaRegistry:
         return ConfluentSchemaRegistry(url, config=config)
     except ConfigError as exc:
         raise SchemaOptionError(f"--schema-registry {redact_url(url)}: {exc}") from None
+
+
+def _typed(value: Any) -> Any:
+    """A property's text as the registry client wants it: numbers (``max.retries``, ``timeout``) as numbers."""
+    text = str(value).strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if re.fullmatch(r"-?\d+\.\d*", text):
+        return float(text)
+    return value
 
 
 def make_serializer(spec: SchemaSpec, registry: ConfluentSchemaRegistry, props: dict[str, Any]) -> Serializer:
@@ -228,7 +236,9 @@ def message_class(spec: SchemaSpec) -> Any:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
         from google.protobuf.message import DecodeError
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SchemaOptionError(f"{spec.source}: Protobuf needs protobuf ({exc}): pip install 'kprod[serde]'") from None
+        raise SchemaOptionError(
+            f"{spec.source}: Protobuf needs protobuf ({exc}): pip install 'kprod[serde]'"
+        ) from None
     files = descriptor_pb2.FileDescriptorSet()
     try:
         files.ParseFromString(spec.descriptor_set or b"")
@@ -244,7 +254,9 @@ def message_class(spec: SchemaSpec) -> Any:
         if name in added:
             return
         if name in chain:
-            raise SchemaOptionError(f"{spec.source}: the files import each other in a cycle: {' -> '.join(chain)}")
+            raise SchemaOptionError(
+                f"{spec.source}: the files import each other in a cycle: {' -> '.join(chain)}"
+            )
         proto = pending.get(name)
         if proto is None:
             proto = _well_known(name)
@@ -277,7 +289,9 @@ def message_class(spec: SchemaSpec) -> Any:
     else:
         last = files.file[-1]  # protoc writes the file asked for last, after its imports
         if not last.message_type:
-            raise SchemaOptionError(f"{spec.source}: {last.name} defines no message; pass --{spec.side}-message")
+            raise SchemaOptionError(
+                f"{spec.source}: {last.name} defines no message; pass --{spec.side}-message"
+            )
         package = f"{last.package}." if last.package else ""
         descriptor = pool.FindMessageTypeByName(package + last.message_type[0].name)
     return message_factory.GetMessageClass(descriptor)
