@@ -269,12 +269,12 @@ class LiveView(threading.Thread):
                 live.update(panel(m, before, seconds, elapsed, self.status), refresh=True)
 
     def _plain(self) -> None:
-        shown: str | None = None
+        said = False  # the status is printed once per disconnection, not once per interval
         for m, before, seconds, elapsed in self._snapshots():
             if self.status is not None:
-                if self.status != shown:  # once per disconnection, not once per interval
+                if not said:
                     print(f"live {elapsed:6.1f}s | {self.status}", file=self._stream, flush=True)
-                shown = self.status
+                said = True
                 continue
-            shown = None
+            said = False
             print(plain_line(m, before, seconds, elapsed), file=self._stream, flush=True)
