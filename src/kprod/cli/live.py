@@ -221,8 +221,8 @@ class LiveView(threading.Thread):
         """(snapshot, the one before, seconds between them, seconds since the start) every interval.
 
         While the source is unavailable (it raised :class:`SourceUnavailableError`) the snapshot is the
-        last one seen, :attr:`status` says why, and the next snapshot has no "before" (a restarted
-        producer counts from zero again)."""
+        last one seen and :attr:`status` says why; the first snapshot after it comes back is not
+        drawn, only kept as the "before" of the next (a restarted producer counts from zero again)."""
         before: dict[str, Any] | None = None
         last_seen: dict[str, Any] = {}
         try:
@@ -244,9 +244,12 @@ class LiveView(threading.Thread):
                 self.error = exc
                 return
             else:
-                if self.status is not None:
-                    self.status, before = None, None
                 last_seen = m
+                if self.status is not None:
+                    # Back (a new producer, counting from zero): its first snapshot is only the
+                    # "before" of the next redraw, so that the first line drawn has rates again.
+                    self.status, before, last = None, m, now
+                    continue
             if self._left is not None:
                 self._left -= 1
             yield m, before, now - last, now - self._began
