@@ -84,6 +84,8 @@ def test_a_tmux_screenshot_of_perf_live_on_a_real_run(tmp_path: Path) -> None:
     svg = out.read_text(encoding="utf-8")
     assert svg.startswith("<svg")
     shown = html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
-    assert "kprod perf --live" in shown and "kprod live:" in shown and all(stage in shown for stage in STAGES), shown[-3000:]
+    assert (
+        "kprod perf --live" in shown and "kprod live:" in shown and all(stage in shown for stage in STAGES)
+    ), shown[-3000:]
     acked = re.search(r"([0-9,]+) rec/s acked", shown)
     assert acked is not None and int(acked.group(1).replace(",", "")) > 0, "a screenshot of a run under load"
