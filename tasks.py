@@ -14,6 +14,7 @@ written after the last successful install. Everything installs from PyPI.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -49,6 +50,17 @@ def bootstrap() -> None:
     if run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "-e", ".[dev]") != 0:
         sys.exit("[tasks] pip install -e '.[dev]' failed (see above)")
     STAMP.touch()
+
+
+def ensure_tmux() -> None:
+    """tests/test_cli_live.py films ``kprod perf --live`` in tmux: install it from Debian's packages
+    when it is missing and we may (root with apt-get); otherwise that test says what to install."""
+    if shutil.which("tmux") or not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    say("installing tmux (for the live view's screenshot test)")
+    if run("apt-get", "install", "-y", "-q", "tmux") != 0:
+        run("apt-get", "update", "-q")
+        run("apt-get", "install", "-y", "-q", "tmux")
 
 
 def lint() -> dict[str, int]:
@@ -90,6 +102,7 @@ def main(argv: list[str]) -> int:
     command, args = (argv[0], argv[1:]) if argv else ("help", [])
     if command == "test":
         bootstrap()
+        ensure_tmux()
         results = lint()
         # Exit status 5 (no tests collected) counts as a failure like any other non-zero status.
         results["pytest"] = run(PYTHON, "-m", "pytest", *args)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import io
+import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kprod.cli.live import STAGES, LiveView, render_lines
 
@@ -20,6 +26,7 @@ SNAPSHOT: dict[str, Any] = {
     "records-per-request-avg": 40.0, "producer-topic-metrics": {"t": {}}, "batches-incomplete": 3,
     "record-retry-total": 2, "record-error-total": 0, "requests-in-flight": 1,
 }  # fmt: skip
+ROOT = Path(__file__).resolve().parent.parent
 BEFORE = {"records-sent-total": 0, "records-queued": 0, "record-send-total": 0}
 
 
@@ -59,3 +66,26 @@ def test_perf_live_prints_a_line_per_second_when_not_on_a_terminal() -> None:
     assert len(lines) >= 2, result.stderr[-2000:]
     assert any(" | in 0 rec/s" not in line for line in lines), lines
     assert "600000 records sent" in result.stdout  # the Java tool's summary stays on stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_tmux_screenshot_of_perf_live_on_a_real_run(tmp_path: Path) -> None:
+    """docs/live_screenshot.py (which makes the README's picture) on a real run in an 80 x 24 tmux."""
+    assert shutil.which("tmux"), (
+        "this test needs tmux: apt-get install tmux (python3 tasks.py test installs it)"
+    )
+    out = tmp_path / "live.svg"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "live_screenshot.py"), "--out", str(out), "--num-records", "900000",
+         "--throughput", "150000", "--settle-s", "2"],
+        capture_output=True, text=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    svg = out.read_text(encoding="utf-8")
+    assert svg.startswith("<svg")
+    shown = html.unescape(re.sub(r"<[^>]+>", "", svg)).replace("\xa0", " ")
+    assert (
+        "kprod perf --live" in shown and "kprod live:" in shown and all(stage in shown for stage in STAGES)
+    ), shown[-3000:]
+    acked = re.search(r"([0-9,]+) rec/s acked", shown)
+    assert acked is not None and int(acked.group(1).replace(",", "")) > 0, "a screenshot of a run under load"

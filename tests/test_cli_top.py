@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -308,12 +310,13 @@ def test_top_prints_plain_lines_with_the_acked_rate_and_the_buffer(producer: Pro
 
 
 @pytest.mark.timeout(60)
-def test_top_ends_cleanly_when_the_producer_closes(tansu: EmbeddedBroker) -> None:
+def test_top_ends_cleanly_when_the_producer_closes_with_exit_on_disconnect(tansu: EmbeddedBroker) -> None:
     p = Producer({"bootstrap.servers": tansu.bootstrap_servers, "kprod.live.port": 0})
     address = p.live_address
     assert address is not None
     top = subprocess.Popen(
-        [sys.executable, "-m", "kprod", "top", "--port", str(address[1]), "--interval-s", "0.2"],
+        [sys.executable, "-m", "kprod", "top", "--port", str(address[1]), "--interval-s", "0.2",
+         "--exit-on-disconnect"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -326,6 +329,108 @@ def test_top_ends_cleanly_when_the_producer_closes(tansu: EmbeddedBroker) -> Non
         p.close(1)
     assert top.returncode == 0, err
     assert f"the producer at 127.0.0.1:{address[1]} closed" in err
+
+
+class _Lines(threading.Thread):
+    """Collects a pipe's lines as they come, so that a test can wait for one with a deadline."""
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.lines = pipe, list[str]()
+        self.start()
+
+    def run(self) -> None:
+        for line in self.pipe:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, after: int = 0, timeout_s: float = 20.0) -> int:
+        """The index of the first line from ``after`` on that contains ``text``; fails after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for index in range(after, len(self.lines)):
+                if text in self.lines[index]:
+                    return index
+            time.sleep(0.05)
+        raise AssertionError(f"no line with {text!r} after line {after} in {timeout_s} s: {self.lines[-20:]}")
+
+
+@pytest.mark.timeout(90)
+def test_top_reconnects_when_the_producer_restarts_on_the_same_port(tansu: EmbeddedBroker) -> None:
+    port = _free_port()
+    settings = {"bootstrap.servers": tansu.bootstrap_servers, "kprod.live.port": port, "linger.ms": 1}
+    first = Producer({**settings, "client.id": "top-first"})
+    top = subprocess.Popen(
+        [sys.executable, "-m", "kprod", "top", "--port", str(port), "--interval-s", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    second: Producer | None = None
+    try:
+        out, err = _Lines(top.stdout), _Lines(top.stderr)
+        out.wait_for("live ")
+        err.wait_for("producer top-first")
+        first.close(5)
+        gone = out.wait_for("disconnected, retrying")
+        err.wait_for("went away")
+        time.sleep(2.5)  # several attempts fail meanwhile: nothing listens on the port
+        assert top.poll() is None, "top must keep retrying, not exit"
+        assert sum("disconnected" in line for line in out.lines) == 1, "said once per disconnection"
+        second = Producer({**settings, "client.id": "top-second"})
+        sender = _Sender(second)
+        sender.start()
+        try:
+            err.wait_for("reconnected to producer top-second", timeout_s=10)
+            # Back to drawing: lines with rates again, the acked rate of the new producer above zero.
+            again = out.wait_for("| acked ", after=gone + 1)
+            out.wait_for("live ", after=again + 1)
+        finally:
+            sender.stop()
+        acked = [int(line.split("acked ")[1].split(" ")[0].replace(",", "")) for line in out.lines[again:]]
+        assert max(acked) > 0, out.lines[again:]
+        top.send_signal(signal.SIGINT)
+        assert top.wait(10) == 0
+    finally:
+        top.kill()
+        top.wait(5)
+        first.close(1)
+        if second is not None:
+            second.close(1)
+
+
+def test_reconnect_backoff_doubles_up_to_two_seconds_and_never_tries_early() -> None:
+    from kprod.cli.live import SourceUnavailableError
+    from kprod.cli.top import MAX_RECONNECT_BACKOFF_S, ReconnectingMetrics, RemoteMetrics
+
+    class Gone:
+        def __call__(self) -> dict[str, Any]:
+            raise live_endpoint_gone("the producer closed the connection")
+
+        def close(self) -> None:
+            pass
+
+    from kprod.cli.top import ProducerGone as live_endpoint_gone
+
+    now = [100.0]
+    tries: list[float] = []
+    said: list[str] = []
+
+    def connect() -> RemoteMetrics:
+        tries.append(now[0])
+        raise ConnectionRefusedError("refused")
+
+    source = ReconnectingMetrics(Gone(), connect, said.append, clock=lambda: now[0])  # type: ignore[arg-type]
+    with pytest.raises(SourceUnavailableError, match="disconnected, retrying"):
+        source()
+    assert said == ["the producer went away (the producer closed the connection); retrying"]
+    for _ in range(200):  # 20 s of calls every 0.1 s
+        now[0] += 0.1
+        with pytest.raises(SourceUnavailableError):
+            source()
+    waits = [b - a for a, b in itertools.pairwise(tries)]
+    backoffs = [min(0.2 * 2**n, MAX_RECONNECT_BACKOFF_S) for n in range(len(waits))]
+    assert len(waits) >= 10 and backoffs[-1] == MAX_RECONNECT_BACKOFF_S
+    # Never before the backoff; at the first call after it (calls come every 0.1 s).
+    assert all(b - 1e-6 <= w <= b + 0.1 + 1e-6 for w, b in zip(waits, backoffs, strict=True)), waits
+    assert source.attempts == len(tries) and source.reconnections == 0
 
 
 def test_top_says_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,9 +4,15 @@ Reads records from stdin (or ``--file``), one per line (or split by ``--delimite
 with kprod's public :class:`~kprod.Producer`. Keys, headers, tombstones and explicit partitions are
 parsed as the Java tool does (``--property parse.key=true --property key.separator=:``,
 ``parse.headers``, ``null.marker``) or as kcat does (``-K :``, ``-H name=value``); ``--format
-jsonl`` takes one JSON object per line. ``--report`` prints where each record went. The exit status
-is 1 when any record failed, 2 for bad options. Without a bootstrap server it starts the embedded
-broker, as ``kprod perf`` does.
+jsonl`` takes one JSON object per line. With a schema (``--schema-registry URL --value-schema-file
+F``, or the Confluent console producers' ``--property schema.registry.url=`` / ``value.schema=``)
+each value (or key) is one JSON value, serialized as Avro, JSON Schema or Protobuf by kprod's own
+serializers (:mod:`kprod.cli.schemas`). ``--report`` prints where each record went.
+
+The exit status is 1 when any record failed or a record could not be read or serialized (the
+records before it are still delivered; nothing after it is sent, unless ``--property
+ignore.error=true``), 2 for bad options (a bad schema among them). Without a bootstrap server it
+starts the embedded broker, as ``kprod perf`` does.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ import json
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TextIO
 
-from kprod import ConfigError, KprodError, Producer, ProducerConfig, RecordMetadata
+from kprod import ConfigError, KprodError, Producer, ProducerConfig, RecordMetadata, SerializationError
+from kprod.cli import schemas
+from kprod.cli.schemas import SchemaSpec
+from kprod.serde.registry import ConfluentSchemaRegistry
 
 __all__ = ["add_arguments", "parse_line", "parse_pairs", "run"]
 
@@ -95,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions of the topic on the embedded broker"
     )
+    schemas.add_arguments(parser)
 
 
 def parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
@@ -147,9 +158,15 @@ def _records(stream: TextIO, delimiter: str) -> Iterator[str]:
         yield pending.rstrip("\r\n")
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (serializer messages may quote multi-line schemas)."""
+    return " ".join(str(exc).split())
+
+
 def run(args: argparse.Namespace) -> int:
     from kprod.cli.perf import parse_properties, start_embedded_broker
 
+    registry: ConfluentSchemaRegistry | None = None
     try:
         props: dict[str, Any] = dict(_JAVA_PROPERTIES) | parse_pairs(args.property, "--property")
         if args.kcat_key_separator is not None:
@@ -169,19 +186,42 @@ def run(args: argparse.Namespace) -> int:
             settings["acks"] = args.acks
         if args.bootstrap_servers:
             settings["bootstrap.servers"] = args.bootstrap_servers
+        specs = schemas.specs_from(args, props)
+        if specs:
+            url = schemas.registry_url(args, props)
+            assert url is not None  # specs_from refuses schemas without a registry
+            registry = schemas.open_registry(url, props)
+            for side, spec in specs.items():
+                settings[f"{side}.serializer"] = schemas.make_serializer(spec, registry, props)
         ProducerConfig.from_user(settings)
-    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+    except (OSError, ValueError) as exc:  # ConfigError and SchemaOptionError are ValueErrors
         prefix = "invalid producer settings: " if isinstance(exc, ConfigError) else ""
-        print(f"kprod produce: {prefix}{exc}", file=sys.stderr)
+        print(f"kprod produce: {prefix}{_one_line(exc)}", file=sys.stderr)
+        if registry is not None:
+            registry.close()
         return 2
     broker: Any = None
     try:
+        for side, spec in specs.items():
+            # Register (or look up) now: a registry that is down or refuses the schema stops the run
+            # before any record is read, with the registry named, rather than at the first record.
+            serializer: Any = settings[f"{side}.serializer"]
+            try:
+                schema_id = serializer.schema_id(args.topic)
+            except SerializationError as exc:
+                where = registry.url if registry is not None else "?"
+                print(
+                    f"kprod produce: --schema-registry {where}: {spec.source}: {_one_line(exc)}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"# {side}s: {spec.format}, schema id {schema_id} ({spec.source})", file=sys.stderr)
         if "bootstrap.servers" not in settings:
             broker = start_embedded_broker(args.topic, args.partitions)
             settings["bootstrap.servers"] = broker.bootstrap_servers
         stream = args.file.open(encoding="utf-8") if args.file else sys.stdin
         try:
-            return _produce(args, settings, props, fixed_headers, stream)
+            return _produce(args, settings, props, fixed_headers, stream, specs)
         finally:
             if args.file:
                 stream.close()
@@ -194,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if broker is not None:
             broker.stop()
+        if registry is not None:
+            registry.close()
 
 
 def _produce(
@@ -202,6 +244,7 @@ def _produce(
     props: dict[str, Any],
     fixed_headers: list[tuple[str, bytes | None]],
     stream: TextIO,
+    specs: dict[str, SchemaSpec],
 ) -> int:
     lock = threading.Lock()
     failed = [0]
@@ -223,49 +266,86 @@ def _produce(
 
         return on_delivery
 
-    sent = 0
+    sent = refused = 0
+    # Records sent before a bad one are not lost: the loop stops, and closing the producer flushes them.
     with Producer(settings) as producer:
         for number, line in enumerate(_records(stream, args.delimiter), 1):
             if not line and args.format == "text" and args.delimiter == "\n":
                 continue  # the Java tool skips empty lines too
             try:
+                key: Any
+                value: Any
                 if args.format == "jsonl":
-                    key, value, headers, partition, timestamp = _json_record(line, props.get("null.marker"))
+                    key, value, headers, partition, timestamp = _json_record(
+                        line, props.get("null.marker"), set(specs)
+                    )
                     headers = [*fixed_headers, *(headers or [])] or None
                 else:
                     key, value, headers = parse_line(line, props, fixed_headers)
                     partition, timestamp = None, None
-            except (ValueError, TypeError) as exc:
-                print(f"kprod produce: record {number}: {exc}", file=sys.stderr)
+                    key = _schema_input(key, specs.get("key"))
+                    value = _schema_input(value, specs.get("value"))
+                producer.send(
+                    args.topic,
+                    value,
+                    key,
+                    partition=args.partition if partition is None else partition,
+                    timestamp=args.timestamp if timestamp is None else timestamp,
+                    headers=headers,
+                    on_delivery=report(number),
+                )
+            except (ValueError, TypeError) as exc:  # SerializationError is a ValueError
+                print(f"kprod produce: record {number}: {_describe(exc, specs)}", file=sys.stderr)
+                refused += 1
                 if ignore_errors:
                     continue
-                return 1
-            producer.send(
-                args.topic,
-                value,
-                key,
-                partition=args.partition if partition is None else partition,
-                timestamp=args.timestamp if timestamp is None else timestamp,
-                headers=headers,
-                on_delivery=report(number),
-            )
+                break
             sent += 1
         producer.flush()
-    print(f"# {sent} record(s) sent, {failed[0]} failed", file=sys.stderr)
-    return 1 if failed[0] else 0
+    print(
+        f"# {sent} record(s) sent, {failed[0]} failed" + (f", {refused} refused" if refused else ""),
+        file=sys.stderr,
+    )
+    return 1 if failed[0] or (refused and not ignore_errors) else 0
+
+
+def _describe(exc: BaseException, specs: dict[str, SchemaSpec]) -> str:
+    """Why a record was refused, on one line, naming the schema option when a serializer refused it."""
+    if isinstance(exc, SerializationError):
+        side = "key" if "(key.serializer)" in str(exc) else "value"
+        spec = specs.get(side)
+        if spec is not None:
+            return f"the {side} does not fit {spec.source}: {_one_line(exc)}"
+    return _one_line(exc)
+
+
+def _schema_input(raw: bytes | None, spec: SchemaSpec | None) -> Any:
+    """A text record's key or value as its serializer takes it: the bytes, or the JSON value they hold."""
+    if spec is None or raw is None:
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"the {spec.side} is not JSON ({exc}); with {spec.source} each {spec.side} is one JSON value"
+        ) from None
 
 
 def _json_record(
-    line: str, null_marker: str | None
-) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None, int | None, int | None]:
+    line: str, null_marker: str | None, raw_fields: AbstractSet[str] = frozenset()
+) -> tuple[Any, Any, list[tuple[str, bytes | None]] | None, int | None, int | None]:
+    """One jsonl record; the fields in ``raw_fields`` (``"key"``, ``"value"``) stay JSON values (for a
+    schema serializer), the others become bytes (a string's UTF-8, or compact JSON)."""
     doc = json.loads(line)
     if not isinstance(doc, dict):
         raise ValueError("a jsonl record must be a JSON object")
 
-    def text(field: str) -> bytes | None:
-        value = doc.get(field)
+    def field(name: str) -> Any:
+        value = doc.get(name)
         if value is None or value == null_marker:
             return None
+        if name in raw_fields:
+            return value
         return (value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))).encode()
 
     raw_headers = doc.get("headers") or {}
@@ -278,4 +358,4 @@ def _json_record(
         raise ValueError('"partition" must be an integer')
     if timestamp is not None and not isinstance(timestamp, int):
         raise ValueError('"timestamp" must be an integer (ms)')
-    return text("key"), text("value"), headers or None, partition, timestamp
+    return field("key"), field("value"), headers or None, partition, timestamp
