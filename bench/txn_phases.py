@@ -20,6 +20,7 @@ with a millisecond clock, so its figures are to about 1 ms. The medians of each 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -91,7 +92,7 @@ def run_kprod(
     marks: list[dict[str, float]] = []
     try:
         producer.init_transactions()
-        send = producer.send
+        send = functools.partial(producer.send, partition=PARTITION)
         for _ in range(transactions):
             m = {"begin": clock()}
             producer.begin_transaction()
@@ -139,6 +140,7 @@ CONFLUENT_CHILD = r"""
 import json, sys, time, uuid
 from confluent_kafka import Producer
 bootstrap, topic, transactions, per_txn = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+partition = int(sys.argv[5]) if len(sys.argv) > 5 else -1
 p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "phases-ck-" + uuid.uuid4().hex[:6],
               "linger.ms": 5, "queue.buffering.max.messages": 1000000, "debug": "protocol,eos"})
 p.init_transactions(60)
@@ -148,7 +150,7 @@ for _ in range(transactions):
     m = {"begin": time.time()}
     p.begin_transaction()
     for i in range(per_txn):
-        p.produce(topic, payload)
+        p.produce(topic, payload, partition=partition)
         if i % 1000 == 0:
             p.poll(0)
     m["commit"] = time.time()
@@ -163,7 +165,16 @@ _LOG = re.compile(r"^%\d\|(\d+)\.(\d{3})\|(\w+)\|[^|]*\| (.*)$")
 
 def run_confluent(bootstrap: str, topic: str, transactions: int, per_txn: int) -> list[dict[str, Any]]:
     proc = subprocess.run(
-        [sys.executable, "-c", CONFLUENT_CHILD, bootstrap, topic, str(transactions), str(per_txn)],
+        [
+            sys.executable,
+            "-c",
+            CONFLUENT_CHILD,
+            bootstrap,
+            topic,
+            str(transactions),
+            str(per_txn),
+            str(-1 if PARTITION is None else PARTITION),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -212,7 +223,7 @@ def summarize(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    global ARGS
+    global ARGS, PARTITION
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -221,8 +232,10 @@ def main() -> int:
     parser.add_argument("--clients", default="kprod-v2,kprod-v1,confluent")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     parser.add_argument("--kprod-config", default="", help="extra kprod settings, k=v,k=v")
+    parser.add_argument("--partition", type=int, help="send every record to this partition")
     parser.add_argument("--dump", type=Path, help="write every transaction's row as JSON here")
     ARGS = parser.parse_args()
+    PARTITION = ARGS.partition
     from kprod.kafka_broker import KafkaCluster
 
     def go(bootstrap: str, create: Any) -> None:
@@ -272,6 +285,7 @@ def main() -> int:
 
 
 ARGS: Any = None
+PARTITION: int | None = None
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONHASHSEED", "0")
