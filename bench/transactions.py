@@ -9,7 +9,9 @@ per run; kprod runs twice, with the cluster's transactions v2 (as Java) and with
 ``kprod.transaction.version=1`` (AddPartitionsToTxn from the client, as librdkafka); 100-byte records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of
 10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
 process, one after the other; commit latency is the time ``commit_transaction()`` takes (it
-includes sending the transaction's last records). The Java producer is ProducerPerformance with
+includes sending the transaction's last records). ``--batch-size`` gives every client the same
+``batch.size`` (by default each keeps its own: 16384 for kprod and Java, 1000000 for librdkafka,
+which matters here: see docs/transactions.md). The Java producer is ProducerPerformance with
 ``--transactional-id``; it commits by time (``--transaction-duration-ms``), so its row gives the
 duration that makes transactions of about the same size and reports no commit latency. The table
 is printed and, with ``--out``, written as markdown.
@@ -36,11 +38,17 @@ from kprod.kafka_broker import KafkaCluster, _java, kafka_jars  # noqa: E402
 
 THROUGHPUT_JVM = ("-Xms512m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError")
 PAYLOAD = b"x" * 100
+BATCH_SIZE: int | None = None
 
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
+
+
+def _batch_size() -> dict[str, int]:
+    """``batch.size`` for every client when ``--batch-size`` is given, else each client's default."""
+    return {} if BATCH_SIZE is None else {"batch.size": BATCH_SIZE}
 
 
 def run_kprod(
@@ -52,6 +60,7 @@ def run_kprod(
             "transactional.id": f"bench-kprod-{uuid.uuid4().hex[:6]}",
             "linger.ms": 5,
             "kprod.transaction.version": transaction_version,
+            **_batch_size(),
         }
     )
     commits: list[float] = []
@@ -81,6 +90,7 @@ def run_confluent(bootstrap: str, topic: str, records: int, per_txn: int) -> dic
             "transactional.id": f"bench-ck-{uuid.uuid4().hex[:6]}",
             "linger.ms": 5,
             "queue.buffering.max.messages": 1_000_000,
+            **_batch_size(),
         }
     )
     producer.init_transactions(60)
@@ -132,6 +142,7 @@ def run_java(bootstrap: str, topic: str, records: int, duration_ms: int) -> dict
             "--command-property",
             "acks=all",
             "linger.ms=5",
+            *(f"{k}={v}" for k, v in _batch_size().items()),
         ],
         capture_output=True,
         text=True,
@@ -149,7 +160,15 @@ def main() -> int:
     )
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--out", type=Path, help="write the markdown table here")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="batch.size for every client (default: each client's own, 16384 for kprod and Java, "
+        "1000000 for librdkafka)",
+    )
     args = parser.parse_args()
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size
     rows: list[str] = [
         "| records per transaction | client | records/s | ratio to confluent-kafka | commit p50 | commit p99 |",
         "|---:|---|---:|---:|---:|---:|",
@@ -188,6 +207,8 @@ def main() -> int:
                 rows.append(
                     f"| {per_txn:,} | {client} | {result['rate']:,.0f} | {result['rate'] / ck_rate:.2f} | {p50} | {p99} |"
                 )
+    if BATCH_SIZE is not None:
+        rows.insert(0, f"batch.size={BATCH_SIZE} for every client\n")
     table = "\n".join(rows)
     print(table)
     if args.out:
