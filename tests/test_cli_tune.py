@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,30 @@ def test_a_short_sweep_on_the_embedded_broker(tmp_path: Path) -> None:
 
     width, height = _check_png(chart)
     assert width > 300 and height > 200
+
+
+@pytest.mark.timeout(60)
+def test_a_topic_the_cluster_does_not_create_ends_the_sweep_within_the_budget(broker: Any) -> None:
+    # A cluster without auto-creation: before, each point's warm-up waited max.block.ms (60 s).
+    topic = f"kprod-tune-missing-{uuid.uuid4().hex[:8]}"
+    budget_s = 6.0
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "kprod", "tune", "-b", broker.bootstrap_servers, "--topic", topic,
+            "-X", "allow.auto.create.topics=false", "--linger-ms", "0,5", "--compression", "none",
+            "--batch-size", "16384", "--budget-s", str(budget_s),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"topic {topic!r} did not appear" in result.stderr and "--topic" in result.stderr
+    assert "[2/2]" not in result.stderr, "the sweep stops at the first point: every other would wait too"
+    assert elapsed < budget_s + 10, f"the budget bounds the wait: {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize(

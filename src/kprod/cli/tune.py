@@ -632,11 +632,19 @@ def measure_point(
     max_in_flight: int,
     throughput: float = -1.0,
 ) -> Point:
-    """One timed run of a fresh producer with ``setting``, within about ``slot_s`` seconds."""
-    from kprod import KafkaTimeoutError, KprodError, Producer
+    """One timed run of a fresh producer with ``setting``, within about ``slot_s`` seconds.
+
+    Raises UnknownTopicError when the topic never appeared during the warm-up (a cluster that does
+    not create topics on first use): every other point would wait for it in vain as well.
+    """
+    from kprod import KafkaTimeoutError, KprodError, Producer, UnknownTopicError
 
     slot_start = time.monotonic()
     props = {**base_props, **setting.properties()}
+    if "max.block.ms" not in base_props:
+        # A send that waits for metadata (or memory) gives up within the point's slot, not after
+        # the default 60 s: the budget bounds the whole sweep.
+        props["max.block.ms"] = str(int(max(1.0, slot_s) * 1000))
     acks = _Acks()
     producer: Any = None
     try:
@@ -658,6 +666,8 @@ def measure_point(
             pass  # what is not acknowledged by now does not count
         cpu_s = time.process_time() - cpu_before
         wire = _outgoing_bytes(producer.metrics()) - bytes_before
+    except UnknownTopicError:
+        raise
     except KprodError as exc:
         return Point(setting, 0, 0.0, 0.0, 0.0, 0.0, 0.0, acks.failed, 0.0, f"{type(exc).__name__}: {exc}")
     finally:
@@ -765,7 +775,7 @@ def _json_doc(
 
 
 def run(args: argparse.Namespace) -> int:
-    from kprod import ConfigError, KprodError, ProducerConfig
+    from kprod import ConfigError, KprodError, ProducerConfig, UnknownTopicError
     from kprod.cli.produce import parse_pairs
 
     try:
@@ -820,6 +830,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("kprod tune: interrupted", file=sys.stderr)
         return 130
+    except UnknownTopicError as exc:
+        print(
+            f"kprod tune: topic {topic!r} did not appear: {exc}. The cluster does not create topics on "
+            "first use: create it first, or pass --topic of an existing topic",
+            file=sys.stderr,
+        )
+        return 1
     except KprodError as exc:
         print(f"kprod tune: {exc}", file=sys.stderr)
         return 1
