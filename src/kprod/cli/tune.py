@@ -832,8 +832,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except UnknownTopicError as exc:
         print(
-            f"kprod tune: topic {topic!r} did not appear: {exc}. The cluster does not create topics on "
-            "first use: create it first, or pass --topic of an existing topic",
+            f"kprod tune: {exc}. If the cluster does not create topics on first use, create {topic!r} "
+            "first or pass --topic of an existing topic",
             file=sys.stderr,
         )
         return 1
