@@ -105,3 +105,38 @@ def test_the_fast_path_cache_follows_the_metadata_and_stops_with_the_producer() 
     assert not appender.fast_appenders and appender.try_append_plain(TOPIC, None, TS, b"k", b"v") is None
     append(appender, b"k", b"v")
     assert not appender.fast_appenders, "no fast path once the producer stopped accepting"
+
+
+def test_a_sampled_append_times_its_partition_and_append_steps_with_the_given_clock() -> None:
+    appender = make()
+    appender.metadata.on_update(snapshot(), NOW)
+    append(appender, None, b"v")  # the topic's cache is built: the next append is the plain case
+    ticks = iter(range(0, 10_000, 7))
+    appender.stage_clock = lambda: next(ticks)  # a fake ns clock: 7 ns per reading
+    assert isinstance(append(appender, b"k", b"v"), ProducerBatch)
+    assert appender.last_stage_ns == (7, 7)
+    appender.stage_clock = None
+    appender.last_stage_ns = (0, 0)
+    assert isinstance(append(appender, b"k", b"v"), ProducerBatch)
+    assert appender.last_stage_ns == (0, 0), "without a clock nothing is timed"
+
+
+def test_pausing_the_fast_path_sends_every_topic_the_general_way_until_resumed() -> None:
+    appender = make()
+    appender.metadata.on_update(snapshot(), NOW)
+    append(appender, None, b"v")
+    assert TOPIC in appender.fast_appenders
+    appender.pause_fast()
+    assert not appender.fast_appenders
+    assert appender.try_append_plain(TOPIC, None, TS, None, b"v") is None, "paused: the general way"
+    appender.resume_fast()
+    assert isinstance(appender.try_append_plain(TOPIC, None, TS, None, b"v"), ProducerBatch)
+    # A cache made stale by a metadata change is not resumed; nor is anything once appends stopped.
+    appender.pause_fast()
+    appender.metadata.on_update(snapshot(partitions=6), NOW)
+    appender.resume_fast()
+    assert not appender.fast_appenders
+    append(appender, None, b"v")  # rebuilt at the new version
+    appender.stop()
+    appender.resume_fast()
+    assert not appender.fast_appenders

@@ -110,6 +110,30 @@ class RecordAppender:
         )
         self._ignore_keys = config.partitioner_ignore_keys
         self.try_append_plain: PlainAppender = _plain_appender(self)
+        self.stage_clock: Callable[[], int] | None = None
+        """Set (a ns clock) for one sampled :meth:`try_append`: it then times its partition and append
+        steps into :attr:`last_stage_ns`. None otherwise: the path pays one check per step."""
+        self.last_stage_ns = (0, 0)
+        """(partition ns, append ns) of the last timed :meth:`try_append`."""
+
+    def _fast_eligible(self) -> bool:
+        """Whether the fast path may place this producer's records (no partitioner of the user's or
+        librdkafka's, appends not stopped)."""
+        return self._custom_partitioner is None and self._keyed_partitioner is None and self.fast_path_enabled
+
+    def pause_fast(self) -> None:
+        """Send every record the general way until :meth:`resume_fast`: the next one is sampled
+        (stage times) whichever path it would have taken. Costs the fast path nothing."""
+        self.fast_appenders.clear()
+
+    def resume_fast(self) -> None:
+        """Let the fast path take every cached topic again whose cache is still current."""
+        if not self._fast_eligible():
+            return
+        version = self.metadata.version
+        for topic, appender in self._appenders.items():
+            if appender.version == version:
+                self.fast_appenders[topic] = appender
 
     def stop(self) -> None:
         """No more fast appends (the producer stops accepting records)."""
@@ -151,6 +175,9 @@ class RecordAppender:
         acc = self.accumulator
         if not acc.has_room(record_bound):
             return WAIT_MEMORY
+        clock = self.stage_clock
+        if clock is not None:
+            started_ns = clock()
         queues = appender.queues
         count = appender.count
         sticky: StickyPartitioner | None = None
@@ -176,6 +203,8 @@ class RecordAppender:
             )
         if self.txn is not None:
             self.txn.add_partition(topic, partition)  # raises outside a transaction
+        if clock is not None:
+            partitioned_ns = clock()
         q = queues[partition]
         before = acc.used_bytes
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
@@ -185,6 +214,8 @@ class RecordAppender:
             appender.sticky_batch = batch
             if sticky.on_append(acc.used_bytes - before, not batch.accepting):
                 self._switch_sticky(topic, appender)
+        if clock is not None:
+            self.last_stage_ns = (partitioned_ns - started_ns, clock() - partitioned_ns)
         return batch
 
     def _switch_sticky(self, topic: str, appender: _TopicAppender) -> None:
@@ -217,7 +248,7 @@ class RecordAppender:
         queues = [self.accumulator.queue(topic, p) for p in range(len(info.leaders))]
         appender = _TopicAppender(metadata.version, info, queues, sticky)
         self._appenders[topic] = appender
-        if self._custom_partitioner is None and self._keyed_partitioner is None and self.fast_path_enabled:
+        if self._fast_eligible():
             # In a transaction too: the fast path only appends to a partition's open batch, which
             # the general path opened in this transaction after adding the partition to it (every
             # batch is completed before a transaction ends), and it checks the transaction's state.

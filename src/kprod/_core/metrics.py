@@ -18,7 +18,7 @@ __all__ = ["ProducerMetrics", "WindowedStat"]
 class WindowedStat:
     """Sum, count and maximum of values in rolling time windows, plus the all-time total."""
 
-    __slots__ = ("_count", "_current", "_max", "_starts", "_sum", "num_samples", "total", "window_ms")
+    __slots__ = ("_count", "_current", "_max", "_starts", "_sum", "num_samples", "total", "total_count", "window_ms")
 
     def __init__(self, window_ms: int = 30_000, num_samples: int = 2) -> None:
         self.window_ms = max(1, window_ms)
@@ -30,6 +30,8 @@ class WindowedStat:
         self._current = 0
         self.total = 0.0
         """Every value recorded so far (Java's CumulativeSum: the ``-total`` metrics)."""
+        self.total_count = 0
+        """How many events were recorded so far (the ``count`` of every call)."""
 
     def record(self, value: float, now_ms: int, count: int = 1, maximum: float | None = None) -> None:
         """Add ``value`` (the sum of ``count`` events whose largest is ``maximum``) at ``now_ms``."""
@@ -48,6 +50,7 @@ class WindowedStat:
         if top > self._max[i]:
             self._max[i] = top
         self.total += value
+        self.total_count += count
 
     def _live(self, now_ms: int) -> list[int]:
         """Indexes of the samples still inside ``num_samples`` windows (Java purges the others)."""
@@ -100,6 +103,13 @@ class ProducerMetrics:
         self.requests = stat()
         self.responses = stat()
         self.bufferpool_wait_ns = stat()
+        # kprod's own: time per record in each stage of the pipeline (µs). Serialize, partition and
+        # append are sampled (one record every STAGE_SAMPLE_INTERVAL_MS, see RecordAppender.pause_fast);
+        # encode (the batch header, CRC and compression) is measured for every request, per record.
+        self.stage_serialize_us = stat()
+        self.stage_partition_us = stat()
+        self.stage_append_us = stat()
+        self.stage_encode_us = stat()
         self.topics: dict[str, dict[str, WindowedStat]] = {}
         self.nodes: dict[int, dict[str, WindowedStat]] = {}
         self.batch_close_reasons: dict[str, int] = {}
@@ -160,6 +170,13 @@ class ProducerMetrics:
             "bufferpool-wait-time-ns-total": self.bufferpool_wait_ns.total,
             "bufferpool-wait-ratio": self.bufferpool_wait_ns.rate(now_ms) / 1e9,
             "batch-close-reasons": dict(self.batch_close_reasons),
+            "stage-serialize-time-avg-us": self.stage_serialize_us.avg(now_ms),
+            "stage-partition-time-avg-us": self.stage_partition_us.avg(now_ms),
+            "stage-append-time-avg-us": self.stage_append_us.avg(now_ms),
+            "stage-sample-total": self.stage_append_us.total_count,
+            "stage-compress-time-avg-us": self.stage_encode_us.avg(now_ms),
+            "stage-queue-time-avg-ms": self.record_queue_time.avg(now_ms),
+            "stage-in-flight-time-avg-ms": self.request_latency.avg(now_ms),
         }
         out["producer-topic-metrics"] = {
             topic: {

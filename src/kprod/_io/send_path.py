@@ -55,7 +55,7 @@ class SendPath:
     futures wait on it without the engine's lock); None: batches need none.
     """
 
-    __slots__ = ("_engine", "_new_waiter", "_preparer")
+    __slots__ = ("_engine", "_new_waiter", "_preparer", "_serialize_ns")
 
     def __init__(
         self, engine: ProducerEngine, preparer: RecordPreparer, new_waiter: Callable[[], Any] | None = None
@@ -63,6 +63,8 @@ class SendPath:
         self._engine = engine
         self._preparer = preparer
         self._new_waiter = new_waiter
+        self._serialize_ns = -1
+        """The serialization time of the record being sampled (``engine.stage_sample_due``), or -1."""
 
     def prepare(
         self,
@@ -84,7 +86,12 @@ class SendPath:
         if partition is not None and type(partition) is not int:
             partition = check_partition(partition)
         try:
-            kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, now_ms)
+            if self._engine.stage_sample_due:  # read without the lock: a sample more or less is harmless
+                started_ns = time.perf_counter_ns()
+                kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, now_ms)
+                self._serialize_ns = time.perf_counter_ns() - started_ns
+            else:
+                kb, vb, hdrs, ts, bound = self._preparer.prepare(topic, key, value, headers, timestamp, now_ms)
         except RecordTooLargeError as error:
             if on_delivery is not None:
                 self._engine.deliver_failed(on_delivery, error)
@@ -108,7 +115,10 @@ class SendPath:
         if not engine.accepting:
             engine.check_open()
         topic, partition, ts, key, value, headers, bound, on_delivery = record
-        result = engine.appender.try_append(topic, partition, ts, key, value, headers, bound, monotonic_ms())
+        if engine.stage_sample_due:
+            result = self._append_sampled(record)
+        else:
+            result = engine.appender.try_append(topic, partition, ts, key, value, headers, bound, monotonic_ms())
         if type(result) is Wait:
             if result is Wait.METADATA:
                 engine.check_metadata_wait(topic)
@@ -127,6 +137,34 @@ class SendPath:
         if not batch.accepting:
             return batch, index, engine.after_append_locked(batch)
         return batch, index, 0
+
+    def _append_sampled(self, record: PreparedRecord) -> ProducerBatch | Wait:
+        """``RecordAppender.try_append`` with its steps timed, for the stage metrics (lock held).
+
+        Once the record is in a batch: its serialize (when :meth:`prepare` timed it), partition and
+        append times are recorded, the sample is taken and the fast path resumes."""
+        engine = self._engine
+        appender = engine.appender
+        topic, partition, ts, key, value, headers, bound, _ = record
+        appender.stage_clock = time.perf_counter_ns
+        try:
+            result = appender.try_append(topic, partition, ts, key, value, headers, bound, monotonic_ms())
+        finally:
+            appender.stage_clock = None
+        if type(result) is Wait:
+            return result  # not placed: the next record is sampled instead
+        now_ms = monotonic_ms()
+        metrics = engine.core.metrics
+        partition_ns, append_ns = appender.last_stage_ns
+        metrics.stage_partition_us.record(partition_ns / 1000, now_ms)
+        metrics.stage_append_us.record(append_ns / 1000, now_ms)
+        serialize_ns = self._serialize_ns
+        if serialize_ns >= 0:
+            metrics.stage_serialize_us.record(serialize_ns / 1000, now_ms)
+            self._serialize_ns = -1
+        engine.stage_sample_due = False
+        appender.resume_fast()
+        return result
 
     def append_steps(
         self, record: PreparedRecord, reason: Wait, completion: Any = None

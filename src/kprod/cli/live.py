@@ -103,6 +103,11 @@ def _ms(m: Any, key: str) -> str:
     return "-" if number != number else f"{number:.1f} ms"
 
 
+def _us(m: Any, key: str) -> str:
+    number = _num(m, key)
+    return "-" if number != number else f"{number:.1f} µs"
+
+
 def stage_rows(m: dict[str, Any], before: dict[str, Any] | None, seconds: float) -> list[tuple[str, str]]:
     """(stage, what it shows now) for the nine stages, from two metrics snapshots ``seconds`` apart.
 
@@ -126,12 +131,15 @@ def stage_rows(m: dict[str, Any], before: dict[str, Any] | None, seconds: float)
     )
     return [
         (STAGES[0], f"{in_rate:,.0f} rec/s accepted"),
-        (STAGES[1], f"{_count(_num(m, 'record-size-avg'))} B per record on average"),
-        (STAGES[2], f"{len(topics)} topic(s), {_count(_num(m, 'records-per-request-avg'))} rec/request"),
+        (STAGES[1], f"{_count(_num(m, 'record-size-avg'))} B/record, {_us(m, 'stage-serialize-time-avg-us')} each"),
+        (STAGES[2], f"{_us(m, 'stage-partition-time-avg-us')}; {len(topics)} topic(s), "
+                    f"{_count(_num(m, 'records-per-request-avg'))} rec/request"),
         (STAGES[3], f"{used / 1e6:.1f} of {total / 1e6:.1f} MB ({100 * used / total:.0f}%), "
-                    f"{_count(_num(m, 'waiting-threads', 0.0))} waiting"),
-        (STAGES[4], f"{_count(_num(m, 'batches-incomplete', 0.0))} open, fill {fill}; {why or 'none closed yet'}"),
-        (STAGES[5], "none" if ratio != ratio or ratio >= 0.999 else f"ratio {ratio:.2f}"),
+                    f"{_count(_num(m, 'waiting-threads', 0.0))} waiting, queued {_ms(m, 'stage-queue-time-avg-ms')}"),
+        (STAGES[4], f"append {_us(m, 'stage-append-time-avg-us')}, "
+                    f"{_count(_num(m, 'batches-incomplete', 0.0))} open, fill {fill}; {why or 'none closed yet'}"),
+        (STAGES[5], ("none" if ratio != ratio or ratio >= 0.999 else f"ratio {ratio:.2f}")
+                    + f", {_us(m, 'stage-compress-time-avg-us')}/rec"),
         (STAGES[6], f"{_rate(m, before, 'record-send-total', seconds):,.0f} rec/s acked, latency "
                     f"{_ms(m, 'request-latency-avg')} avg, {_ms(m, 'request-latency-max')} max"),
         (STAGES[7], f"retries {_count(_num(m, 'record-retry-total', 0.0))}, "
