@@ -849,6 +849,8 @@ def test_a_prometheus_scrape_reads_the_producers_metrics(broker: Any, make_topic
     assert samples[("kprod_producer_buffer_total_bytes", ident)] == 33_554_432
     closed = sum(v for (name, _), v in samples.items() if name == "kprod_producer_batches_closed_total")
     assert closed >= 2
+    assert 0 < samples[("kprod_producer_stage_compress_time_avg_seconds", ident)] < 0.1
+    assert 0 < samples[("kprod_producer_stage_append_time_avg_seconds", ident)] < 0.1  # the first record is sampled
 
 
 @pytest.mark.timeout(60)
@@ -888,3 +890,6 @@ def test_opentelemetry_instruments_read_the_producers_metrics(broker: Any, make_
     assert points["kprod.producer.requests"][0].value >= 1
     assert 0 <= points["kprod.producer.request.latency"][0].value < 5
     assert sum(p.value for p in points["kprod.producer.batches.closed"]) >= 2
+    stage_times = {p.attributes["kprod.stage"]: p.value for p in points["kprod.producer.stage.time"]}
+    assert {"append", "partition", "compress", "in_flight"} <= set(stage_times), stage_times
+    assert all(0 <= v < 5 for v in stage_times.values()), stage_times

@@ -34,6 +34,17 @@ class _HasMetrics(Protocol):
     def metrics(self) -> dict[str, Any]: ...
 
 
+_STAGES: tuple[tuple[str, str, float], ...] = (
+    ("serialize", "stage-serialize-time-avg-us", 1e-6),
+    ("partition", "stage-partition-time-avg-us", 1e-6),
+    ("append", "stage-append-time-avg-us", 1e-6),
+    ("queue", "stage-queue-time-avg-ms", 1e-3),
+    ("compress", "stage-compress-time-avg-us", 1e-6),
+    ("in_flight", "stage-in-flight-time-avg-ms", 1e-3),
+)
+"""The ``kprod.stage`` attribute of ``kprod.producer.stage.time``, its metric and its scale to seconds."""
+
+
 def instrument_producer(producer: _HasMetrics, meter_provider: MeterProvider | None = None) -> list[Any]:
     """Create the observable instruments for ``producer``; returns them (keep them alive as long as
     the producer is observed)."""
@@ -60,6 +71,13 @@ def instrument_producer(producer: _HasMetrics, meter_provider: MeterProvider | N
                 yield Observation(value * scale, base)
 
         return observe
+
+    def stages(_options: CallbackOptions) -> Iterable[Observation]:
+        m = read()
+        for stage, name, scale in _STAGES:
+            value = m.get(name)
+            if isinstance(value, int | float) and value == value:
+                yield Observation(value * scale, {**base, "kprod.stage": stage})
 
     def closed(_options: CallbackOptions) -> Iterable[Observation]:
         for reason, count in (read().get("batch-close-reasons") or {}).items():
@@ -93,6 +111,11 @@ def instrument_producer(producer: _HasMetrics, meter_provider: MeterProvider | N
         meter.create_observable_gauge(
             "kprod.producer.queue.time", [scalar("record-queue-time-avg", 1e-3)], unit="s",
             description="Average time batches waited before they left.",
+        ),
+        meter.create_observable_gauge(
+            "kprod.producer.stage.time", [stages], unit="s",
+            description="Average time a record spends in each stage (serialize, partition, append, queue, "
+            "compress, in_flight); the first three sampled.",
         ),
         meter.create_observable_up_down_counter(
             "kprod.producer.buffer.available", [scalar("buffer-available-bytes")], unit="By",

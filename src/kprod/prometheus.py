@@ -69,6 +69,10 @@ _GAUGES: tuple[tuple[str, str, str, float], ...] = (
     ("connection-count", "connections", "Open broker connections.", 1.0),
     ("waiting-threads", "waiting_callers", "Callers blocked in send() (metadata or memory).", 1.0),
     ("metadata-age", "metadata_age_seconds", "Seconds since the last Metadata answer.", 1.0),
+    ("stage-serialize-time-avg-us", "stage_serialize_time_avg_seconds", "Serialization per record (sampled).", 1e-6),
+    ("stage-partition-time-avg-us", "stage_partition_time_avg_seconds", "Partitioning per record (sampled).", 1e-6),
+    ("stage-append-time-avg-us", "stage_append_time_avg_seconds", "Appending to a batch per record (sampled).", 1e-6),
+    ("stage-compress-time-avg-us", "stage_compress_time_avg_seconds", "Closing batches per record (CRC, codec).", 1e-6),
 )
 
 
