@@ -781,10 +781,12 @@ def test_metrics_use_javas_names_and_agree_with_what_happened(broker: Any, make_
     assert m["outgoing-byte-total"] > 0 and m["incoming-byte-total"] > 0
     assert m["record-queue-time-max"] >= m["record-queue-time-avg"] >= 0
     reasons = m["batch-close-reasons"]
-    assert (
-        sum(reasons.values()) == m["batches-sent-total"]
-        and reasons["full"] + reasons["linger"] + reasons["flush"] > 0
-    )
+    closed = sum(reasons.values())
+    assert reasons["full"] + reasons["linger"] + reasons["flush"] > 0
+    if m["record-retry-total"] == 0:
+        assert closed == m["batches-sent-total"], (reasons, m["batches-sent-total"])
+    else:  # a batch sent again (a fresh topic's leader not elected yet on Kafka) is counted again
+        assert closed < m["batches-sent-total"] <= closed + m["record-retry-total"], (reasons, m)
     assert m["producer-topic-metrics"][topic]["record-send-total"] == n
     nodes = m["producer-node-metrics"]
     assert sum(v["request-total"] for v in nodes.values()) == m["request-total"]
