@@ -123,11 +123,11 @@ _MAX_INT32 = 2**31 - 1
 
 
 _YIELD_INTERVAL_MS = 1
+"""With answers pending, an appending thread offers the I/O thread the GIL at most this often."""
 
 STAGE_SAMPLE_INTERVAL_MS = 100
 """How often one record is sent the general way with its serialize, partition and append steps
 timed (``stage-*-time-avg-us`` in metrics()): at most 10 records a second pay for the clocks."""
-"""With answers pending, an appending thread offers the I/O thread the GIL at most this often."""
 
 
 def monotonic_ms() -> int:
