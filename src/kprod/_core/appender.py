@@ -110,11 +110,6 @@ class RecordAppender:
         )
         self._ignore_keys = config.partitioner_ignore_keys
         self.try_append_plain: PlainAppender = _plain_appender(self)
-        self.stage_clock: Callable[[], int] | None = None
-        """Set (a ns clock) for one sampled :meth:`try_append`: it then times its partition and append
-        steps into :attr:`last_stage_ns`. None otherwise: the path pays one check per step."""
-        self.last_stage_ns = (0, 0)
-        """(partition ns, append ns) of the last timed :meth:`try_append`."""
 
     def _fast_eligible(self) -> bool:
         """Whether the fast path may place this producer's records (no partitioner of the user's or
@@ -175,9 +170,6 @@ class RecordAppender:
         acc = self.accumulator
         if not acc.has_room(record_bound):
             return WAIT_MEMORY
-        clock = self.stage_clock
-        if clock is not None:
-            started_ns = clock()
         queues = appender.queues
         count = appender.count
         sticky: StickyPartitioner | None = None
@@ -203,8 +195,6 @@ class RecordAppender:
             )
         if self.txn is not None:
             self.txn.add_partition(topic, partition)  # raises outside a transaction
-        if clock is not None:
-            partitioned_ns = clock()
         q = queues[partition]
         before = acc.used_bytes
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)
@@ -214,9 +204,44 @@ class RecordAppender:
             appender.sticky_batch = batch
             if sticky.on_append(acc.used_bytes - before, not batch.accepting):
                 self._switch_sticky(topic, appender)
-        if clock is not None:
-            self.last_stage_ns = (partitioned_ns - started_ns, clock() - partitioned_ns)
         return batch
+
+    def try_append_timed(
+        self,
+        clock: Callable[[], int],
+        topic: str,
+        partition: int | None,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+        record_bound: int,
+        now_ms: int,
+    ) -> tuple[ProducerBatch | Wait, int, int]:
+        """:meth:`try_append` with its two steps timed by ``clock`` (ns): ``(result, partition ns,
+        append ns)``, the times 0 when the record was not placed (a Wait).
+
+        Partition: from the call to the accumulator's append (the topic's cached state, the memory
+        check, the partition choice, joining a transaction). Append: the accumulator's append (the
+        record encoded into its batch, a new batch if need be) and the sticky accounting after it.
+        For the sampled records only (``SendPath``): the accumulator is swapped for one call with a
+        :class:`_TimedAccumulator` that reads ``clock`` as its ``append`` starts, so that
+        :meth:`try_append` itself, which every record off the fast path runs, has no timing code.
+        """
+        accumulator = self.accumulator
+        timed = _TimedAccumulator(accumulator, clock)
+        self.accumulator = timed  # type: ignore[assignment]  # the same interface, see the class
+        try:
+            started_ns = clock()
+            result = self.try_append(
+                topic, partition, timestamp_ms, key, value, headers, record_bound, now_ms
+            )
+            ended_ns = clock()
+        finally:
+            self.accumulator = accumulator
+        if type(result) is Wait or timed.append_started_ns < 0:
+            return result, 0, 0
+        return result, timed.append_started_ns - started_ns, ended_ns - timed.append_started_ns
 
     def _switch_sticky(self, topic: str, appender: _TopicAppender) -> None:
         """The sticky partitioner's turn to move on: choose its next partition."""
@@ -414,3 +439,24 @@ class _TopicAppender:
         self.sticky_batch: ProducerBatch | None = None
         """The batch keyless records go to while it accepts and the sticky partition stays:
         the last batch of partition ``sticky.current``, or None until the slow path sets it."""
+
+
+class _TimedAccumulator:
+    """The accumulator as :meth:`RecordAppender.try_append` sees it, for one timed call: every
+    attribute is the real one's, and :meth:`append` reads the clock (ns) before appending."""
+
+    __slots__ = ("_accumulator", "_clock", "append_started_ns")
+
+    def __init__(self, accumulator: RecordAccumulator, clock: Callable[[], int]) -> None:
+        self._accumulator = accumulator
+        self._clock = clock
+        self.append_started_ns = -1
+        """The clock's reading when the record's append began; -1 before it."""
+
+    def append(self, *args: Any) -> ProducerBatch:
+        """``RecordAccumulator.append``, its start noted."""
+        self.append_started_ns = self._clock()
+        return self._accumulator.append(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._accumulator, name)
