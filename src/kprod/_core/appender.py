@@ -221,8 +221,8 @@ class RecordAppender:
         """:meth:`try_append` with its two steps timed by ``clock`` (ns): ``(result, partition ns,
         append ns)``, the times 0 when the record was not placed (a Wait).
 
-        Partition: from the call to the accumulator's append (the topic's cached state, the memory
-        check, the partition choice, joining a transaction). Append: the accumulator's append (the
+        Partition: from the memory check to the accumulator's append (the memory check, the partition
+        choice, joining a transaction; the lookup of the topic's cached state before it is not timed). Append: the accumulator's append (the
         record encoded into its batch, a new batch if need be) and the sticky accounting after it.
         For the sampled records only (``SendPath``): the accumulator is swapped for one call with a
         :class:`_TimedAccumulator` that reads ``clock`` as its ``append`` starts, so that
@@ -232,7 +232,6 @@ class RecordAppender:
         timed = _TimedAccumulator(accumulator, clock)
         self.accumulator = timed  # type: ignore[assignment]  # the same interface, see the class
         try:
-            started_ns = clock()
             result = self.try_append(
                 topic, partition, timestamp_ms, key, value, headers, record_bound, now_ms
             )
@@ -241,7 +240,8 @@ class RecordAppender:
             self.accumulator = accumulator
         if type(result) is Wait or timed.append_started_ns < 0:
             return result, 0, 0
-        return result, timed.append_started_ns - started_ns, ended_ns - timed.append_started_ns
+        partition_ns = timed.append_started_ns - timed.partition_started_ns
+        return result, partition_ns, ended_ns - timed.append_started_ns
 
     def _switch_sticky(self, topic: str, appender: _TopicAppender) -> None:
         """The sticky partitioner's turn to move on: choose its next partition."""
@@ -445,13 +445,20 @@ class _TimedAccumulator:
     """The accumulator as :meth:`RecordAppender.try_append` sees it, for one timed call: every
     attribute is the real one's, and :meth:`append` reads the clock (ns) before appending."""
 
-    __slots__ = ("_accumulator", "_clock", "append_started_ns")
+    __slots__ = ("_accumulator", "_clock", "append_started_ns", "partition_started_ns")
 
     def __init__(self, accumulator: RecordAccumulator, clock: Callable[[], int]) -> None:
         self._accumulator = accumulator
         self._clock = clock
+        self.partition_started_ns = -1
+        """The clock's reading when the memory check began (the topic's state found); -1 before it."""
         self.append_started_ns = -1
         """The clock's reading when the record's append began; -1 before it."""
+
+    def has_room(self, record_bound: int) -> bool:
+        """``RecordAccumulator.has_room``, its start noted: the partition step begins here."""
+        self.partition_started_ns = self._clock()
+        return self._accumulator.has_room(record_bound)
 
     def append(self, *args: Any) -> ProducerBatch:
         """``RecordAccumulator.append``, its start noted."""
