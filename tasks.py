@@ -7,8 +7,9 @@
     python3 tasks.py bench [args...]         bench/run.py
 
 Every command first makes sure ``.venv`` exists and holds ``pip install -e '.[dev]'``. The install is
-redone when ``.venv`` is missing or broken, or when pyproject.toml is newer than the stamp file
-written after the last successful install. Everything installs from PyPI.
+redone when ``.venv`` is missing or broken, or when pyproject.toml, setup.py or the C fast path's
+source is newer than the stamp file written after the last successful install (the editable install
+compiles ``src/kprod/_core/_fastappend.c`` in place). Everything installs from PyPI.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".kprod-install-stamp"
 PYPROJECT = ROOT / "pyproject.toml"
+BUILD_INPUTS = (PYPROJECT, ROOT / "setup.py", ROOT / "src" / "kprod" / "_core" / "_fastappend.c")
+"""What the install depends on: a newer one than the stamp means install again."""
 
 
 def say(message: str) -> None:
@@ -40,7 +43,11 @@ def run(*argv: str | Path) -> int:
 
 def bootstrap() -> None:
     """Create .venv and install the project into it, unless the stamp says it is up to date."""
-    if STAMP.exists() and PYTHON.exists() and STAMP.stat().st_mtime >= PYPROJECT.stat().st_mtime:
+    if (
+        STAMP.exists()
+        and PYTHON.exists()
+        and all(STAMP.stat().st_mtime >= path.stat().st_mtime for path in BUILD_INPUTS if path.exists())
+    ):
         return
     if not PYTHON.exists():
         say(f"creating {VENV.name} with Python {sys.version.split()[0]}")

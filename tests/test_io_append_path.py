@@ -13,9 +13,11 @@ from a MetadataSnapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import random
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -49,15 +51,42 @@ class SlowEngine(ProducerEngine):
         self.try_append_plain = lambda *args: None
 
 
+IMPLEMENTATIONS = ["compiled", "python"]
+"""The fast path's two implementations: kprod._core._fastappend (C) and the Python closure."""
+
+
+@contextlib.contextmanager
+def fast_path_implementation(implementation: str) -> Iterator[None]:
+    """Engines made inside get the compiled fast path or the Python one (KPROD_PURE_PYTHON)."""
+    before = os.environ.get("KPROD_PURE_PYTHON")
+    os.environ["KPROD_PURE_PYTHON"] = "1" if implementation == "python" else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["KPROD_PURE_PYTHON"]
+        else:
+            os.environ["KPROD_PURE_PYTHON"] = before
+
+
 def make_engine(
     cls: type[ProducerEngine], seed: int, **settings: object
 ) -> Generator[ProducerEngine, None, None]:
+    """An engine with the compiled fast path (when built) and these settings; see make_engine_with."""
+    return make_engine_with(cls, seed, "compiled", settings)
+
+
+def make_engine_with(
+    cls: type[ProducerEngine], seed: int, implementation: str, settings: Mapping[str, object]
+) -> Generator[ProducerEngine, None, None]:
+    """An engine whose loop never runs, metadata fed from :func:`snapshot`, the given fast path."""
     loop = asyncio.new_event_loop()
     try:
         config = ProducerConfig.from_user(
             {"bootstrap.servers": "b1:9092", "batch.size": 2048, "buffer.memory": 1 << 24, **settings}
         )
-        engine = cls(config, loop)
+        with fast_path_implementation(implementation):
+            engine = cls(config, loop)
         engine.rng.seed(seed)
         engine.metadata.on_update(snapshot(), 0)
         yield engine
@@ -124,24 +153,23 @@ def batches_of(engine: ProducerEngine) -> list[tuple[int, bytes]]:
     return [(b.partition, bytes(b.build())) for b in engine.accumulator.queued_batches()]
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @settings(max_examples=60, deadline=None)
 @given(records=records_strategy, seed=st.integers(0, 2**32 - 1), adaptive=st.booleans())
 def test_fast_path_places_and_encodes_like_the_reference_path(
-    records: list[Record], seed: int, adaptive: bool
+    implementation: str, records: list[Record], seed: int, adaptive: bool
 ) -> None:
     extra = {"partitioner.adaptive.partitioning.enable": adaptive}
-    fast_gen = make_engine(ProducerEngine, seed, **extra)
+    fast_gen = make_engine_with(ProducerEngine, seed, implementation, extra)
     slow_gen = make_engine(SlowEngine, seed, **extra)
     fast, slow = next(fast_gen), next(slow_gen)
     try:
         FAST_HITS.pop(id(fast), None)
         assert append_all(fast, records) == append_all(slow, records)
         assert batches_of(fast) == batches_of(slow)
-        # The comparison means something only if the fast path placed records: every record that
-        # fits an open batch with a cached key hash goes that way (a repeated key's second record).
-        repeats = len(records) - len({(r[1], r[3]) for r in records})
-        if repeats > 5:
-            assert FAST_HITS.get(id(fast), 0) > 0, "the fast path placed no record"
+        # That the fast path takes records at all is asserted by the deterministic tests below
+        # (an example here may legitimately have none it can take: headers, large values, keys
+        # whose hash the global cache dropped).
         assert fast.accumulator.used_bytes == slow.accumulator.used_bytes
         assert fast.accumulator.full_batches == slow.accumulator.full_batches
         assert fast.partitioners[TOPIC].produced_bytes == slow.partitioners[TOPIC].produced_bytes
@@ -150,8 +178,9 @@ def test_fast_path_places_and_encodes_like_the_reference_path(
         slow_gen.close()
 
 
-def test_fast_path_batches_equal_the_builder_and_decode_back() -> None:
-    gen = make_engine(ProducerEngine, 1)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_fast_path_batches_equal_the_builder_and_decode_back(implementation: str) -> None:
+    gen = make_engine_with(ProducerEngine, 1, implementation, {})
     engine = next(gen)
     try:
         rng = random.Random(7)
@@ -160,19 +189,19 @@ def test_fast_path_batches_equal_the_builder_and_decode_back() -> None:
                 rng.randrange(-100, 100),
                 rng.choice([None, b"k%d" % rng.randrange(50)]),
                 rng.randbytes(60),
-                None,
+                rng.choice([None, None, rng.randrange(PARTITIONS)]),
                 None,
             )
             for _ in range(2000)
         ]
         append_all(engine, records)
         taken_plain = 0
-        for offset, key, value, _, _ in records[:200]:
+        for offset, key, value, partition, _ in records[:200]:
             with engine.lock:
-                if engine.try_append_plain(TOPIC, None, BASE_TS + offset, key, value) is not None:
+                if engine.try_append_plain(TOPIC, partition, BASE_TS + offset, key, value) is not None:
                     taken_plain += 1
                 else:
-                    engine.try_append_locked(TOPIC, None, BASE_TS + offset, key, value, None, 200)
+                    engine.try_append_locked(TOPIC, partition, BASE_TS + offset, key, value, None, 200)
         assert taken_plain > 170  # the others open batches: the general path's work
         for batch in engine.accumulator.queued_batches():
             reference = RecordBatchBuilder(batch.base_timestamp_ms)

@@ -19,12 +19,14 @@ import contextlib
 import logging
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
+from kprod._core.appender import fastappend_module as _fastappend
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.delivery import record_error, record_metadata
@@ -281,6 +283,7 @@ class Producer:
         self._future_type: type[RecordFuture] = type(
             "RecordFuture", (RecordFuture,), {"__slots__": (), "_engine": self._engine}
         )
+        self._install_fast_send()
         self._closed = False
         self._close_lock = threading.Lock()
         started = threading.Event()
@@ -304,6 +307,26 @@ class Producer:
 
     def _after_fork(self) -> None:
         self._lock = self._engine.lock  # the engine's new lock (see ProducerEngine.forked_into_child)
+        self._install_fast_send()
+
+    def _install_fast_send(self) -> None:
+        """With the compiled fast path (``kprod._core._fastappend``) and raw-bytes keys and values,
+        ``self.send`` becomes its ``FastSend``: :meth:`send`'s first branch in C, which calls
+        :meth:`_send` for every other record and :meth:`send` itself for any call it does not parse
+        (so errors and the signature are the Python method's)."""
+        vars(self).pop("send", None)
+        appender = self._append_plain
+        if not self._plain or _fastappend is None or type(appender) is not _fastappend.PlainAppender:
+            return
+        vars(self)["send"] = _fastappend.fast_send(
+            appender=appender,
+            lock=self._lock,
+            after_append_locked=self._engine.after_append_locked,
+            after_append=self._after_append,
+            fallback=self._send,
+            fallback_general=types.MethodType(Producer.send, self),
+            future_type=self._future_type,
+        )
 
     # -- sending ------------------------------------------------------------------------
 

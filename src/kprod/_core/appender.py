@@ -17,6 +17,7 @@ its lock around every call. Two ways in, which must place and encode alike:
 from __future__ import annotations
 
 import enum
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +37,16 @@ from kprod.config import ProducerConfig
 from kprod.errors import KafkaError, KprodError, is_retriable
 from kprod.records.varint import ZIGZAG_TABLE
 
-__all__ = ["PlainAppender", "RecordAppender", "Wait"]
+try:
+    from kprod._core import _fastappend
+except ImportError:  # not built (no C compiler at install): the Python closure does the same
+    _fastappend = None  # type: ignore[assignment]
+
+fastappend_module = _fastappend if os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0") else None
+"""The compiled fast path (``kprod._core._fastappend``), or None when it is not built or the
+environment variable ``KPROD_PURE_PYTHON=1`` turns it off (read at import)."""
+
+__all__ = ["PlainAppender", "RecordAppender", "Wait", "compiled_fast_path_available"]
 
 
 class Wait(enum.Enum):
@@ -311,20 +321,59 @@ class RecordAppender:
         return partition
 
 
-def _plain_appender(engine: RecordAppender) -> PlainAppender:
-    """Build :attr:`RecordAppender.try_append_plain`: a closure, so that the per-record path
-    reads its settings and collaborators from cells, not attributes."""
+def _plain_limits(engine: RecordAppender) -> tuple[int, int, int]:
+    """(max_bytes, memory_limit, batch_limit) of the fast path, the record bound folded in."""
     acc = engine.accumulator
-    fast_appenders_get = engine.fast_appenders.get
+    config = engine.config
     # Key + value bytes it takes (a null counts as -1); larger records go the general way, which
     # also checks max.request.size (RecordPreparer.limit_bytes is the same bound).
-    config = engine.config
     max_bytes = min(
         _PLAIN_MAX_BYTES,
         min(config.max_request_size, config.buffer_memory) - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND,
     )
     memory_limit = acc.buffer_memory - BATCH_HEADER_BYTES - _PLAIN_RECORD_BOUND
     batch_limit = acc.batch_size - _PLAIN_RECORD_BOUND
+    return max_bytes, memory_limit, batch_limit
+
+
+def compiled_fast_path_available() -> bool:
+    """Whether the compiled fast path (``kprod._core._fastappend``) is built and not turned off by
+    the environment variable ``KPROD_PURE_PYTHON=1`` (read now: tests switch it per engine)."""
+    return _fastappend is not None and os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0")
+
+
+def _plain_appender(engine: RecordAppender) -> PlainAppender:
+    """Build :attr:`RecordAppender.try_append_plain`: the compiled one when it is available
+    (:func:`compiled_fast_path_available`), else the Python closure, its reference."""
+    if not compiled_fast_path_available():
+        return _plain_appender_py(engine)
+    assert _fastappend is not None
+    max_bytes, memory_limit, batch_limit = _plain_limits(engine)
+    return _fastappend.plain_appender(
+        accumulator=engine.accumulator,
+        fast_appenders=engine.fast_appenders,
+        switch_sticky=engine._switch_sticky,
+        txn=engine.txn,
+        in_transaction=TxnState.IN_TRANSACTION,
+        positive_hash=_cached_positive_hash,
+        max_bytes=max_bytes,
+        memory_limit=memory_limit,
+        batch_limit=batch_limit,
+        batch_size=engine.accumulator.batch_size,
+        ignore_keys=engine._ignore_keys,
+        batch_type=ProducerBatch,
+        appender_type=_TopicAppender,
+        queue_type=PartitionQueue,
+        sticky_type=StickyPartitioner,
+    )
+
+
+def _plain_appender_py(engine: RecordAppender) -> PlainAppender:
+    """The fast path in Python: a closure, so that the per-record path reads its settings and
+    collaborators from cells, not attributes. ``_fastappend.c`` does the same, step for step."""
+    acc = engine.accumulator
+    fast_appenders_get = engine.fast_appenders.get
+    max_bytes, memory_limit, batch_limit = _plain_limits(engine)
     batch_size = acc.batch_size
     ignore_keys = engine._ignore_keys
     switch_sticky = engine._switch_sticky

@@ -1,0 +1,883 @@
+/*
+ * kprod._core._fastappend: the per-record append fast path in C (optional).
+ *
+ * One callable type, PlainAppender, that does what the Python closure built by
+ * kprod._core.appender._plain_appender_py does, step for step and with the same refusals: place
+ * one record of raw bytes without headers into the open batch of its partition and account for
+ * it (the batch's size, count and max timestamp, the accumulator's used bytes and full batches,
+ * the sticky partitioner's produced bytes), or return None and change nothing, so that the
+ * caller takes the general path. The Python closure stays the reference: tests run both and
+ * compare the bytes and the placement record by record (tests/test_io_append_path.py,
+ * tests/test_core_fastappend.py).
+ *
+ * Why C: this function runs once per record under the producer's lock and the GIL; in Python it
+ * is about forty bytecode-level operations (~1 us), the largest part of a record's CPU cost.
+ * Here it reads and writes the batch's, the topic state's and the partitioner's __slots__
+ * directly at their offsets (looked up once from the member descriptors, and only used on
+ * objects of exactly those types), and encodes the record's varints itself.
+ *
+ * It never reads from a socket and never allocates per record beyond the batch's bytearray
+ * growth and the ints it stores. Anything unexpected (a type that is not the one measured,
+ * an unset slot, a value out of range) returns None before any state changes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* The plain path's bounds (kprod._core.appender): record count and timestamp delta stay within
+ * the 2-byte varints of the Python table, so both implementations refuse the same records. */
+#define MAX_COUNT 8191
+#define MIN_DELTA (-8192)
+#define MAX_DELTA 8191
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *acc;            /* RecordAccumulator (attributes used_bytes, full_batches) */
+    PyObject *fast_appenders; /* dict: topic -> _TopicAppender */
+    PyObject *switch_sticky;  /* callable(topic, appender) */
+    PyObject *txn;            /* None or the transaction manager (attribute state) */
+    PyObject *in_transaction; /* TxnState.IN_TRANSACTION */
+    PyObject *positive_hash;  /* callable(key) -> int | None */
+    PyTypeObject *batch_type;
+    PyTypeObject *appender_type;
+    PyTypeObject *queue_type;
+    PyTypeObject *sticky_type;
+    Py_ssize_t off_accepting, off_size_bytes, off_record_count, off_base_ts, off_max_ts, off_buffer;
+    Py_ssize_t off_app_count, off_app_sticky, off_app_sticky_batch, off_app_queues;
+    Py_ssize_t off_queue_batches;
+    Py_ssize_t off_sticky_batch_size, off_sticky_produced;
+    long long max_bytes, memory_limit, batch_limit, batch_size;
+    int ignore_keys;
+} PlainAppender;
+
+static PyObject *str_used_bytes, *str_full_batches, *str_state;
+
+/* A small non-negative or negative int read from a slot; 0 on success, -1 when absent or not an
+ * exact int in range (no exception left set). */
+static int
+read_ll(PyObject *v, long long *out)
+{
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int
+set_slot_ll(PyObject *obj, Py_ssize_t off, long long x)
+{
+    PyObject *nv = PyLong_FromLongLong(x);
+    if (nv == NULL) {
+        return -1;
+    }
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = nv;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static int
+get_attr_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int rc = read_ll(v, out);
+    Py_DECREF(v);
+    if (rc < 0) {
+        PyErr_Format(PyExc_TypeError, "kprod fast append: %R is not an int", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+set_attr_ll(PyObject *obj, PyObject *name, long long x)
+{
+    PyObject *nv = PyLong_FromLongLong(x);
+    if (nv == NULL) {
+        return -1;
+    }
+    int rc = PyObject_SetAttr(obj, name, nv);
+    Py_DECREF(nv);
+    return rc;
+}
+
+/* Length of the zigzag varint of n. */
+static inline Py_ssize_t
+varint_len(long long n)
+{
+    unsigned long long z = ((unsigned long long)n << 1) ^ (unsigned long long)(n >> 63);
+    Py_ssize_t len = 1;
+    while (z >= 0x80) {
+        z >>= 7;
+        len++;
+    }
+    return len;
+}
+
+static inline char *
+put_varint(char *p, long long n)
+{
+    unsigned long long z = ((unsigned long long)n << 1) ^ (unsigned long long)(n >> 63);
+    while (z >= 0x80) {
+        *p++ = (char)((z & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    *p++ = (char)z;
+    return p;
+}
+
+/* The last batch of queue number `index` of the appender (new reference), Py_None when the queue
+ * is empty, or NULL with no exception for "not this way". */
+static PyObject *
+last_batch_of(PlainAppender *self, PyObject *appender, long long index)
+{
+    PyObject *queues = SLOT(appender, self->off_app_queues);
+    if (queues == NULL || !PyList_CheckExact(queues) || index < 0 || index >= PyList_GET_SIZE(queues)) {
+        return NULL;
+    }
+    PyObject *queue = PyList_GET_ITEM(queues, index);
+    if (Py_TYPE(queue) != self->queue_type) {
+        return NULL;
+    }
+    PyObject *batches = SLOT(queue, self->off_queue_batches);
+    if (batches == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Size(batches);
+    if (n < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (n == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *batch = PySequence_GetItem(batches, n - 1);
+    if (batch == NULL) {
+        PyErr_Clear();
+    }
+    return batch;
+}
+
+#define REFUSE() do { result = Py_None; Py_INCREF(result); goto done; } while (0)
+
+static PyObject *
+plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject *timestamp,
+             PyObject *key, PyObject *value)
+{
+    PyObject *result = NULL;
+    PyObject *appender = NULL;
+    PyObject *batch = NULL;
+    PyObject *sticky = NULL;
+    long long value_size, key_size, ts, used, count_partitions;
+
+    if (PyBytes_CheckExact(value)) {
+        value_size = PyBytes_GET_SIZE(value);
+    }
+    else if (value == Py_None) {
+        value_size = -1;
+    }
+    else {
+        Py_RETURN_NONE;
+    }
+    if (key == Py_None) {
+        key_size = -1;
+    }
+    else if (PyBytes_CheckExact(key)) {
+        key_size = PyBytes_GET_SIZE(key);
+    }
+    else {
+        Py_RETURN_NONE;
+    }
+    if (!PyUnicode_CheckExact(topic)) {
+        Py_RETURN_NONE;
+    }
+    if (read_ll(timestamp, &ts) < 0) {
+        Py_RETURN_NONE;  /* the general path reports a bad timestamp */
+    }
+    appender = PyDict_GetItemWithError(self->fast_appenders, topic);
+    if (appender == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(appender);
+    if (Py_TYPE(appender) != self->appender_type) {
+        REFUSE();
+    }
+    if (self->txn != Py_None) {
+        PyObject *state = PyObject_GetAttr(self->txn, str_state);
+        if (state == NULL) {
+            goto done;
+        }
+        int in_txn = state == self->in_transaction;
+        Py_DECREF(state);
+        if (!in_txn) {
+            REFUSE();  /* the general path raises what the transaction's state says */
+        }
+    }
+    long long data_size = key_size + value_size;
+    if (data_size > self->max_bytes) {
+        REFUSE();
+    }
+    if (get_attr_ll(self->acc, str_used_bytes, &used) < 0) {
+        goto done;
+    }
+    if (used + data_size > self->memory_limit) {
+        REFUSE();
+    }
+    if (read_ll(SLOT(appender, self->off_app_count), &count_partitions) < 0 || count_partitions <= 0) {
+        REFUSE();
+    }
+    if (partition == Py_None) {
+        if (key == Py_None || self->ignore_keys) {
+            batch = SLOT(appender, self->off_app_sticky_batch);
+            sticky = SLOT(appender, self->off_app_sticky);
+            if (batch == NULL || sticky == NULL || Py_TYPE(sticky) != self->sticky_type) {
+                batch = NULL;
+                sticky = NULL;
+                REFUSE();
+            }
+            Py_INCREF(batch);
+            Py_INCREF(sticky);
+        }
+        else {
+            PyObject *positive = PyObject_CallOneArg(self->positive_hash, key);
+            if (positive == NULL) {
+                goto done;
+            }
+            long long hash;
+            int rc = read_ll(positive, &hash);
+            Py_DECREF(positive);
+            if (rc < 0 || hash < 0) {
+                REFUSE();  /* None: the key is not cached */
+            }
+            batch = last_batch_of(self, appender, hash % count_partitions);
+            if (batch == NULL) {
+                REFUSE();
+            }
+        }
+    }
+    else if (PyLong_CheckExact(partition)) {
+        long long p;
+        if (read_ll(partition, &p) < 0 || p < 0 || p >= count_partitions) {
+            REFUSE();
+        }
+        batch = last_batch_of(self, appender, p);
+        if (batch == NULL) {
+            REFUSE();
+        }
+    }
+    else {
+        REFUSE();
+    }
+    if (batch == Py_None || !PyObject_TypeCheck(batch, self->batch_type)) {
+        REFUSE();
+    }
+    if (SLOT(batch, self->off_accepting) != Py_True) {
+        REFUSE();
+    }
+    long long before, count, base_ts, max_ts;
+    if (read_ll(SLOT(batch, self->off_size_bytes), &before) < 0 ||
+        read_ll(SLOT(batch, self->off_record_count), &count) < 0 ||
+        read_ll(SLOT(batch, self->off_base_ts), &base_ts) < 0 ||
+        read_ll(SLOT(batch, self->off_max_ts), &max_ts) < 0) {
+        REFUSE();
+    }
+    if (before + data_size > self->batch_limit) {
+        REFUSE();
+    }
+    long long delta = ts - base_ts;
+    if (count > MAX_COUNT || delta < MIN_DELTA || delta > MAX_DELTA) {
+        REFUSE();
+    }
+    PyObject *buffer = SLOT(batch, self->off_buffer);
+    if (buffer == NULL || !PyByteArray_CheckExact(buffer)) {
+        REFUSE();
+    }
+
+    /* RecordBatchBuilder.append for a record without headers: length, attributes, timestamp
+     * delta, offset delta, key, value, header count. */
+    Py_ssize_t value_bytes = value_size < 0 ? 0 : (Py_ssize_t)value_size;
+    Py_ssize_t key_bytes = key_size < 0 ? 0 : (Py_ssize_t)key_size;
+    Py_ssize_t body = 1 + varint_len(delta) + varint_len(count) + varint_len(key_size) + key_bytes +
+                      varint_len(value_size) + value_bytes + 1;
+    Py_ssize_t added = varint_len(body) + body;
+    Py_ssize_t old_len = PyByteArray_GET_SIZE(buffer);
+    if (PyByteArray_Resize(buffer, old_len + added) < 0) {
+        goto done;  /* MemoryError, or BufferError while the buffer is exported: as `+=` would */
+    }
+    char *p = PyByteArray_AS_STRING(buffer) + old_len;
+    p = put_varint(p, body);
+    *p++ = 0;  /* attributes */
+    p = put_varint(p, delta);
+    p = put_varint(p, count);
+    p = put_varint(p, key_size);
+    if (key_bytes) {
+        memcpy(p, PyBytes_AS_STRING(key), key_bytes);
+        p += key_bytes;
+    }
+    p = put_varint(p, value_size);
+    if (value_bytes) {
+        memcpy(p, PyBytes_AS_STRING(value), value_bytes);
+        p += value_bytes;
+    }
+    *p++ = 0;  /* header count */
+
+    long long size = old_len + added;
+    long long grown = size - before;
+    if (set_slot_ll(batch, self->off_size_bytes, size) < 0 ||
+        set_slot_ll(batch, self->off_record_count, count + 1) < 0) {
+        goto done;
+    }
+    if (ts > max_ts && set_slot_ll(batch, self->off_max_ts, ts) < 0) {
+        goto done;
+    }
+    if (set_attr_ll(self->acc, str_used_bytes, used + grown) < 0) {
+        goto done;
+    }
+    int accepting = 1;
+    if (size >= self->batch_size) {
+        accepting = 0;
+        PyObject *old = SLOT(batch, self->off_accepting);
+        Py_INCREF(Py_False);
+        SLOT(batch, self->off_accepting) = Py_False;
+        Py_XDECREF(old);
+        long long full;
+        if (get_attr_ll(self->acc, str_full_batches, &full) < 0 ||
+            set_attr_ll(self->acc, str_full_batches, full + 1) < 0) {
+            goto done;
+        }
+    }
+    if (sticky != NULL) {
+        /* StickyPartitioner.on_append, inlined as in the Python closure. */
+        long long produced, sticky_size;
+        if (read_ll(SLOT(sticky, self->off_sticky_produced), &produced) < 0 ||
+            read_ll(SLOT(sticky, self->off_sticky_batch_size), &sticky_size) < 0) {
+            PyErr_SetString(PyExc_TypeError, "kprod fast append: the sticky partitioner's counters are not ints");
+            goto done;
+        }
+        produced += grown;
+        if (set_slot_ll(sticky, self->off_sticky_produced, produced) < 0) {
+            goto done;
+        }
+        if (produced >= sticky_size && (produced >= 2 * sticky_size || !accepting)) {
+            PyObject *args[2] = {topic, appender};
+            PyObject *r = PyObject_Vectorcall(self->switch_sticky, args, 2, NULL);
+            if (r == NULL) {
+                goto done;
+            }
+            Py_DECREF(r);
+        }
+    }
+    result = batch;
+    batch = NULL;
+done:
+    Py_XDECREF(batch);
+    Py_XDECREF(sticky);
+    Py_XDECREF(appender);
+    return result;
+}
+
+static PyObject *
+PlainAppender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 5 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "try_append_plain(topic, partition, timestamp_ms, key, value) takes 5 positional arguments");
+        return NULL;
+    }
+    return plain_append((PlainAppender *)callable, args[0], args[1], args[2], args[3], args[4]);
+}
+
+static int
+PlainAppender_traverse(PlainAppender *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->acc);
+    Py_VISIT(self->fast_appenders);
+    Py_VISIT(self->switch_sticky);
+    Py_VISIT(self->txn);
+    Py_VISIT(self->in_transaction);
+    Py_VISIT(self->positive_hash);
+    Py_VISIT(self->batch_type);
+    Py_VISIT(self->appender_type);
+    Py_VISIT(self->queue_type);
+    Py_VISIT(self->sticky_type);
+    return 0;
+}
+
+static int
+PlainAppender_clear(PlainAppender *self)
+{
+    Py_CLEAR(self->acc);
+    Py_CLEAR(self->fast_appenders);
+    Py_CLEAR(self->switch_sticky);
+    Py_CLEAR(self->txn);
+    Py_CLEAR(self->in_transaction);
+    Py_CLEAR(self->positive_hash);
+    Py_CLEAR(self->batch_type);
+    Py_CLEAR(self->appender_type);
+    Py_CLEAR(self->queue_type);
+    Py_CLEAR(self->sticky_type);
+    return 0;
+}
+
+static void
+PlainAppender_dealloc(PlainAppender *self)
+{
+    PyObject_GC_UnTrack(self);
+    PlainAppender_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject PlainAppender_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kprod._core._fastappend.PlainAppender",
+    .tp_basicsize = sizeof(PlainAppender),
+    .tp_dealloc = (destructor)PlainAppender_dealloc,
+    .tp_vectorcall_offset = offsetof(PlainAppender, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "try_append_plain(topic, partition, timestamp_ms, key, value) -> ProducerBatch | None",
+    .tp_traverse = (traverseproc)PlainAppender_traverse,
+    .tp_clear = (inquiry)PlainAppender_clear,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * FastSend: Producer.send's common case (kprod/sync.py), for producers whose keys and values are
+ * raw bytes. send(topic, value=None, key=None, *, partition=None, timestamp=None, headers=None,
+ * on_delivery=None): a record without headers and timestamp goes to PlainAppender under the
+ * engine's lock and gets its RecordFuture here; every other call, and every record the fast path
+ * refuses, goes to `fallback` (Producer._send, the general path) with the same arguments.
+ */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PlainAppender *appender;
+    PyObject *acquire;       /* the engine lock's bound acquire() and release() */
+    PyObject *release;
+    PyObject *after_append_locked;  /* engine.after_append_locked(batch) -> AfterAppend */
+    PyObject *after_append;  /* Producer._after_append(action) */
+    PyObject *fallback;      /* Producer._send(topic, value, key, partition, timestamp, headers, on_delivery) */
+    PyObject *fallback_general;  /* Producer.send in Python, bound: any call this one does not parse */
+    PyTypeObject *future_type;
+    Py_ssize_t off_future_batch, off_future_index, off_future_timestamp;
+} FastSend;
+
+static Py_ssize_t slot_offset(PyTypeObject *type, const char *name);
+
+static PyObject *str_topic, *str_value, *str_key, *str_partition, *str_timestamp, *str_headers,
+    *str_on_delivery, *str_add_callback;
+
+static inline void
+set_slot(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = value;  /* steals the reference */
+    Py_XDECREF(old);
+}
+
+static PyObject *
+fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FastSend *self = (FastSend *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    /* topic, value, key, partition, timestamp, headers, on_delivery */
+    PyObject *a[7] = {NULL, Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
+    if (nargs < 1 || nargs > 3) {
+        goto general;  /* the Python signature reports the mistake */
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        a[i] = args[i];
+    }
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *v = args[nargs + i];
+            int at;
+            if (name == str_partition) at = 3;
+            else if (name == str_timestamp) at = 4;
+            else if (name == str_headers) at = 5;
+            else if (name == str_on_delivery) at = 6;
+            else if (name == str_value && nargs < 2) at = 1;
+            else if (name == str_key && nargs < 3) at = 2;
+            else goto general;  /* topic=, a name not interned, or a mistake: Python decides */
+            a[at] = v;
+        }
+    }
+    PyObject *topic = a[0], *value = a[1], *key = a[2], *partition = a[3], *on_delivery = a[6];
+    if (a[4] != Py_None || a[5] != Py_None || (on_delivery != Py_None && !PyCallable_Check(on_delivery))) {
+        goto fallback;
+    }
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+        goto fallback;
+    }
+    long long ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    PyObject *ts_obj = PyLong_FromLongLong(ts);
+    if (ts_obj == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_CallNoArgs(self->acquire);
+    if (r == NULL) {
+        Py_DECREF(ts_obj);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *action = NULL;
+    long long index = 0;
+    PyObject *batch = plain_append(self->appender, topic, partition, ts_obj, key, value);
+    if (batch != NULL && batch != Py_None) {
+        long long count;
+        if (read_ll(SLOT(batch, self->appender->off_record_count), &count) < 0) {
+            PyErr_SetString(PyExc_TypeError, "kprod fast send: record_count is not an int");
+            Py_CLEAR(batch);
+        }
+        else {
+            index = count - 1;
+        }
+        if (batch != NULL && on_delivery != Py_None) {
+            PyObject *index_obj = PyLong_FromLongLong(index);
+            PyObject *cb = index_obj == NULL ? NULL :
+                PyObject_CallMethodObjArgs(batch, str_add_callback, index_obj, on_delivery, ts_obj, NULL);
+            Py_XDECREF(index_obj);
+            if (cb == NULL) {
+                Py_CLEAR(batch);
+            }
+            Py_XDECREF(cb);
+        }
+        if (batch != NULL && SLOT(batch, self->appender->off_accepting) != Py_True) {
+            action = PyObject_CallOneArg(self->after_append_locked, batch);
+            if (action == NULL) {
+                Py_CLEAR(batch);
+            }
+        }
+    }
+    /* Release the lock whatever happened; keep the first error. */
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    r = PyObject_CallNoArgs(self->release);
+    if (exc_type != NULL) {
+        Py_XDECREF(r);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        r = NULL;
+    }
+    else if (r == NULL) {
+        Py_XDECREF(batch);
+        Py_XDECREF(action);
+        Py_DECREF(ts_obj);
+        return NULL;
+    }
+    if (r == NULL) {
+        Py_XDECREF(action);
+        Py_DECREF(ts_obj);
+        return NULL;  /* batch is NULL here: its error is set */
+    }
+    Py_DECREF(r);
+    if (batch == Py_None) {
+        Py_DECREF(batch);
+        Py_DECREF(ts_obj);
+        goto fallback;
+    }
+    if (action != NULL) {
+        int truth = PyObject_IsTrue(action);
+        PyObject *done = truth > 0 ? PyObject_CallOneArg(self->after_append, action) : NULL;
+        Py_DECREF(action);
+        if (truth < 0 || (truth > 0 && done == NULL)) {
+            Py_DECREF(batch);
+            Py_DECREF(ts_obj);
+            return NULL;
+        }
+        Py_XDECREF(done);
+    }
+    PyObject *future = self->future_type->tp_alloc(self->future_type, 0);
+    PyObject *index_obj = future == NULL ? NULL : PyLong_FromLongLong(index);
+    if (index_obj == NULL) {
+        Py_XDECREF(future);
+        Py_DECREF(batch);
+        Py_DECREF(ts_obj);
+        return NULL;
+    }
+    set_slot(future, self->off_future_batch, batch);
+    set_slot(future, self->off_future_index, index_obj);
+    set_slot(future, self->off_future_timestamp, ts_obj);
+    return future;
+
+fallback:
+    return PyObject_Vectorcall(self->fallback, a, 7, NULL);
+general:
+    return PyObject_Vectorcall(self->fallback_general, args, nargsf, kwnames);
+}
+
+static int
+FastSend_traverse(FastSend *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->appender);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->after_append_locked);
+    Py_VISIT(self->after_append);
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->fallback_general);
+    Py_VISIT(self->future_type);
+    return 0;
+}
+
+static int
+FastSend_clear(FastSend *self)
+{
+    Py_CLEAR(self->appender);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->after_append_locked);
+    Py_CLEAR(self->after_append);
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->fallback_general);
+    Py_CLEAR(self->future_type);
+    return 0;
+}
+
+static void
+FastSend_dealloc(FastSend *self)
+{
+    PyObject_GC_UnTrack(self);
+    FastSend_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FastSend_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kprod._core._fastappend.FastSend",
+    .tp_basicsize = sizeof(FastSend),
+    .tp_dealloc = (destructor)FastSend_dealloc,
+    .tp_vectorcall_offset = offsetof(FastSend, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Producer.send's common case in C; see kprod.sync.Producer.send.",
+    .tp_traverse = (traverseproc)FastSend_traverse,
+    .tp_clear = (inquiry)FastSend_clear,
+};
+
+/* The offset of the __slots__ member `name` of `type`, or -1 with an exception. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, const char *name)
+{
+    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
+    if (descr == NULL) {
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
+            offset = member->offset;
+        }
+    }
+    Py_DECREF(descr);
+    if (offset < 0) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a writable __slots__ member", type->tp_name, name);
+    }
+    return offset;
+}
+
+static PyObject *
+make_plain_appender(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {
+        "accumulator", "fast_appenders", "switch_sticky", "txn", "in_transaction", "positive_hash",
+        "max_bytes", "memory_limit", "batch_limit", "batch_size", "ignore_keys",
+        "batch_type", "appender_type", "queue_type", "sticky_type", NULL,
+    };
+    PyObject *acc, *fast_appenders, *switch_sticky, *txn, *in_transaction, *positive_hash;
+    long long max_bytes, memory_limit, batch_limit, batch_size;
+    int ignore_keys;
+    PyTypeObject *batch_type, *appender_type, *queue_type, *sticky_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OO!OOOOLLLLpO!O!O!O!:plain_appender", keywords,
+                                     &acc, &PyDict_Type, &fast_appenders, &switch_sticky, &txn,
+                                     &in_transaction, &positive_hash, &max_bytes, &memory_limit,
+                                     &batch_limit, &batch_size, &ignore_keys,
+                                     &PyType_Type, &batch_type, &PyType_Type, &appender_type,
+                                     &PyType_Type, &queue_type, &PyType_Type, &sticky_type)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(switch_sticky) || !PyCallable_Check(positive_hash)) {
+        PyErr_SetString(PyExc_TypeError, "switch_sticky and positive_hash must be callable");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(fast_appenders)) {
+        PyErr_SetString(PyExc_TypeError, "fast_appenders must be a dict");
+        return NULL;
+    }
+    if (batch_size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "batch_size must be positive");
+        return NULL;
+    }
+    PlainAppender *self = PyObject_GC_New(PlainAppender, &PlainAppender_Type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = PlainAppender_vectorcall;
+    self->acc = Py_NewRef(acc);
+    self->fast_appenders = Py_NewRef(fast_appenders);
+    self->switch_sticky = Py_NewRef(switch_sticky);
+    self->txn = Py_NewRef(txn);
+    self->in_transaction = Py_NewRef(in_transaction);
+    self->positive_hash = Py_NewRef(positive_hash);
+    self->batch_type = (PyTypeObject *)Py_NewRef(batch_type);
+    self->appender_type = (PyTypeObject *)Py_NewRef(appender_type);
+    self->queue_type = (PyTypeObject *)Py_NewRef(queue_type);
+    self->sticky_type = (PyTypeObject *)Py_NewRef(sticky_type);
+    self->max_bytes = max_bytes;
+    self->memory_limit = memory_limit;
+    self->batch_limit = batch_limit;
+    self->batch_size = batch_size;
+    self->ignore_keys = ignore_keys;
+    PyObject_GC_Track(self);
+    if ((self->off_accepting = slot_offset(batch_type, "accepting")) < 0 ||
+        (self->off_size_bytes = slot_offset(batch_type, "size_bytes")) < 0 ||
+        (self->off_record_count = slot_offset(batch_type, "record_count")) < 0 ||
+        (self->off_base_ts = slot_offset(batch_type, "base_timestamp_ms")) < 0 ||
+        (self->off_max_ts = slot_offset(batch_type, "max_timestamp_ms")) < 0 ||
+        (self->off_buffer = slot_offset(batch_type, "buffer")) < 0 ||
+        (self->off_app_count = slot_offset(appender_type, "count")) < 0 ||
+        (self->off_app_sticky = slot_offset(appender_type, "sticky")) < 0 ||
+        (self->off_app_sticky_batch = slot_offset(appender_type, "sticky_batch")) < 0 ||
+        (self->off_app_queues = slot_offset(appender_type, "queues")) < 0 ||
+        (self->off_queue_batches = slot_offset(queue_type, "batches")) < 0 ||
+        (self->off_sticky_batch_size = slot_offset(sticky_type, "batch_size")) < 0 ||
+        (self->off_sticky_produced = slot_offset(sticky_type, "produced_bytes")) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+make_fast_send(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {
+        "appender", "lock", "after_append_locked", "after_append", "fallback", "fallback_general",
+        "future_type", NULL,
+    };
+    PyObject *appender, *lock, *after_append_locked, *after_append, *fallback, *fallback_general;
+    PyTypeObject *future_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!OOOOOO!:fast_send", keywords,
+                                     &PlainAppender_Type, &appender, &lock, &after_append_locked,
+                                     &after_append, &fallback, &fallback_general, &PyType_Type, &future_type)) {
+        return NULL;
+    }
+    if (future_type->tp_new != PyBaseObject_Type.tp_new || future_type->tp_init != PyBaseObject_Type.tp_init) {
+        PyErr_SetString(PyExc_TypeError, "future_type must have neither __new__ nor __init__");
+        return NULL;
+    }
+    Py_ssize_t off_batch, off_index, off_timestamp;
+    if ((off_batch = slot_offset(future_type, "_batch")) < 0 ||
+        (off_index = slot_offset(future_type, "_index")) < 0 ||
+        (off_timestamp = slot_offset(future_type, "_timestamp")) < 0) {
+        return NULL;
+    }
+    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
+    PyObject *release = acquire == NULL ? NULL : PyObject_GetAttrString(lock, "release");
+    if (release == NULL) {
+        Py_XDECREF(acquire);
+        return NULL;
+    }
+    FastSend *self = PyObject_GC_New(FastSend, &FastSend_Type);
+    if (self == NULL) {
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+        return NULL;
+    }
+    self->vectorcall = fast_send_call;
+    self->appender = (PlainAppender *)Py_NewRef(appender);
+    self->acquire = acquire;
+    self->release = release;
+    self->after_append_locked = Py_NewRef(after_append_locked);
+    self->after_append = Py_NewRef(after_append);
+    self->fallback = Py_NewRef(fallback);
+    self->fallback_general = Py_NewRef(fallback_general);
+    self->future_type = (PyTypeObject *)Py_NewRef(future_type);
+    self->off_future_batch = off_batch;
+    self->off_future_index = off_index;
+    self->off_future_timestamp = off_timestamp;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyMethodDef module_methods[] = {
+    {"fast_send", (PyCFunction)(void (*)(void))make_fast_send, METH_VARARGS | METH_KEYWORDS,
+     "fast_send(*, appender, lock, after_append_locked, after_append, fallback, fallback_general, "
+     "future_type) -> FastSend"},
+    {"plain_appender", (PyCFunction)(void (*)(void))make_plain_appender, METH_VARARGS | METH_KEYWORDS,
+     "plain_appender(*, accumulator, fast_appenders, switch_sticky, txn, in_transaction, positive_hash, "
+     "max_bytes, memory_limit, batch_limit, batch_size, ignore_keys, batch_type, appender_type, "
+     "queue_type, sticky_type) -> PlainAppender"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kprod._core._fastappend",
+    .m_doc = "The per-record append fast path in C (optional; kprod._core.appender is the reference).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fastappend(void)
+{
+    if (PyType_Ready(&PlainAppender_Type) < 0 || PyType_Ready(&FastSend_Type) < 0) {
+        return NULL;
+    }
+    str_topic = PyUnicode_InternFromString("topic");
+    str_value = PyUnicode_InternFromString("value");
+    str_key = PyUnicode_InternFromString("key");
+    str_partition = PyUnicode_InternFromString("partition");
+    str_timestamp = PyUnicode_InternFromString("timestamp");
+    str_headers = PyUnicode_InternFromString("headers");
+    str_on_delivery = PyUnicode_InternFromString("on_delivery");
+    str_add_callback = PyUnicode_InternFromString("add_callback");
+    if (str_topic == NULL || str_value == NULL || str_key == NULL || str_partition == NULL ||
+        str_timestamp == NULL || str_headers == NULL || str_on_delivery == NULL || str_add_callback == NULL) {
+        return NULL;
+    }
+    str_used_bytes = PyUnicode_InternFromString("used_bytes");
+    str_full_batches = PyUnicode_InternFromString("full_batches");
+    str_state = PyUnicode_InternFromString("state");
+    if (str_used_bytes == NULL || str_full_batches == NULL || str_state == NULL) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&PlainAppender_Type);
+    if (PyModule_AddObject(module, "PlainAppender", (PyObject *)&PlainAppender_Type) < 0) {
+        Py_DECREF(&PlainAppender_Type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&FastSend_Type);
+    if (PyModule_AddObject(module, "FastSend", (PyObject *)&FastSend_Type) < 0) {
+        Py_DECREF(&FastSend_Type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,242 @@
+"""The compiled fast path (``kprod._core._fastappend``) against its Python reference.
+
+``PlainAppender`` must answer every call as the Python closure does (the same batch, or None, or
+the same exception) and leave the same state behind, for any arguments a caller can pass; and
+``FastSend`` must behave as ``Producer.send`` for every way of calling it. Both are C: these tests
+also look for leaked or stolen references and for objects the garbage collector cannot free.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import weakref
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import consume_all
+from kprod import Producer
+from kprod._core.accumulator import ProducerBatch
+from kprod._core.appender import compiled_fast_path_available, fastappend_module
+from kprod._io.engine import ProducerEngine
+from kprod.broker import EmbeddedBroker
+from test_io_append_path import BASE_TS, PARTITIONS, TOPIC, batches_of, make_engine_with
+
+
+def test_the_compiled_fast_path_is_built_and_used() -> None:
+    """CI installs kprod with its C extension: a failed build must not pass unnoticed."""
+    if os.environ.get("KPROD_PURE_PYTHON", "") not in ("", "0"):
+        assert fastappend_module is None and not compiled_fast_path_available()
+        return
+    assert fastappend_module is not None, "kprod._core._fastappend was not built (see setup.py)"
+    assert compiled_fast_path_available()
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "max.block.ms": 100})
+    try:
+        assert type(producer.send) is fastappend_module.FastSend
+        assert type(producer._append_plain) is fastappend_module.PlainAppender
+    finally:
+        producer.close(1)
+    # Serializers other than the raw-bytes ones: send() stays the Python method.
+    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "value.serializer": "json"})
+    try:
+        assert "send" not in vars(producer)
+    finally:
+        producer.close(1)
+
+
+ODD_VALUES: list[Any] = [
+    None,
+    b"",
+    b"v",
+    b"x" * 150,
+    b"y" * 3000,
+    b"z" * 8100,
+    bytearray(b"ba"),
+    "text",
+    7,
+    memoryview(b"mv"),
+    type("BytesSubclass", (bytes,), {})(b"sub"),
+]
+ODD_PARTITIONS: list[Any] = [None, None, None, 0, 1, PARTITIONS - 1, -1, PARTITIONS, True, 2**70, "1", 1.0]
+ODD_TIMESTAMPS: list[Any] = [0, 1, -1, 5000, 8191, 8192, -8192, -9000, 2**70, "0", 1.5, None, True]
+ODD_TOPICS: list[Any] = [TOPIC, TOPIC, TOPIC, TOPIC, "other", b"t", 5, None]
+
+call_strategy = st.tuples(
+    st.sampled_from(ODD_TOPICS),
+    st.sampled_from(ODD_PARTITIONS),
+    st.sampled_from(ODD_TIMESTAMPS),
+    st.sampled_from([None, b"k1", b"k2", b"k3", *ODD_VALUES[3:]]),
+    st.sampled_from(ODD_VALUES),
+    st.booleans(),  # then seal every open batch (as the sender's drain does)
+)
+
+
+def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        result = fn(*args)
+    except Exception as exc:  # compared by type and text
+        return ("raised", (type(exc), str(exc)))
+    if result is None:
+        return ("none", None)
+    assert isinstance(result, ProducerBatch)
+    return ("batch", (result.partition, result.record_count, result.size_bytes, result.max_timestamp_ms))
+
+
+def state_of(engine: ProducerEngine) -> tuple[Any, ...]:
+    acc = engine.accumulator
+    sticky = engine.partitioners.get(TOPIC)
+    return (
+        acc.used_bytes,
+        acc.full_batches,
+        None if sticky is None else (sticky.current, sticky.produced_bytes),
+        batches_of(engine),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(calls=st.lists(call_strategy, min_size=20, max_size=300), seed=st.integers(0, 2**32 - 1))
+def test_any_call_gets_the_python_closures_answer_and_leaves_the_same_state(
+    calls: list[tuple[Any, ...]], seed: int
+) -> None:
+    compiled_gen = make_engine_with(ProducerEngine, seed, "compiled", {})
+    python_gen = make_engine_with(ProducerEngine, seed, "python", {})
+    compiled, python = next(compiled_gen), next(python_gen)
+    try:
+        assert fastappend_module is not None
+        assert type(compiled.try_append_plain) is fastappend_module.PlainAppender
+        assert type(python.try_append_plain) is not fastappend_module.PlainAppender
+        for topic, partition, ts, key, value, seal in calls:
+            timestamp = BASE_TS + ts if type(ts) is int and abs(ts) < 2**40 else ts
+            answers = []
+            for engine in (compiled, python):
+                with engine.lock:
+                    answer = outcome(engine.try_append_plain, topic, partition, timestamp, key, value)
+                    if answer[0] == "none" and _general_path_takes(topic, partition, timestamp, key, value):
+                        # As send() does: the general path places what the fast one refused.
+                        engine.try_append_locked(topic, partition, timestamp, key, value, None, 10_000)
+                answers.append(answer)
+            assert answers[0] == answers[1], (topic, partition, timestamp, key, value)
+            if seal:
+                for engine in (compiled, python):
+                    for batch in engine.accumulator.queued_batches():
+                        batch.accepting = False
+        assert state_of(compiled) == state_of(python)
+    finally:
+        compiled_gen.close()
+        python_gen.close()
+
+
+def _general_path_takes(topic: Any, partition: Any, timestamp: Any, key: Any, value: Any) -> bool:
+    """A record the general path places (rather than refusing it: those are the frontend's job)."""
+    return (
+        topic == TOPIC
+        and (partition is None or (type(partition) is int and 0 <= partition < PARTITIONS))
+        and type(timestamp) is int
+        and abs(timestamp - BASE_TS) < 2**40
+        and (key is None or type(key) is bytes)
+        and (value is None or type(value) is bytes)
+    )
+
+
+def test_no_reference_is_leaked_or_stolen() -> None:
+    gen = make_engine_with(ProducerEngine, 5, "compiled", {"batch.size": 1_000_000})
+    compiled = next(gen)
+    # A topic string of its own (TOPIC, "t", is shared by the interpreter), equal to TOPIC.
+    topic, key, value, bad = "".join([TOPIC, "-"])[:-1], b"k1", b"v" * 100, bytearray(b"no")
+    assert topic == TOPIC and topic is not TOPIC
+    timestamp = BASE_TS + 1
+    try:
+        with compiled.lock:
+            # Open the batches the fast path appends to (the general path keeps references of its own).
+            compiled.try_append_locked(topic, None, timestamp, None, value, None, 1000)
+            compiled.try_append_locked(topic, 1, timestamp, key, value, None, 1000)
+            before = [sys.getrefcount(x) for x in (topic, key, value, bad, timestamp)]
+            for _ in range(5_000):
+                assert compiled.try_append_plain(topic, None, timestamp, None, value) is not None
+                assert compiled.try_append_plain(topic, 1, timestamp, key, value) is not None
+                assert compiled.try_append_plain(topic, "1", timestamp, key, value) is None
+                assert compiled.try_append_plain(topic, None, timestamp, bad, value) is None
+                assert compiled.try_append_plain(topic, None, "ts", None, value) is None  # type: ignore[arg-type]
+                assert compiled.try_append_plain(topic, 7, timestamp, None, value) is None
+                with pytest.raises(TypeError):
+                    compiled.try_append_plain(topic, None, timestamp, None)  # type: ignore[call-arg]
+            after = [sys.getrefcount(x) for x in (topic, key, value, bad, timestamp)]
+        # Keys and values are copied into the batches' buffers; nothing else keeps them.
+        assert after == before
+    finally:
+        gen.close()
+
+
+def test_the_compiled_objects_are_collected_with_their_producer() -> None:
+    """They hold the engine's accumulator, lock and methods: cycles the garbage collector must see."""
+    refs = []
+    for _ in range(5):
+        producer = Producer({"bootstrap.servers": "127.0.0.1:9", "max.block.ms": 100})
+        refs.append(weakref.ref(producer._engine))
+        producer.close(1)
+        del producer
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+
+
+def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: EmbeddedBroker) -> None:
+    fresh_broker.create_topic("fast-send", partitions=3)
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers, "linger.ms": 1})
+    delivered: list[Any] = []
+
+    def on_delivery(metadata: Any, error: Any) -> None:
+        delivered.append((metadata, error))
+
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        (("fast-send", b"v"), {}),
+        (("fast-send",), {"value": b"v"}),
+        (("fast-send", b"v", b"k"), {}),
+        (("fast-send",), {"key": b"k", "value": b"v"}),
+        ((), {"topic": "fast-send", "value": b"v"}),
+        (("fast-send", b"v"), {"partition": 2}),
+        (("fast-send", b"v"), {"partition": None, "timestamp": None, "headers": None}),
+        (("fast-send", b"v"), {"timestamp": 1_700_000_000_000}),
+        (("fast-send", b"v"), {"headers": [("h", b"1")]}),
+        (("fast-send", b"v"), {"on_delivery": on_delivery}),
+        (("fast-send", None, b"tombstone"), {}),
+        (("fast-send", "text"), {}),
+        (("fast-send", b"v"), {"on_delivery": 5}),
+        ((), {}),
+        (("fast-send", b"v", b"k", b"x"), {}),
+        (("fast-send", b"v"), {"bogus": 1}),
+        (("fast-send", b"v"), {"value": b"w"}),
+        (("fast-send", b"v", b"k"), {"key": b"k"}),
+        ((5, b"v"), {}),
+        (("fast-send", b"v"), {"partition": 3}),
+        (("fast-send", b"v"), {"partition": True}),
+        (("fast-send", bytearray(b"v")), {}),
+        ((".", b"v"), {}),
+    ]
+    try:
+        assert fastappend_module is not None and type(producer.send) is fastappend_module.FastSend
+        python_send = Producer.send.__get__(producer)
+        futures = []
+        for args, kwargs in calls:
+            answers: list[tuple[Any, str]] = []
+            for send in (producer.send, python_send):
+                try:
+                    future = send(*args, **kwargs)
+                except Exception as exc:
+                    answers.append((type(exc), str(exc)))
+                else:
+                    futures.append(future)
+                    answers.append(("future", type(future).__name__))
+            assert answers[0] == answers[1], (args, kwargs)
+        producer.flush(30)
+        assert len(futures) == 2 * 13  # the first 12 calls and the bytearray value, by each send
+        assert all(f.exception(0) is None for f in futures)
+        assert len(delivered) == 2 and all(error is None for _, error in delivered)
+        assert [f.result(0).partition for f in futures[10:12]] == [2, 2]  # partition=2, twice
+    finally:
+        producer.close(10)
+    records = consume_all(fresh_broker.bootstrap_servers, "fast-send", 3, len(futures), timeout_s=30)
+    assert len(records) == len(futures)
