@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kprod.cli.live import STAGES, LiveView, render_lines
+from kprod.cli.live import STAGES, LiveView, panel, render_lines, stage_times
 
 SNAPSHOT: dict[str, Any] = {
     "records-sent-total": 10_000, "records-queued": 500, "record-send-total": 9_000,
@@ -25,6 +25,9 @@ SNAPSHOT: dict[str, Any] = {
     "brokers": {1: ("h", 9092)}, "metadata-age": 1.2, "record-size-avg": 110.0,
     "records-per-request-avg": 40.0, "producer-topic-metrics": {"t": {}}, "batches-incomplete": 3,
     "record-retry-total": 2, "record-error-total": 0, "requests-in-flight": 1,
+    "stage-serialize-time-avg-us": 2_104.3, "stage-partition-time-avg-us": 0.83, "stage-append-time-avg-us": 3.4,
+    "stage-queue-time-avg-ms": 12.25, "stage-compress-time-avg-us": float("nan"),
+    "stage-in-flight-time-avg-ms": 2.5,
 }  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE = {"records-sent-total": 0, "records-queued": 0, "record-send-total": 0}
@@ -36,8 +39,38 @@ def test_the_panel_names_the_nine_stages_with_their_numbers_within_80_columns() 
     assert [line.split("  ")[0][2:].strip() for line in lines[1:]] == [s[:17].strip() for s in STAGES]
     text = "\n".join(lines)
     assert "5,250 rec/s accepted" in text  # (10,000 + 500) records in 2 s
-    assert "4,500 rec/s acked" in text and "2.5 ms avg" in text
+    assert "4,500 rec/s acked" in text and "latency max 9.0 ms" in text
     assert "fill 75%; full 75% linger 25%" in text and "ratio 0.50" in text and "retries 2" in text
+
+
+def test_each_stage_shows_its_time_per_record_in_a_column_of_its_own() -> None:
+    lines = render_lines(SNAPSHOT, BEFORE, 2.0, 5.0)
+    shown = {line[2:19].strip(): line[20:28].strip() for line in lines[1:]}
+    assert shown == {
+        "record creation": "",
+        "serialization": "2.10 ms",  # 2,104.3 µs
+        "partitioning": "0.83 µs",
+        "buffering": "12.2 ms",  # the queue time, 12.25 ms
+        "batching": "3.40 µs",  # append
+        "compression": "-",  # NaN: nothing compressed in the window
+        "acknowledgements": "2.50 ms",  # in flight
+        "retries, errors": "",
+        "metadata": "",
+    }
+    assert stage_times({}) == ["", "-", "-", "-", "-", "-", "-", "", ""]
+    assert stage_times({"stage-in-flight-time-avg-ms": 12_345.0})[6] == "12.3 s"
+    assert stage_times({"stage-serialize-time-avg-us": 1e300})[1] == "-", "beyond any real time"
+
+
+def test_the_panel_with_stage_times_fits_an_80_by_24_terminal() -> None:
+    from rich.console import Console
+
+    screen = io.StringIO()
+    Console(file=screen, width=80, height=24).print(panel(SNAPSHOT, BEFORE, 2.0, 5.0))
+    drawn = screen.getvalue().splitlines()
+    assert len(drawn) <= 24 and all(len(line) <= 80 for line in drawn), drawn
+    row = next(line for line in drawn if "serialization" in line)
+    assert "2.10 ms" in row and "per rec" in "\n".join(drawn[:4])
 
 
 class _Terminal(io.StringIO):

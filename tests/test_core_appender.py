@@ -7,11 +7,12 @@ check the appender's own decisions: what to wait for, what to refuse at once, wh
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
 from kprod._core.accumulator import ProducerBatch, RecordAccumulator, record_size_upper_bound
-from kprod._core.appender import RecordAppender, Wait
+from kprod._core.appender import RecordAppender, Wait, _TimedAccumulator
 from kprod._core.metadata import ClusterMetadata
 from kprod._core.murmur2 import partition_for_key
 from kprod.config import ProducerConfig
@@ -107,18 +108,85 @@ def test_the_fast_path_cache_follows_the_metadata_and_stops_with_the_producer() 
     assert not appender.fast_appenders, "no fast path once the producer stopped accepting"
 
 
-def test_a_sampled_append_times_its_partition_and_append_steps_with_the_given_clock() -> None:
+def test_a_timed_append_measures_partition_then_append_with_the_given_clock() -> None:
     appender = make()
     appender.metadata.on_update(snapshot(), NOW)
-    append(appender, None, b"v")  # the topic's cache is built: the next append is the plain case
-    ticks = iter(range(0, 10_000, 7))
-    appender.stage_clock = lambda: next(ticks)  # a fake ns clock: 7 ns per reading
-    assert isinstance(append(appender, b"k", b"v"), ProducerBatch)
-    assert appender.last_stage_ns == (7, 7)
-    appender.stage_clock = None
-    appender.last_stage_ns = (0, 0)
-    assert isinstance(append(appender, b"k", b"v"), ProducerBatch)
-    assert appender.last_stage_ns == (0, 0), "without a clock nothing is timed"
+    append(appender, None, b"v")  # the topic's cache is built
+    readings = iter([100, 130, 180])  # a fake ns clock: the call, the accumulator's append, the end
+    acc = appender.accumulator
+    bound = record_size_upper_bound(b"k", b"v", None)
+    result, partition_ns, append_ns = appender.try_append_timed(
+        lambda: next(readings), TOPIC, None, TS, b"k", b"v", None, bound, NOW
+    )
+    assert isinstance(result, ProducerBatch) and result.partition == partition_for_key(b"k", 4)
+    assert (partition_ns, append_ns) == (30, 50)
+    assert appender.accumulator is acc, "the real accumulator is back"
+
+
+def test_a_timed_append_that_waits_or_raises_times_nothing_and_restores_the_accumulator() -> None:
+    appender = make()
+    acc = appender.accumulator
+    bound = record_size_upper_bound(None, b"v", None)
+    assert appender.try_append_timed(lambda: 5, TOPIC, None, TS, None, b"v", None, bound, NOW) == (
+        Wait.METADATA,
+        0,
+        0,
+    )
+    appender.metadata.on_update(snapshot(), NOW)
+    with pytest.raises(KprodError, match="partition 9 does not exist"):
+        appender.try_append_timed(lambda: 5, TOPIC, 9, TS, None, b"v", None, bound, NOW)
+    assert appender.accumulator is acc
+
+
+def test_timed_appends_place_and_encode_exactly_as_untimed_ones() -> None:
+    plain, timed = make(), make()  # the same seed: the same sticky choices
+    for appender in (plain, timed):
+        appender.metadata.on_update(snapshot(), NOW)
+    clock = iter(range(10**9)).__next__
+    placed: list[tuple[int, int]] = []
+    for i in range(3000):  # several batches and sticky switches (batch.size 1024)
+        key = None if i % 3 else str(i).encode()
+        value = b"x" * (i % 50)
+        bound = record_size_upper_bound(key, value, None)
+        a = plain.try_append(TOPIC, None, TS, key, value, None, bound, NOW)
+        b, partition_ns, append_ns = timed.try_append_timed(clock, TOPIC, None, TS, key, value, None, bound, NOW)
+        assert isinstance(a, ProducerBatch) and isinstance(b, ProducerBatch)
+        assert (a.partition, a.record_count) == (b.partition, b.record_count) and partition_ns > 0 < append_ns
+        placed.append((a.partition, a.record_count))
+    assert len({p for p, _ in placed}) > 1, "the sticky partitioner moved on"
+    for p in range(4):
+        left = [bytes(b.buffer) for b in plain.accumulator.queue(TOPIC, p).batches]
+        right = [bytes(b.buffer) for b in timed.accumulator.queue(TOPIC, p).batches]
+        assert left == right
+    assert plain.accumulator.used_bytes == timed.accumulator.used_bytes
+
+
+def test_a_timed_append_reads_the_accumulator_without_its_getattr_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lookup through _TimedAccumulator.__getattr__ raises and catches an AttributeError first: the
+    # partition step once paid 1-6 µs for it (used_bytes), five times the step itself.
+    fallbacks: list[str] = []
+    real_getattr = _TimedAccumulator.__getattr__
+
+    def spy(self: _TimedAccumulator, name: str) -> Any:
+        fallbacks.append(name)
+        return real_getattr(self, name)
+
+    monkeypatch.setattr(_TimedAccumulator, "__getattr__", spy)
+    appender = make(**{"partitioner.adaptive.partitioning.enable": True})
+    appender.metadata.on_update(snapshot(), NOW)
+    append(appender, None, b"v")  # the topic's cache is built (its queues through __getattr__)
+    fallbacks.clear()
+    clock = iter(range(10**9)).__next__
+    for i in range(300):  # keyless, keyed, explicit; new batches and sticky switches (batch.size 1024)
+        key = str(i).encode() if i % 3 == 1 else None
+        partition = 2 if i % 3 == 2 else None
+        value = b"x" * 100
+        bound = record_size_upper_bound(key, value, None)
+        result, partition_ns, append_ns = appender.try_append_timed(
+            clock, TOPIC, partition, TS, key, value, None, bound, NOW
+        )
+        assert isinstance(result, ProducerBatch) and partition_ns > 0 < append_ns
+    assert fallbacks == []
 
 
 def test_pausing_the_fast_path_sends_every_topic_the_general_way_until_resumed() -> None:

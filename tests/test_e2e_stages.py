@@ -32,7 +32,12 @@ def _slow_serializer(value: Any) -> bytes:
 def test_a_slow_serializer_shows_in_the_serialize_stage(broker: Any, make_topic: MakeTopic) -> None:
     topic = make_topic(3)
     producer = Producer(
-        {"bootstrap.servers": broker.bootstrap_servers, "value.serializer": _slow_serializer, "linger.ms": 5}
+        {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "value.serializer": _slow_serializer,
+            "linger.ms": 5,
+            "compression.type": "gzip",
+        }
     )
     try:
         started = time.monotonic()
@@ -47,9 +52,11 @@ def test_a_slow_serializer_shows_in_the_serialize_stage(broker: Any, make_topic:
     samples = m["stage-sample-total"]
     assert 2 <= samples <= 0.8 * 1000 / STAGE_SAMPLE_INTERVAL_MS + 3, m
     assert m["stage-serialize-time-avg-us"] >= SLEEP_S * 1e6, m
+    assert 0 < m["stage-serialize-sample-total"] <= samples
     assert 0 < m["stage-partition-time-avg-us"] < SLEEP_S * 1e6
     assert 0 < m["stage-append-time-avg-us"] < SLEEP_S * 1e6
     assert m["stage-compress-time-avg-us"] > 0 and m["stage-in-flight-time-avg-ms"] > 0
+    assert m["stage-compress-record-total"] == sent, "every record was compressed once (no retries here)"
     assert not math.isnan(m["stage-queue-time-avg-ms"])
     assert len(consume_all(broker.bootstrap_servers, topic, 3, sent, timeout_s=30)) == sent
 
@@ -111,3 +118,21 @@ def test_async_producer_records_are_sampled_too(broker: Any, make_topic: MakeTop
     m = asyncio.run(run())
     assert m["stage-sample-total"] >= 2, m
     assert 0 < m["stage-append-time-avg-us"] < 10_000
+    # Without compression no codec runs: the compress stage stays empty (NaN, as an empty Java avg).
+    assert math.isnan(m["stage-compress-time-avg-us"]) and m["stage-compress-record-total"] == 0, m
+
+
+@pytest.mark.timeout(60)
+def test_send_batch_records_are_sampled_for_partition_and_append(broker: Any, make_topic: MakeTopic) -> None:
+    topic = make_topic(2)
+    with Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5}) as producer:
+        producer.send(topic, b"warm-up").result(30)
+        before = producer.metrics()["stage-sample-total"]
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:
+            producer.send_batch(topic, [b"v" * 100] * 500)
+            time.sleep(0.002)  # let the sender run its rounds
+        producer.flush(30)
+        m = producer.metrics()
+    assert m["stage-sample-total"] >= before + 2, m
+    assert 0 < m["stage-partition-time-avg-us"] < 10_000 and 0 < m["stage-append-time-avg-us"] < 10_000

@@ -72,7 +72,7 @@ _GAUGES: tuple[tuple[str, str, str, float], ...] = (
     ("stage-serialize-time-avg-us", "stage_serialize_time_avg_seconds", "Serialization per record (sampled).", 1e-6),
     ("stage-partition-time-avg-us", "stage_partition_time_avg_seconds", "Partitioning per record (sampled).", 1e-6),
     ("stage-append-time-avg-us", "stage_append_time_avg_seconds", "Appending to a batch per record (sampled).", 1e-6),
-    ("stage-compress-time-avg-us", "stage_compress_time_avg_seconds", "Closing batches per record (CRC, codec).", 1e-6),
+    ("stage-compress-time-avg-us", "stage_compress_time_avg_seconds", "Compression per record (the codec's calls).", 1e-6),
 )
 
 

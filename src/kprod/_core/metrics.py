@@ -104,16 +104,31 @@ class ProducerMetrics:
         self.responses = stat()
         self.bufferpool_wait_ns = stat()
         # kprod's own: time per record in each stage of the pipeline (µs). Serialize, partition and
-        # append are sampled (one record every STAGE_SAMPLE_INTERVAL_MS, see RecordAppender.pause_fast);
-        # encode (the batch header, CRC and compression) is measured for every request, per record.
+        # append are sampled (one record every STAGE_SAMPLE_INTERVAL_MS, see RecordAppender.pause_fast
+        # and record_stage_sample); compression (the codec's calls) is measured for every request and
+        # recorded per record (record_compression). Queue and in-flight times are Java's metrics.
         self.stage_serialize_us = stat()
         self.stage_partition_us = stat()
         self.stage_append_us = stat()
-        self.stage_encode_us = stat()
+        self.stage_compress_us = stat()
         self.topics: dict[str, dict[str, WindowedStat]] = {}
         self.nodes: dict[int, dict[str, WindowedStat]] = {}
         self.batch_close_reasons: dict[str, int] = {}
         """Why drained batches left: full, linger, flush, memory (buffer.memory short), closing."""
+
+    def record_stage_sample(self, serialize_ns: int, partition_ns: int, append_ns: int, now_ms: int) -> None:
+        """One sampled record's caller-side stage times (ns; ``serialize_ns`` < 0 when its serialization
+        was not timed, e.g. ``send_batch``'s records or a sample that became due after it)."""
+        if serialize_ns >= 0:
+            self.stage_serialize_us.record(serialize_ns / 1000, now_ms)
+        self.stage_partition_us.record(partition_ns / 1000, now_ms)
+        self.stage_append_us.record(append_ns / 1000, now_ms)
+
+    def record_compression(self, compress_ns: int, records: int, now_ms: int) -> None:
+        """``compress_ns`` ns of codec calls for a request's ``records`` records (nothing when no codec
+        ran: without compression, or batches sent again with their compressed bytes cached)."""
+        if compress_ns > 0 and records > 0:
+            self.stage_compress_us.record(compress_ns / 1000, now_ms, count=records)
 
     def _stat(self) -> WindowedStat:
         return WindowedStat(*self._window)
@@ -174,7 +189,9 @@ class ProducerMetrics:
             "stage-partition-time-avg-us": self.stage_partition_us.avg(now_ms),
             "stage-append-time-avg-us": self.stage_append_us.avg(now_ms),
             "stage-sample-total": self.stage_append_us.total_count,
-            "stage-compress-time-avg-us": self.stage_encode_us.avg(now_ms),
+            "stage-serialize-sample-total": self.stage_serialize_us.total_count,
+            "stage-compress-time-avg-us": self.stage_compress_us.avg(now_ms),
+            "stage-compress-record-total": self.stage_compress_us.total_count,
             "stage-queue-time-avg-ms": self.record_queue_time.avg(now_ms),
             "stage-in-flight-time-avg-ms": self.request_latency.avg(now_ms),
         }

@@ -146,22 +146,14 @@ class SendPath:
         engine = self._engine
         appender = engine.appender
         topic, partition, ts, key, value, headers, bound, _ = record
-        appender.stage_clock = time.perf_counter_ns
-        try:
-            result = appender.try_append(topic, partition, ts, key, value, headers, bound, monotonic_ms())
-        finally:
-            appender.stage_clock = None
+        result, partition_ns, append_ns = appender.try_append_timed(
+            time.perf_counter_ns, topic, partition, ts, key, value, headers, bound, monotonic_ms()
+        )
         if type(result) is Wait:
             return result  # not placed: the next record is sampled instead
         now_ms = monotonic_ms()
-        metrics = engine.core.metrics
-        partition_ns, append_ns = appender.last_stage_ns
-        metrics.stage_partition_us.record(partition_ns / 1000, now_ms)
-        metrics.stage_append_us.record(append_ns / 1000, now_ms)
-        serialize_ns = self._serialize_ns
-        if serialize_ns >= 0:
-            metrics.stage_serialize_us.record(serialize_ns / 1000, now_ms)
-            self._serialize_ns = -1
+        engine.core.metrics.record_stage_sample(self._serialize_ns, partition_ns, append_ns, now_ms)
+        self._serialize_ns = -1
         engine.stage_sample_due = False
         appender.resume_fast()
         return result
