@@ -74,6 +74,8 @@ class Meter:
         self.t0 = self.cpu0 = 0.0
         self.rss0 = 0.0
         self.elapsed = self.cpu = 0.0
+        self.wire_bytes: float | None = None
+        """Bytes the client wrote to the brokers over the measured span (requests and all), if known."""
 
     def error(self, exc: object) -> None:
         self.errors += 1
@@ -114,6 +116,7 @@ class Meter:
             "p99_ms": percentile(lat, 0.99),
             "errors": self.errors,
             "first_error": self.first_error,
+            "wire_bytes_per_record": None if self.wire_bytes is None else self.wire_bytes / records,
         }
 
 
@@ -204,6 +207,7 @@ def run_kprod(w: Workload, bootstrap: str, every: int, broker_pid: int) -> None:
             m.error(err)
 
     send = producer.send
+    wire0 = producer.metrics()["outgoing-byte-total"]
     m.start()
     if w.mode == "one-at-a-time":
         for i in range(n):
@@ -218,6 +222,7 @@ def run_kprod(w: Workload, bootstrap: str, every: int, broker_pid: int) -> None:
                 send(TOPIC, values[i % nv], keys[i % nk], on_delivery=partial(on_ack, clock()))
         producer.flush()
     m.stop()
+    m.wire_bytes = producer.metrics()["outgoing-byte-total"] - wire0
     emit({**base, **m.result(w, n)})
     producer.close(5)
 
@@ -309,10 +314,21 @@ def run_confluent(w: Workload, bootstrap: str, every: int, broker_pid: int) -> N
     if w.mode == "memory":
         conf["queue.buffering.max.kbytes"] = W5_BUFFER_BYTES // 1024
         conf["queue.buffering.max.messages"] = 10_000_000
+    # Bytes on the wire: librdkafka's statistics (each broker's txbytes), read before and after the
+    # measured span (a statistics callback once a second costs nothing measurable).
+    txbytes: list[int] = []
+
+    def on_stats(stats_json: str) -> None:
+        stats = json.loads(stats_json)
+        txbytes.append(sum(b.get("txbytes", 0) for b in stats.get("brokers", {}).values()))
+
+    conf["statistics.interval.ms"] = 1000
+    conf["stats_cb"] = on_stats
     producer = Producer(conf)
     producer.produce(TOPIC, b"warm-up")
     if producer.flush(30):
         raise RuntimeError("warm-up record not delivered in 30 s")
+    producer.poll(1.2)  # the first statistics: the bytes before the measured span
     values = values_for(w)
     keys = keys_for(w) or [None]
     nv, nk, n = len(values), len(keys), w.records
@@ -400,6 +416,14 @@ def run_confluent(w: Workload, bootstrap: str, every: int, broker_pid: int) -> N
         if left:
             m.error(f"{left} records still queued after flush(300)")
     m.stop()
+    if txbytes:
+        before = txbytes[-1]
+        count = len(txbytes)
+        deadline = time.monotonic() + 3
+        while len(txbytes) == count and time.monotonic() < deadline:
+            producer.poll(0.2)
+        if len(txbytes) > count:
+            m.wire_bytes = txbytes[-1] - before
     emit({**base, **m.result(w, n)})
 
 

@@ -368,9 +368,9 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
     add("")
     add(
         "| workload | client | records/s | MB/s | CPU µs/rec | p50 ms | p99 ms | peak RSS MB | "
-        f"rec/s vs {BASELINE} | CPU vs {BASELINE} | broker CPU µs/rec | stored |"
+        f"rec/s vs {BASELINE} | CPU vs {BASELINE} | broker CPU µs/rec | wire B/rec | stored |"
     )
-    add("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+    add("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
     skipped: list[str] = []
     for w in workloads:
         if w.mode == "memory":
@@ -388,7 +388,7 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
                 skipped.append(f"- {w.name} {client}: not run. {r['skipped']}.")
                 continue
             if "records_per_s" not in r:
-                add(f"| {w.name} | {client} | failed: {r.get('failure', '?')} |||||||||")
+                add(f"| {w.name} | {client} | failed: {r.get('failure', '?')} ||||||||||")
                 continue
             add(
                 f"| {w.name} | {client} | {fmt(r['records_per_s'])} | {fmt(r['mb_per_s'], '.1f')} | "
@@ -396,7 +396,8 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
                 f"{fmt(r['peak_rss_mb'], '.0f')} | "
                 f"{ratio(r['records_per_s'], base.get('records_per_s')) if client != BASELINE else '1'} | "
                 f"{ratio(r['cpu_us_per_record'], base.get('cpu_us_per_record')) if client != BASELINE else '1'} | "
-                f"{fmt(r.get('broker_cpu_us_per_record'), '.1f')} | {r.get('check', '–')}"
+                f"{fmt(r.get('broker_cpu_us_per_record'), '.1f')} | {fmt(r.get('wire_bytes_per_record'), '.0f')} | "
+                f"{r.get('check', '–')}"
                 + (f" ({r['errors']} errors: {r['first_error']})" if r.get("errors") else "")
                 + " |"
             )
@@ -460,7 +461,7 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
         "over that span (all its threads), divided by records. Peak RSS is the client process's "
         "VmHWM (interpreter and imports included). p50/p99 are ack time minus send time, as the "
         "application sees it (confluent-kafka reports deliveries from poll(), called every "
-        "1000 records). 'stored' compares the records in the topic (end offsets, read with confluent-kafka) with the records sent + 1 warm-up."
+        "1000 records). 'wire B/rec' is the bytes the client wrote to the brokers over the run (Produce requests and everything else) per record: kprod's outgoing-byte-total, librdkafka's txbytes statistics; '–' where the client does not tell. 'stored' compares the records in the topic (end offsets, read with confluent-kafka) with the records sent + 1 warm-up."
     )
     return "\n".join(lines) + "\n"
 

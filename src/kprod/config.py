@@ -385,8 +385,10 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
     _d("linger.ms", "long", 5, "[0, ...]", _int(0, _I64),
        "Milliseconds to wait for more records before sending a non-full batch. Default 5 ms.",
        "queue.buffering.max.ms"),
-    _d("batch.size", "int", 16384, "[0, ...]", _int(0, _I32),
-       "Bytes per partition batch buffer. Default 16384; 0 is treated as 1 (no batching)."),
+    _d("batch.size", "int", 131072, "[0, ...]", _int(0, _I32),
+       "Bytes per partition batch (uncompressed); also how far the sticky partitioner goes before it "
+       "moves on. Default 131072 (128 KiB; the Java producer's is 16384, see "
+       "docs/buffering-and-batching.md); 0 is treated as 1 (no batching)."),
     _d("buffer.memory", "long", 33554432, "[0, ...]", _int(0, _I64),
        "Total bytes for records waiting to be sent. Default 33554432 (32 MiB)."),
     _d("max.block.ms", "long", 60000, "[0, ...]", _int(0, _I64),
