@@ -274,6 +274,7 @@ def run_kprod_async(w: Workload, bootstrap: str, every: int, broker_pid: int) ->
 
             send = producer.send
             enqueue = producer.enqueue
+            wire0 = producer.metrics()["outgoing-byte-total"]
             m.start()
             if w.mode == "one-at-a-time":
                 for i in range(n):
@@ -291,6 +292,7 @@ def run_kprod_async(w: Workload, bootstrap: str, every: int, broker_pid: int) ->
                 await producer.flush()
                 await asyncio.sleep(0)  # let the last done-callbacks run
             m.stop()
+            m.wire_bytes = producer.metrics()["outgoing-byte-total"] - wire0
             emit({**base, **m.result(w, n)})
 
     asyncio.run(main())
@@ -383,6 +385,7 @@ def run_confluent(w: Workload, bootstrap: str, every: int, broker_pid: int) -> N
         else:
             m.error(err)
 
+    tx_before = txbytes[-1] if txbytes else None
     m.start()
     if w.mode == "one-at-a-time":
         done: list[int] = []
@@ -416,14 +419,13 @@ def run_confluent(w: Workload, bootstrap: str, every: int, broker_pid: int) -> N
         if left:
             m.error(f"{left} records still queued after flush(300)")
     m.stop()
-    if txbytes:
-        before = txbytes[-1]
+    if tx_before is not None:
         count = len(txbytes)
         deadline = time.monotonic() + 3
         while len(txbytes) == count and time.monotonic() < deadline:
-            producer.poll(0.2)
+            producer.poll(0.2)  # the next statistics, taken after the flush
         if len(txbytes) > count:
-            m.wire_bytes = txbytes[-1] - before
+            m.wire_bytes = txbytes[-1] - tx_before
     emit({**base, **m.result(w, n)})
 
 

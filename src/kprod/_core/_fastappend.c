@@ -36,7 +36,7 @@
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *acc;            /* RecordAccumulator (attributes used_bytes, full_batches) */
+    PyObject *acc;            /* RecordAccumulator (slots used_bytes, full_batches) */
     PyObject *fast_appenders; /* dict: topic -> _TopicAppender */
     PyObject *switch_sticky;  /* callable(topic, appender) */
     PyObject *txn;            /* None or the transaction manager (attribute state) */
@@ -46,6 +46,7 @@ typedef struct {
     PyTypeObject *appender_type;
     PyTypeObject *queue_type;
     PyTypeObject *sticky_type;
+    Py_ssize_t off_acc_used_bytes, off_acc_full_batches;
     Py_ssize_t off_accepting, off_size_bytes, off_record_count, off_base_ts, off_max_ts, off_buffer;
     Py_ssize_t off_app_count, off_app_sticky, off_app_sticky_batch, off_app_queues;
     Py_ssize_t off_queue_batches;
@@ -54,7 +55,7 @@ typedef struct {
     int ignore_keys;
 } PlainAppender;
 
-static PyObject *str_used_bytes, *str_full_batches, *str_state;
+static PyObject *str_state;
 
 /* A small non-negative or negative int read from a slot; 0 on success, -1 when absent or not an
  * exact int in range (no exception left set). */
@@ -85,34 +86,6 @@ set_slot_ll(PyObject *obj, Py_ssize_t off, long long x)
     SLOT(obj, off) = nv;
     Py_XDECREF(old);
     return 0;
-}
-
-static int
-get_attr_ll(PyObject *obj, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) {
-        return -1;
-    }
-    int rc = read_ll(v, out);
-    Py_DECREF(v);
-    if (rc < 0) {
-        PyErr_Format(PyExc_TypeError, "kprod fast append: %R is not an int", name);
-        return -1;
-    }
-    return 0;
-}
-
-static int
-set_attr_ll(PyObject *obj, PyObject *name, long long x)
-{
-    PyObject *nv = PyLong_FromLongLong(x);
-    if (nv == NULL) {
-        return -1;
-    }
-    int rc = PyObject_SetAttr(obj, name, nv);
-    Py_DECREF(nv);
-    return rc;
 }
 
 /* Length of the zigzag varint of n. */
@@ -234,7 +207,8 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
     if (data_size > self->max_bytes) {
         REFUSE();
     }
-    if (get_attr_ll(self->acc, str_used_bytes, &used) < 0) {
+    if (read_ll(SLOT(self->acc, self->off_acc_used_bytes), &used) < 0) {
+        PyErr_SetString(PyExc_TypeError, "kprod fast append: the accumulator's used_bytes is not an int");
         goto done;
     }
     if (used + data_size > self->memory_limit) {
@@ -318,7 +292,23 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
                       varint_len(value_size) + value_bytes + 1;
     Py_ssize_t added = varint_len(body) + body;
     Py_ssize_t old_len = PyByteArray_GET_SIZE(buffer);
-    if (PyByteArray_Resize(buffer, old_len + added) < 0) {
+    Py_ssize_t new_len = old_len + added;
+    Py_ssize_t alloc = ((PyByteArrayObject *)buffer)->ob_alloc;
+    if (new_len + 1 > alloc) {
+        /* Grow by doubling, up to the batch's size (bytearray alone grows by an eighth: some sixty
+         * reallocations and copies of the whole buffer per 128 KiB batch). Resizing up and then down
+         * to the length needed keeps the capacity: bytearray shrinks in place by less than half. */
+        Py_ssize_t reserve = 2 * alloc;
+        if (reserve > self->batch_size + 1024) {
+            reserve = self->batch_size + 1024;
+        }
+        if (reserve > new_len) {
+            if (PyByteArray_Resize(buffer, reserve) < 0) {
+                goto done;  /* MemoryError, or BufferError while the buffer is exported: as `+=` */
+            }
+        }
+    }
+    if (PyByteArray_Resize(buffer, new_len) < 0) {
         goto done;  /* MemoryError, or BufferError while the buffer is exported: as `+=` would */
     }
     char *p = PyByteArray_AS_STRING(buffer) + old_len;
@@ -347,7 +337,7 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
     if (ts > max_ts && set_slot_ll(batch, self->off_max_ts, ts) < 0) {
         goto done;
     }
-    if (set_attr_ll(self->acc, str_used_bytes, used + grown) < 0) {
+    if (set_slot_ll(self->acc, self->off_acc_used_bytes, used + grown) < 0) {
         goto done;
     }
     int accepting = 1;
@@ -358,8 +348,11 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
         SLOT(batch, self->off_accepting) = Py_False;
         Py_XDECREF(old);
         long long full;
-        if (get_attr_ll(self->acc, str_full_batches, &full) < 0 ||
-            set_attr_ll(self->acc, str_full_batches, full + 1) < 0) {
+        if (read_ll(SLOT(self->acc, self->off_acc_full_batches), &full) < 0) {
+            PyErr_SetString(PyExc_TypeError, "kprod fast append: the accumulator's full_batches is not an int");
+            goto done;
+        }
+        if (set_slot_ll(self->acc, self->off_acc_full_batches, full + 1) < 0) {
             goto done;
         }
     }
@@ -749,7 +742,14 @@ make_plain_appender(PyObject *module, PyObject *args, PyObject *kwargs)
     self->batch_size = batch_size;
     self->ignore_keys = ignore_keys;
     PyObject_GC_Track(self);
-    if ((self->off_accepting = slot_offset(batch_type, "accepting")) < 0 ||
+    if (Py_TYPE(acc)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "accumulator must be a RecordAccumulator (slots, no __dict__)");
+        Py_DECREF(self);
+        return NULL;
+    }
+    if ((self->off_acc_used_bytes = slot_offset(Py_TYPE(acc), "used_bytes")) < 0 ||
+        (self->off_acc_full_batches = slot_offset(Py_TYPE(acc), "full_batches")) < 0 ||
+        (self->off_accepting = slot_offset(batch_type, "accepting")) < 0 ||
         (self->off_size_bytes = slot_offset(batch_type, "size_bytes")) < 0 ||
         (self->off_record_count = slot_offset(batch_type, "record_count")) < 0 ||
         (self->off_base_ts = slot_offset(batch_type, "base_timestamp_ms")) < 0 ||
@@ -857,10 +857,8 @@ PyInit__fastappend(void)
         str_timestamp == NULL || str_headers == NULL || str_on_delivery == NULL || str_add_callback == NULL) {
         return NULL;
     }
-    str_used_bytes = PyUnicode_InternFromString("used_bytes");
-    str_full_batches = PyUnicode_InternFromString("full_batches");
     str_state = PyUnicode_InternFromString("state");
-    if (str_used_bytes == NULL || str_full_batches == NULL || str_state == NULL) {
+    if (str_state == NULL) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_def);

@@ -253,6 +253,23 @@ class RecordAccumulator:
     (``linger.ms``), ``buffer_memory`` (bytes, ``buffer.memory``).
     """
 
+    # Slots: the append fast path in C reads and writes used_bytes and full_batches at their offsets.
+    __slots__ = (
+        "_drain_start",
+        "_nonempty",
+        "_queues",
+        "batch_count",
+        "batch_size",
+        "buffer_memory",
+        "close_reasons",
+        "closing",
+        "flushing",
+        "full_batches",
+        "linger_ms",
+        "memory_waiters",
+        "used_bytes",
+    )
+
     def __init__(self, *, batch_size: int, linger_ms: int, buffer_memory: int) -> None:
         self.batch_size = max(1, batch_size)
         self.linger_ms = linger_ms

@@ -42,11 +42,20 @@ try:
 except ImportError:  # not built (no C compiler at install): the Python closure does the same
     _fastappend = None  # type: ignore[assignment]
 
+compiled_module = _fastappend
+"""``kprod._core._fastappend`` when it was built, else None (whatever KPROD_PURE_PYTHON says)."""
 fastappend_module = _fastappend if os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0") else None
 """The compiled fast path (``kprod._core._fastappend``), or None when it is not built or the
 environment variable ``KPROD_PURE_PYTHON=1`` turns it off (read at import)."""
 
-__all__ = ["PlainAppender", "RecordAppender", "Wait", "compiled_fast_path_available"]
+__all__ = [
+    "PlainAppender",
+    "RecordAppender",
+    "Wait",
+    "compiled_fast_path_available",
+    "compiled_module",
+    "fastappend_module",
+]
 
 
 class Wait(enum.Enum):
