@@ -9,7 +9,7 @@
 Every command first makes sure ``.venv`` exists and holds ``pip install -e '.[dev]'``. The install is
 redone when ``.venv`` is missing or broken, or when pyproject.toml, setup.py or the C fast path's
 source is newer than the stamp file written after the last successful install (the editable install
-compiles ``src/kprod/_core/_fastappend.c`` in place). Everything installs from PyPI.
+compiles ``src/kprod/_speedups.c`` in place). Everything installs from PyPI.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".kprod-install-stamp"
 PYPROJECT = ROOT / "pyproject.toml"
-BUILD_INPUTS = (PYPROJECT, ROOT / "setup.py", ROOT / "src" / "kprod" / "_core" / "_fastappend.c")
+BUILD_INPUTS = (PYPROJECT, ROOT / "setup.py", ROOT / "src" / "kprod" / "_core" / "_speedups.c")
 """What the install depends on: a newer one than the stamp means install again."""
 
 

@@ -52,7 +52,7 @@ class SlowEngine(ProducerEngine):
 
 
 IMPLEMENTATIONS = ["compiled", "python"]
-"""The fast path's two implementations: kprod._core._fastappend (C) and the Python closure."""
+"""The fast path's two implementations: kprod._speedups (C) and the Python closure."""
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from kprod._core.accumulator import BatchState, ProducerBatch, record_size_upper_bound
-from kprod._core.appender import fastappend_module as _fastappend
+from kprod._core.appender import speedups_module as _speedups
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.delivery import record_error, record_metadata
@@ -312,15 +312,15 @@ class Producer:
         self._install_fast_send()
 
     def _install_fast_send(self) -> None:
-        """With the compiled fast path (``kprod._core._fastappend``) and raw-bytes keys and values,
+        """With the compiled fast path (``kprod._speedups``) and raw-bytes keys and values,
         ``self.send`` becomes its ``FastSend``: :meth:`send`'s first branch in C, which calls
         :meth:`_send` for every other record and :meth:`send` itself for any call it does not parse
         (so errors and the signature are the Python method's)."""
         vars(self).pop("send", None)
         appender = self._append_plain
-        if not self._plain or _fastappend is None or type(appender) is not _fastappend.PlainAppender:
+        if not self._plain or _speedups is None or type(appender) is not _speedups.PlainAppender:
             return
-        vars(self)["send"] = _fastappend.fast_send(
+        vars(self)["send"] = _speedups.fast_send(
             appender=appender,
             lock=self._lock,
             after_append_locked=self._engine.after_append_locked,

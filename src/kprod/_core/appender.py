@@ -38,14 +38,14 @@ from kprod.errors import KafkaError, KprodError, is_retriable
 from kprod.records.varint import ZIGZAG_TABLE
 
 try:
-    from kprod._core import _fastappend
+    from kprod import _speedups
 except ImportError:  # not built (no C compiler at install): the Python closure does the same
-    _fastappend = None  # type: ignore[assignment]
+    _speedups = None  # type: ignore[assignment]
 
-compiled_module = _fastappend
-"""``kprod._core._fastappend`` when it was built, else None (whatever KPROD_PURE_PYTHON says)."""
-fastappend_module = _fastappend if os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0") else None
-"""The compiled fast path (``kprod._core._fastappend``), or None when it is not built or the
+compiled_module = _speedups
+"""``kprod._speedups`` when it was built, else None (whatever KPROD_PURE_PYTHON says)."""
+speedups_module = _speedups if os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0") else None
+"""The compiled fast path (``kprod._speedups``), or None when it is not built or the
 environment variable ``KPROD_PURE_PYTHON=1`` turns it off (read at import)."""
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "Wait",
     "compiled_fast_path_available",
     "compiled_module",
-    "fastappend_module",
+    "speedups_module",
 ]
 
 
@@ -346,9 +346,9 @@ def _plain_limits(engine: RecordAppender) -> tuple[int, int, int]:
 
 
 def compiled_fast_path_available() -> bool:
-    """Whether the compiled fast path (``kprod._core._fastappend``) is built and not turned off by
+    """Whether the compiled fast path (``kprod._speedups``) is built and not turned off by
     the environment variable ``KPROD_PURE_PYTHON=1`` (read now: tests switch it per engine)."""
-    return _fastappend is not None and os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0")
+    return _speedups is not None and os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0")
 
 
 def _plain_appender(engine: RecordAppender) -> PlainAppender:
@@ -356,9 +356,9 @@ def _plain_appender(engine: RecordAppender) -> PlainAppender:
     (:func:`compiled_fast_path_available`), else the Python closure, its reference."""
     if not compiled_fast_path_available():
         return _plain_appender_py(engine)
-    assert _fastappend is not None
+    assert _speedups is not None
     max_bytes, memory_limit, batch_limit = _plain_limits(engine)
-    return _fastappend.plain_appender(
+    return _speedups.plain_appender(
         accumulator=engine.accumulator,
         fast_appenders=engine.fast_appenders,
         switch_sticky=engine._switch_sticky,
@@ -379,7 +379,7 @@ def _plain_appender(engine: RecordAppender) -> PlainAppender:
 
 def _plain_appender_py(engine: RecordAppender) -> PlainAppender:
     """The fast path in Python: a closure, so that the per-record path reads its settings and
-    collaborators from cells, not attributes. ``_fastappend.c`` does the same, step for step."""
+    collaborators from cells, not attributes. ``_speedups.c`` does the same, step for step."""
     acc = engine.accumulator
     fast_appenders_get = engine.fast_appenders.get
     max_bytes, memory_limit, batch_limit = _plain_limits(engine)

@@ -1,4 +1,4 @@
-"""Types of the optional C fast path (src/kprod/_core/_fastappend.c)."""
+"""Types of the optional C fast path (src/kprod/_speedups.c)."""
 
 from typing import Any
 

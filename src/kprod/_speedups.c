@@ -1,14 +1,19 @@
 /*
- * kprod._core._fastappend: the per-record append fast path in C (optional).
+ * kprod._speedups: the per-record fast path in C (optional; setup.py builds it when it can).
  *
- * One callable type, PlainAppender, that does what the Python closure built by
+ * Two callable types. PlainAppender belongs to the pure core (time comes in as an argument, no
+ * lock, no I/O): it is kprod._core.appender's try_append_plain. FastSend belongs to the sync
+ * facade: it is Producer.send's first branch (it reads the wall clock and takes the engine's lock,
+ * as the Python method does) and is described with its code below.
+ *
+ * PlainAppender does what the Python closure built by
  * kprod._core.appender._plain_appender_py does, step for step and with the same refusals: place
  * one record of raw bytes without headers into the open batch of its partition and account for
  * it (the batch's size, count and max timestamp, the accumulator's used bytes and full batches,
  * the sticky partitioner's produced bytes), or return None and change nothing, so that the
  * caller takes the general path. The Python closure stays the reference: tests run both and
  * compare the bytes and the placement record by record (tests/test_io_append_path.py,
- * tests/test_core_fastappend.py).
+ * tests/test_speedups.py).
  *
  * Why C: this function runs once per record under the producer's lock and the GIL; in Python it
  * is about forty bytecode-level operations (~1 us), the largest part of a record's CPU cost.
@@ -440,7 +445,7 @@ PlainAppender_dealloc(PlainAppender *self)
 
 static PyTypeObject PlainAppender_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kprod._core._fastappend.PlainAppender",
+    .tp_name = "kprod._speedups.PlainAppender",
     .tp_basicsize = sizeof(PlainAppender),
     .tp_dealloc = (destructor)PlainAppender_dealloc,
     .tp_vectorcall_offset = offsetof(PlainAppender, vectorcall),
@@ -656,7 +661,7 @@ FastSend_dealloc(FastSend *self)
 
 static PyTypeObject FastSend_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kprod._core._fastappend.FastSend",
+    .tp_name = "kprod._speedups.FastSend",
     .tp_basicsize = sizeof(FastSend),
     .tp_dealloc = (destructor)FastSend_dealloc,
     .tp_vectorcall_offset = offsetof(FastSend, vectorcall),
@@ -833,14 +838,14 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "kprod._core._fastappend",
+    .m_name = "kprod._speedups",
     .m_doc = "The per-record append fast path in C (optional; kprod._core.appender is the reference).",
     .m_size = -1,
     .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
-PyInit__fastappend(void)
+PyInit__speedups(void)
 {
     if (PyType_Ready(&PlainAppender_Type) < 0 || PyType_Ready(&FastSend_Type) < 0) {
         return NULL;
