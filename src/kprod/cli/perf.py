@@ -44,6 +44,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+from kprod.cli.options import add_bootstrap_servers
+
 REPORT_INTERVAL_NS = 5_000_000_000
 """Window lines every 5 s, as in the Java tool."""
 DRAIN_INTERVAL_NS = 1_000_000_000
@@ -171,13 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="WARMUP-RECORDS",
         help="records excluded from a second, steady-state summary (must be < --num-records)",
     )
-    parser.add_argument(
-        "--bootstrap-server",
-        "--bootstrap-servers",
-        dest="bootstrap_servers",
-        default=None,
-        metavar="HOST:PORT",
+    add_bootstrap_servers(
+        parser,
         help="brokers (overrides a bootstrap.servers property); default: start the embedded broker",
+        short=False,
     )
     parser.add_argument(
         "--partitions",

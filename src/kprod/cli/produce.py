@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from kprod import ConfigError, KprodError, Producer, ProducerConfig, RecordMetadata, SerializationError
 from kprod.cli import schemas
+from kprod.cli.options import add_bootstrap_servers
 from kprod.cli.schemas import SchemaSpec
 from kprod.serde.registry import ConfluentSchemaRegistry
 
@@ -47,14 +48,7 @@ _JAVA_PROPERTIES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", required=True, help="topic to produce to")
-    parser.add_argument(
-        "--bootstrap-server",
-        "--bootstrap-servers",
-        "-b",
-        dest="bootstrap_servers",
-        default=None,
-        help="brokers (default: start the embedded Tansu broker and create the topic)",
-    )
+    add_bootstrap_servers(parser, help="brokers (default: start the embedded Tansu broker and create the topic)")
     parser.add_argument(
         "--file", type=Path, default=None, help="read records from this file instead of stdin"
     )

@@ -44,6 +44,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
+from kprod.cli.options import add_bootstrap_servers
+
 __all__ = [
     "Analysis",
     "Point",
@@ -93,15 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topic", default=None, help="topic to produce to (default: a fresh kprod-tune-<id> topic)"
     )
-    parser.add_argument(
-        "--bootstrap-server",
-        "--bootstrap-servers",
-        "-b",
-        dest="bootstrap_servers",
-        default=None,
-        metavar="HOST:PORT",
-        help="brokers (default: start the embedded Tansu broker and create the topic)",
-    )
+    add_bootstrap_servers(parser, help="brokers (default: start the embedded Tansu broker and create the topic)")
     parser.add_argument(
         "--partitions",
         type=int,
