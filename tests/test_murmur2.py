@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kprod._core import murmur2 as murmur2_module
+from kprod._core.appender import compiled_module
 from kprod._core.murmur2 import murmur2, partition_for_key
+
+# Both implementations of the unsigned hash: the Python reference and the C one (kprod._speedups,
+# which CI builds; test_speedups.py fails when it is not built).
+U32: dict[str, Callable[[bytes], int]] = {"python": murmur2_module._murmur2_python}
+if compiled_module is not None:
+    U32["c"] = compiled_module.murmur2_u32
+
+
+def _signed(h: int) -> int:
+    return h - (1 << 32) if h >= 1 << 31 else h
 
 VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors" / "vectors.json").read_text())[
     "murmur2"
@@ -23,14 +36,18 @@ def _key(case: dict[str, Any]) -> bytes:
     return bytes.fromhex(case["key_hex"]) if "key_hex" in case else case["key_utf8"].encode()
 
 
+@pytest.mark.parametrize("implementation", sorted(U32))
 @pytest.mark.parametrize("case", VECTORS["kafka_UtilsTest_testMurmur2"], ids=lambda c: str(_key(c))[:20])
-def test_kafka_utils_test_vectors(case: dict[str, Any]) -> None:
+def test_kafka_utils_test_vectors(case: dict[str, Any], implementation: str) -> None:
     assert murmur2(_key(case)) == case["murmur2"]
+    assert _signed(U32[implementation](_key(case))) == case["murmur2"]
 
 
+@pytest.mark.parametrize("implementation", sorted(U32))
 @pytest.mark.parametrize("case", VECTORS["librdkafka_rdmurmur2_unittest"], ids=lambda c: str(_key(c))[:20])
-def test_librdkafka_vectors(case: dict[str, Any]) -> None:
+def test_librdkafka_vectors(case: dict[str, Any], implementation: str) -> None:
     assert murmur2(_key(case)) & 0xFFFFFFFF == case["murmur2_unsigned"]
+    assert U32[implementation](_key(case)) == case["murmur2_unsigned"]
 
 
 def test_java_producer_md_partition_examples() -> None:
@@ -77,6 +94,20 @@ def _reference_murmur2(data: bytes) -> int:
 def test_matches_reference_transcription(data: bytes) -> None:
     # Covers the per-block loop (< 24 bytes), the lane path and keys past the precompiled 255 bytes.
     assert murmur2(data) == _reference_murmur2(data)
+    for implementation in U32.values():
+        assert _signed(implementation(data)) == _reference_murmur2(data)
+
+
+def test_the_c_hash_is_used_when_built_and_refuses_what_is_not_bytes() -> None:
+    if compiled_module is None:
+        pytest.fail("kprod._speedups is not built (see setup.py)")
+    import os
+
+    pure = os.environ.get("KPROD_PURE_PYTHON", "") not in ("", "0")
+    assert (murmur2_module._murmur2_u32 is compiled_module.murmur2_u32) is not pure
+    with pytest.raises(TypeError, match="bytes"):
+        compiled_module.murmur2_u32("text")  # type: ignore[arg-type]
+    assert compiled_module.murmur2_u32(b"") == murmur2_module._murmur2_python(b"")
 
 
 def test_confluent_kafka_murmur2_semantics() -> None:

@@ -28,6 +28,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 #include <time.h>
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -46,7 +47,6 @@ typedef struct {
     PyObject *switch_sticky;  /* callable(topic, appender) */
     PyObject *txn;            /* None or the transaction manager (attribute state) */
     PyObject *in_transaction; /* TxnState.IN_TRANSACTION */
-    PyObject *positive_hash;  /* callable(key) -> int | None */
     PyTypeObject *batch_type;
     PyTypeObject *appender_type;
     PyTypeObject *queue_type;
@@ -116,6 +116,51 @@ put_varint(char *p, long long n)
     }
     *p++ = (char)z;
     return p;
+}
+
+/* Kafka's murmur2 (Utils.murmur2: seed 0x9747b28c, m 0x5bd1e995, r 24, 4-byte little-endian blocks,
+ * then a 1-3 byte tail), as an unsigned 32-bit int; kprod._core.murmur2 has the same in Python. */
+static uint32_t
+murmur2_u32(const unsigned char *data, Py_ssize_t length)
+{
+    const uint32_t m = 0x5bd1e995u;
+    uint32_t h = 0x9747b28cu ^ (uint32_t)length;
+    Py_ssize_t blocks = length >> 2;
+    for (Py_ssize_t i = 0; i < blocks; i++) {
+        const unsigned char *b = data + 4 * i;
+        uint32_t k = (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24);
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    const unsigned char *tail = data + 4 * blocks;
+    switch (length & 3) {
+    case 3:
+        h ^= (uint32_t)tail[2] << 16;
+        /* fall through */
+    case 2:
+        h ^= (uint32_t)tail[1] << 8;
+        /* fall through */
+    case 1:
+        h ^= (uint32_t)tail[0];
+        h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return h;
+}
+
+static PyObject *
+py_murmur2_u32(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "murmur2_u32() takes bytes, not %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(murmur2_u32((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)));
 }
 
 /* The last batch of queue number `index` of the appender (new reference), Py_None when the queue
@@ -235,16 +280,9 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
             Py_INCREF(sticky);
         }
         else {
-            PyObject *positive = PyObject_CallOneArg(self->positive_hash, key);
-            if (positive == NULL) {
-                goto done;
-            }
-            long long hash;
-            int rc = read_ll(positive, &hash);
-            Py_DECREF(positive);
-            if (rc < 0 || hash < 0) {
-                REFUSE();  /* None: the key is not cached */
-            }
+            /* partition_for_key's hash, computed here (the Python closure calls positive_hash) */
+            long long hash = (long long)(murmur2_u32((const unsigned char *)PyBytes_AS_STRING(key),
+                                                    PyBytes_GET_SIZE(key)) & 0x7fffffffu);
             batch = last_batch_of(self, appender, hash % count_partitions);
             if (batch == NULL) {
                 REFUSE();
@@ -411,7 +449,6 @@ PlainAppender_traverse(PlainAppender *self, visitproc visit, void *arg)
     Py_VISIT(self->switch_sticky);
     Py_VISIT(self->txn);
     Py_VISIT(self->in_transaction);
-    Py_VISIT(self->positive_hash);
     Py_VISIT(self->batch_type);
     Py_VISIT(self->appender_type);
     Py_VISIT(self->queue_type);
@@ -427,7 +464,6 @@ PlainAppender_clear(PlainAppender *self)
     Py_CLEAR(self->switch_sticky);
     Py_CLEAR(self->txn);
     Py_CLEAR(self->in_transaction);
-    Py_CLEAR(self->positive_hash);
     Py_CLEAR(self->batch_type);
     Py_CLEAR(self->appender_type);
     Py_CLEAR(self->queue_type);
@@ -698,24 +734,24 @@ static PyObject *
 make_plain_appender(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
-        "accumulator", "fast_appenders", "switch_sticky", "txn", "in_transaction", "positive_hash",
+        "accumulator", "fast_appenders", "switch_sticky", "txn", "in_transaction",
         "max_bytes", "memory_limit", "batch_limit", "batch_size", "ignore_keys",
         "batch_type", "appender_type", "queue_type", "sticky_type", NULL,
     };
-    PyObject *acc, *fast_appenders, *switch_sticky, *txn, *in_transaction, *positive_hash;
+    PyObject *acc, *fast_appenders, *switch_sticky, *txn, *in_transaction;
     long long max_bytes, memory_limit, batch_limit, batch_size;
     int ignore_keys;
     PyTypeObject *batch_type, *appender_type, *queue_type, *sticky_type;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OO!OOOOLLLLpO!O!O!O!:plain_appender", keywords,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OO!OOOLLLLpO!O!O!O!:plain_appender", keywords,
                                      &acc, &PyDict_Type, &fast_appenders, &switch_sticky, &txn,
-                                     &in_transaction, &positive_hash, &max_bytes, &memory_limit,
+                                     &in_transaction, &max_bytes, &memory_limit,
                                      &batch_limit, &batch_size, &ignore_keys,
                                      &PyType_Type, &batch_type, &PyType_Type, &appender_type,
                                      &PyType_Type, &queue_type, &PyType_Type, &sticky_type)) {
         return NULL;
     }
-    if (!PyCallable_Check(switch_sticky) || !PyCallable_Check(positive_hash)) {
-        PyErr_SetString(PyExc_TypeError, "switch_sticky and positive_hash must be callable");
+    if (!PyCallable_Check(switch_sticky)) {
+        PyErr_SetString(PyExc_TypeError, "switch_sticky must be callable");
         return NULL;
     }
     if (!PyDict_CheckExact(fast_appenders)) {
@@ -736,7 +772,6 @@ make_plain_appender(PyObject *module, PyObject *args, PyObject *kwargs)
     self->switch_sticky = Py_NewRef(switch_sticky);
     self->txn = Py_NewRef(txn);
     self->in_transaction = Py_NewRef(in_transaction);
-    self->positive_hash = Py_NewRef(positive_hash);
     self->batch_type = (PyTypeObject *)Py_NewRef(batch_type);
     self->appender_type = (PyTypeObject *)Py_NewRef(appender_type);
     self->queue_type = (PyTypeObject *)Py_NewRef(queue_type);
@@ -826,11 +861,13 @@ make_fast_send(PyObject *module, PyObject *args, PyObject *kwargs)
 }
 
 static PyMethodDef module_methods[] = {
+    {"murmur2_u32", (PyCFunction)py_murmur2_u32, METH_O,
+     "murmur2_u32(data: bytes) -> int: Kafka's murmur2 of data as an unsigned 32-bit int."},
     {"fast_send", (PyCFunction)(void (*)(void))make_fast_send, METH_VARARGS | METH_KEYWORDS,
      "fast_send(*, appender, lock, after_append_locked, after_append, fallback, fallback_general, "
      "future_type) -> FastSend"},
     {"plain_appender", (PyCFunction)(void (*)(void))make_plain_appender, METH_VARARGS | METH_KEYWORDS,
-     "plain_appender(*, accumulator, fast_appenders, switch_sticky, txn, in_transaction, positive_hash, "
+     "plain_appender(*, accumulator, fast_appenders, switch_sticky, txn, in_transaction, "
      "max_bytes, memory_limit, batch_limit, batch_size, ignore_keys, batch_type, appender_type, "
      "queue_type, sticky_type) -> PlainAppender"},
     {NULL, NULL, 0, NULL},

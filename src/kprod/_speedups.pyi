@@ -16,7 +16,6 @@ def plain_appender(
     switch_sticky: Any,
     txn: object,
     in_transaction: object,
-    positive_hash: Any,
     max_bytes: int,
     memory_limit: int,
     batch_limit: int,
@@ -27,3 +26,5 @@ def plain_appender(
     queue_type: type,
     sticky_type: type,
 ) -> PlainAppender: ...
+
+def murmur2_u32(data: bytes, /) -> int: ...

@@ -30,7 +30,7 @@ from kprod._core.accumulator import (
     record_size_upper_bound,
 )
 from kprod._core.metadata import TOPIC_NAME_MAX_LENGTH, ClusterMetadata, TopicInfo, topic_name_problem
-from kprod._core.murmur2 import cached_positive_hash, partition_for_key
+from kprod._core.murmur2 import partition_for_key, positive_hash
 from kprod._core.partitioner import LIBRDKAFKA_PARTITIONERS, StickyPartitioner
 from kprod._core.transactions import TransactionManager, TxnState
 from kprod.config import ProducerConfig
@@ -73,7 +73,7 @@ WAIT_MEMORY = Wait.MEMORY
 _T = ZIGZAG_TABLE  # _T[n] is the varint of n for -8192 <= n <= 8191.
 _ZERO = b"\x00"  # a record's Attributes, and a HeaderCount of 0.
 _NULL = b"\x01"  # varint(-1): a null key (and _T[-1])
-_cached_positive_hash = cached_positive_hash
+_positive_hash = positive_hash
 _PLAIN_RECORD_BOUND = record_size_upper_bound(None, None, None) + 2
 """record_size_upper_bound of a record without headers, less len(key) + len(value) where a null
 key or value counts as -1 (hence + 2)."""
@@ -364,7 +364,6 @@ def _plain_appender(engine: RecordAppender) -> PlainAppender:
         switch_sticky=engine._switch_sticky,
         txn=engine.txn,
         in_transaction=TxnState.IN_TRANSACTION,
-        positive_hash=_cached_positive_hash,
         max_bytes=max_bytes,
         memory_limit=memory_limit,
         batch_limit=batch_limit,
@@ -398,7 +397,7 @@ def _plain_appender_py(engine: RecordAppender) -> PlainAppender:
         (:class:`_TopicAppender`), no custom partitioner, room in ``buffer.memory``,
         and an open batch in the record's partition with room for it. It does what
         :meth:`RecordAppender.try_append` would do, with the sticky partitioner's byte
-        accounting, the key's cached murmur2 hash and :meth:`RecordBatchBuilder.append`
+        accounting, the key's murmur2 hash (remembered for short keys) and :meth:`RecordBatchBuilder.append`
         inlined (the tests check both paths place and encode every record alike).
         None means "not this way" and changes nothing: the caller then takes the
         general path (serializers, validation, new batches, waits), which also
@@ -437,10 +436,7 @@ def _plain_appender_py(engine: RecordAppender) -> PlainAppender:
                 batch = appender.sticky_batch
                 sticky = appender.sticky
             else:
-                positive = _cached_positive_hash(key)
-                if positive is None:
-                    return None
-                batches = appender.queues[positive % appender.count].batches
+                batches = appender.queues[_positive_hash(key) % appender.count].batches
                 batch = batches[-1] if batches else None
         elif type(partition) is int and 0 <= partition < appender.count:
             batches = appender.queues[partition].batches
