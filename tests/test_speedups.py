@@ -221,6 +221,18 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
         (("fast-send", b"v"), {"partition": True}),
         (("fast-send", bytearray(b"v")), {}),
         ((".", b"v"), {}),
+        # The default serializers' str, and explicit timestamps: FastSend takes these itself.
+        (("fast-send", "text"), {"partition": 1}),
+        (("fast-send", "zoë ∑ 😀", "ключ"), {}),
+        (("fast-send", "\udc80"), {}),  # a lone surrogate: not UTF-8, the serializer's error
+        (("fast-send", b"v", "\ud800"), {}),
+        (("fast-send", b"v"), {"timestamp": 1_700_000_000_123, "partition": 0}),
+        (("fast-send", "v", "k"), {"timestamp": 0}),
+        (("fast-send", b"v"), {"timestamp": -1}),
+        (("fast-send", b"v"), {"timestamp": 1_700_000_000_000.0}),
+        (("fast-send", b"v"), {"timestamp": 1.5}),
+        (("fast-send", b"v"), {"timestamp": True}),
+        (("fast-send", b"v"), {"timestamp": "now"}),
     ]
     try:
         # Under KPROD_PURE_PYTHON=1 both sends are the Python method (the comparison still holds).
@@ -240,11 +252,25 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
                     answers.append(("future", type(future).__name__))
             assert answers[0] == answers[1], (args, kwargs)
         producer.flush(30)
-        assert len(futures) == 2 * 13  # the first 12 calls and the bytearray value, by each send
+        # The first 12 calls, the bytearray value, the 2 str calls, 2 timestamps and the float
+        # timestamp, by each send.
+        assert len(futures) == 2 * 18
         assert all(f.exception(0) is None for f in futures)
         assert len(delivered) == 2 and all(error is None for _, error in delivered)
         assert [f.result(0).partition for f in futures[10:12]] == [2, 2]  # partition=2, twice
+        results = [f.result(0) for f in futures]
+        # Each pair (C, then Python) wrote the same record: same timestamp where one was given.
+        assert [r.timestamp for r in results[30:36]] == [1_700_000_000_123] * 2 + [0] * 2 + [1_700_000_000_000] * 2
     finally:
         producer.close(10)
     records = consume_all(fresh_broker.bootstrap_servers, "fast-send", 3, len(futures), timeout_s=30)
     assert len(records) == len(futures)
+    stored = {(r.partition, r.offset): r for r in records}
+    for c_future, py_future in zip(futures[0::2], futures[1::2], strict=True):
+        c_md, py_md = c_future.result(0), py_future.result(0)
+        c_rec, py_rec = stored[(c_md.partition, c_md.offset)], stored[(py_md.partition, py_md.offset)]
+        assert (c_rec.key, c_rec.value, c_rec.headers) == (py_rec.key, py_rec.value, py_rec.headers)
+        if c_md.partition != py_md.partition:  # keyless records may land on another sticky partition
+            assert c_rec.key is None
+    assert {r.value for r in records} >= {"zoë ∑ 😀".encode(), b"text"}
+    assert "ключ".encode() in {r.key for r in records}

@@ -197,39 +197,23 @@ last_batch_of(PlainAppender *self, PyObject *appender, long long index)
 
 #define REFUSE() do { result = Py_None; Py_INCREF(result); goto done; } while (0)
 
+/* A record's key or value for plain_append: its bytes, or size -1 for null. */
+typedef struct {
+    const char *data;
+    Py_ssize_t size;
+} Blob;
+
 static PyObject *
-plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject *timestamp,
-             PyObject *key, PyObject *value)
+plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long long ts, Blob key, Blob value)
 {
     PyObject *result = NULL;
     PyObject *appender = NULL;
     PyObject *batch = NULL;
     PyObject *sticky = NULL;
-    long long value_size, key_size, ts, used, count_partitions;
+    long long value_size = value.size, key_size = key.size, used, count_partitions;
 
-    if (PyBytes_CheckExact(value)) {
-        value_size = PyBytes_GET_SIZE(value);
-    }
-    else if (value == Py_None) {
-        value_size = -1;
-    }
-    else {
-        Py_RETURN_NONE;
-    }
-    if (key == Py_None) {
-        key_size = -1;
-    }
-    else if (PyBytes_CheckExact(key)) {
-        key_size = PyBytes_GET_SIZE(key);
-    }
-    else {
-        Py_RETURN_NONE;
-    }
     if (!PyUnicode_CheckExact(topic)) {
         Py_RETURN_NONE;
-    }
-    if (read_ll(timestamp, &ts) < 0) {
-        Py_RETURN_NONE;  /* the general path reports a bad timestamp */
     }
     appender = PyDict_GetItemWithError(self->fast_appenders, topic);
     if (appender == NULL) {
@@ -268,7 +252,7 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
         REFUSE();
     }
     if (partition == Py_None) {
-        if (key == Py_None || self->ignore_keys) {
+        if (key_size < 0 || self->ignore_keys) {
             batch = SLOT(appender, self->off_app_sticky_batch);
             sticky = SLOT(appender, self->off_app_sticky);
             if (batch == NULL || sticky == NULL || Py_TYPE(sticky) != self->sticky_type) {
@@ -281,8 +265,7 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
         }
         else {
             /* partition_for_key's hash, computed here (the Python closure calls positive_hash) */
-            long long hash = (long long)(murmur2_u32((const unsigned char *)PyBytes_AS_STRING(key),
-                                                    PyBytes_GET_SIZE(key)) & 0x7fffffffu);
+            long long hash = (long long)(murmur2_u32((const unsigned char *)key.data, key.size) & 0x7fffffffu);
             batch = last_batch_of(self, appender, hash % count_partitions);
             if (batch == NULL) {
                 REFUSE();
@@ -361,12 +344,12 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, PyObject
     p = put_varint(p, count);
     p = put_varint(p, key_size);
     if (key_bytes) {
-        memcpy(p, PyBytes_AS_STRING(key), key_bytes);
+        memcpy(p, key.data, key_bytes);
         p += key_bytes;
     }
     p = put_varint(p, value_size);
     if (value_bytes) {
-        memcpy(p, PyBytes_AS_STRING(value), value_bytes);
+        memcpy(p, value.data, value_bytes);
         p += value_bytes;
     }
     *p++ = 0;  /* header count */
@@ -429,6 +412,23 @@ done:
     return result;
 }
 
+/* bytes -> its buffer, None -> null; 0 for anything else. */
+static inline int
+blob_of_bytes(PyObject *obj, Blob *out)
+{
+    if (PyBytes_CheckExact(obj)) {
+        out->data = PyBytes_AS_STRING(obj);
+        out->size = PyBytes_GET_SIZE(obj);
+        return 1;
+    }
+    if (obj == Py_None) {
+        out->data = NULL;
+        out->size = -1;
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 PlainAppender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -438,7 +438,13 @@ PlainAppender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargs
                         "try_append_plain(topic, partition, timestamp_ms, key, value) takes 5 positional arguments");
         return NULL;
     }
-    return plain_append((PlainAppender *)callable, args[0], args[1], args[2], args[3], args[4]);
+    /* Only raw bytes or None, and an int timestamp: anything else is the general path's (None). */
+    Blob key, value;
+    long long ts;
+    if (!blob_of_bytes(args[3], &key) || !blob_of_bytes(args[4], &value) || read_ll(args[2], &ts) < 0) {
+        Py_RETURN_NONE;
+    }
+    return plain_append((PlainAppender *)callable, args[0], args[1], ts, key, value);
 }
 
 static int
@@ -526,6 +532,29 @@ set_slot(PyObject *obj, Py_ssize_t off, PyObject *value)
     Py_XDECREF(old);
 }
 
+/* A key or value as the default serializer makes it: bytes, str as UTF-8, None as null; 0 for
+ * anything else, or for a str that is not valid UTF-8 (no exception left set). The UTF-8 of a str
+ * that is not ASCII stays cached in the str, as CPython's own PyUnicode_AsUTF8 does. */
+static inline int
+blob_of_serialized(PyObject *obj, Blob *out)
+{
+    if (blob_of_bytes(obj, out)) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(obj)) {
+        Py_ssize_t size;
+        const char *data = PyUnicode_AsUTF8AndSize(obj, &size);
+        if (data == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        out->data = data;
+        out->size = size;
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -555,18 +584,34 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
             a[at] = v;
         }
     }
-    PyObject *topic = a[0], *value = a[1], *key = a[2], *partition = a[3], *on_delivery = a[6];
-    if (a[4] != Py_None || a[5] != Py_None || (on_delivery != Py_None && !PyCallable_Check(on_delivery))) {
+    PyObject *topic = a[0], *partition = a[3], *timestamp = a[4], *on_delivery = a[6];
+    if (a[5] != Py_None || (on_delivery != Py_None && !PyCallable_Check(on_delivery))) {
         goto fallback;
     }
-    struct timespec now;
-    if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+    /* The default serializers' work: bytes as they are, str as UTF-8 (a str that cannot be
+     * encoded, and any other type, go the general way, which raises what the serializer says). */
+    Blob key, value;
+    if (!blob_of_serialized(a[2], &key) || !blob_of_serialized(a[1], &value)) {
         goto fallback;
     }
-    long long ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    PyObject *ts_obj = PyLong_FromLongLong(ts);
-    if (ts_obj == NULL) {
-        return NULL;
+    long long ts;
+    PyObject *ts_obj;
+    if (timestamp == Py_None) {
+        struct timespec now;
+        if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+            goto fallback;
+        }
+        ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        ts_obj = PyLong_FromLongLong(ts);
+        if (ts_obj == NULL) {
+            return NULL;
+        }
+    }
+    else if (PyLong_CheckExact(timestamp) && read_ll(timestamp, &ts) == 0 && ts >= 0) {
+        ts_obj = Py_NewRef(timestamp);  /* check_timestamp's common case: a non-negative int */
+    }
+    else {
+        goto fallback;
     }
     PyObject *r = PyObject_CallNoArgs(self->acquire);
     if (r == NULL) {
@@ -576,7 +621,7 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
     Py_DECREF(r);
     PyObject *action = NULL;
     long long index = 0;
-    PyObject *batch = plain_append(self->appender, topic, partition, ts_obj, key, value);
+    PyObject *batch = plain_append(self->appender, topic, partition, ts, key, value);
     if (batch != NULL && batch != Py_None) {
         long long count;
         if (read_ll(SLOT(batch, self->appender->off_record_count), &count) < 0) {
