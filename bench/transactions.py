@@ -10,7 +10,7 @@ per run; kprod runs twice, with the cluster's transactions v2 (as Java) and with
 10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
 process, one after the other; commit latency is the time ``commit_transaction()`` takes (it
 includes sending the transaction's last records). ``--batch-size`` gives every client the same
-``batch.size`` (by default each keeps its own: 16384 for kprod and Java, 1000000 for librdkafka,
+``batch.size`` (by default each keeps its own: 131072 for kprod, 16384 for Java, 1000000 for librdkafka,
 which matters here: see docs/transactions.md). The Java producer is ProducerPerformance with
 ``--transactional-id``; it commits by time (``--transaction-duration-ms``), so its row gives the
 duration that makes transactions of about the same size and reports no commit latency. The table

@@ -233,6 +233,19 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
         (("fast-send", b"v"), {"timestamp": 1.5}),
         (("fast-send", b"v"), {"timestamp": True}),
         (("fast-send", b"v"), {"timestamp": "now"}),
+        # Headers: FastSend encodes the common forms itself, the rest goes the general way.
+        (("fast-send", b"v"), {"headers": [("trace", b"abc"), ("n", None), ("s", "välue")]}),
+        (("fast-send", b"v", b"k"), {"headers": (("a", b""), ("", b"x"))}),
+        (("fast-send", b"v"), {"headers": {"ключ": b"1", "b": None}}),
+        (("fast-send", b"v"), {"headers": [], "partition": 1}),
+        (("fast-send", b"v"), {"headers": [["list-pair", b"1"]]}),
+        (("fast-send", b"v"), {"headers": [("ba", bytearray(b"1"))]}),
+        (("fast-send", b"v"), {"headers": [(f"h{i}", b"v") for i in range(100)]}),
+        (("fast-send", b"v"), {"headers": [("bad", 5)]}),
+        (("fast-send", b"v"), {"headers": [(5, b"v")]}),
+        (("fast-send", b"v"), {"headers": [("x", b"1", b"2")]}),
+        (("fast-send", b"v"), {"headers": "nope"}),
+        (("fast-send", b"v"), {"headers": [("\udc80", b"1")]}),
     ]
     try:
         # Under KPROD_PURE_PYTHON=1 both sends are the Python method (the comparison still holds).
@@ -254,7 +267,7 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
         producer.flush(30)
         # The first 12 calls, the bytearray value, the 2 str calls, 2 timestamps and the float
         # timestamp, by each send.
-        assert len(futures) == 2 * 18
+        assert len(futures) == 2 * 25  # and 7 with headers
         assert all(f.exception(0) is None for f in futures)
         assert len(delivered) == 2 and all(error is None for _, error in delivered)
         assert [f.result(0).partition for f in futures[10:12]] == [2, 2]  # partition=2, twice

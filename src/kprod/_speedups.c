@@ -204,7 +204,8 @@ typedef struct {
 } Blob;
 
 static PyObject *
-plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long long ts, Blob key, Blob value)
+plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long long ts, Blob key, Blob value,
+             Blob headers)
 {
     PyObject *result = NULL;
     PyObject *appender = NULL;
@@ -237,7 +238,9 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long lon
             REFUSE();  /* the general path raises what the transaction's state says */
         }
     }
-    long long data_size = key_size + value_size;
+    /* headers.size: the encoded header section (its count included), 0 without headers; the plain
+     * bounds count one byte for an empty section, so the bound stays an upper bound. */
+    long long data_size = key_size + value_size + headers.size;
     if (data_size > self->max_bytes) {
         REFUSE();
     }
@@ -310,12 +313,12 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long lon
         REFUSE();
     }
 
-    /* RecordBatchBuilder.append for a record without headers: length, attributes, timestamp
-     * delta, offset delta, key, value, header count. */
+    /* RecordBatchBuilder.append: length, attributes, timestamp delta, offset delta, key, value,
+     * then the header count and headers (encoded by the caller) or a count of 0. */
     Py_ssize_t value_bytes = value_size < 0 ? 0 : (Py_ssize_t)value_size;
     Py_ssize_t key_bytes = key_size < 0 ? 0 : (Py_ssize_t)key_size;
     Py_ssize_t body = 1 + varint_len(delta) + varint_len(count) + varint_len(key_size) + key_bytes +
-                      varint_len(value_size) + value_bytes + 1;
+                      varint_len(value_size) + value_bytes + (headers.size ? headers.size : 1);
     Py_ssize_t added = varint_len(body) + body;
     Py_ssize_t old_len = PyByteArray_GET_SIZE(buffer);
     Py_ssize_t new_len = old_len + added;
@@ -352,7 +355,13 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long lon
         memcpy(p, value.data, value_bytes);
         p += value_bytes;
     }
-    *p++ = 0;  /* header count */
+    if (headers.size) {
+        memcpy(p, headers.data, headers.size);
+        p += headers.size;
+    }
+    else {
+        *p++ = 0;  /* header count */
+    }
 
     long long size = old_len + added;
     long long grown = size - before;
@@ -444,7 +453,8 @@ PlainAppender_vectorcall(PyObject *callable, PyObject *const *args, size_t nargs
     if (!blob_of_bytes(args[3], &key) || !blob_of_bytes(args[4], &value) || read_ll(args[2], &ts) < 0) {
         Py_RETURN_NONE;
     }
-    return plain_append((PlainAppender *)callable, args[0], args[1], ts, key, value);
+    Blob no_headers = {NULL, 0};
+    return plain_append((PlainAppender *)callable, args[0], args[1], ts, key, value, no_headers);
 }
 
 static int
@@ -555,6 +565,100 @@ blob_of_serialized(PyObject *obj, Blob *out)
     return 0;
 }
 
+/* One header's name or value as normalize_headers makes it: str as UTF-8, bytes as is, None (values
+ * only) as null. 0 for anything else or a str that is not UTF-8 (no exception left set). */
+static inline int
+header_blob(PyObject *obj, int is_name, Blob *out)
+{
+    if (PyUnicode_CheckExact(obj)) {
+        Py_ssize_t size;
+        const char *data = PyUnicode_AsUTF8AndSize(obj, &size);
+        if (data == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        out->data = data;
+        out->size = size;
+        return 1;
+    }
+    if (is_name) {
+        return 0;  /* names are str */
+    }
+    return blob_of_bytes(obj, out);
+}
+
+#define MAX_FAST_HEADERS 64
+
+/* Encode `headers` (a list or tuple of (name, value) tuples, or a dict) as a record's header section:
+ * varint count, then each name and value with its varint length (-1: a null value). 1 and a new
+ * bytes object in *out (NULL when there are no headers); 0 for a form or a header the general path
+ * must see (no exception set); -1 on an error (MemoryError). */
+static int
+encode_headers(PyObject *headers, PyObject **out)
+{
+    Blob names[MAX_FAST_HEADERS], values[MAX_FAST_HEADERS];
+    Py_ssize_t n = 0;
+    *out = NULL;
+    if (PyDict_CheckExact(headers)) {
+        if (PyDict_GET_SIZE(headers) > MAX_FAST_HEADERS) {
+            return 0;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *name, *value;
+        while (PyDict_Next(headers, &pos, &name, &value)) {
+            if (!header_blob(name, 1, &names[n]) || !header_blob(value, 0, &values[n])) {
+                return 0;
+            }
+            n++;
+        }
+    }
+    else if (PyList_CheckExact(headers) || PyTuple_CheckExact(headers)) {
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
+        if (count > MAX_FAST_HEADERS) {
+            return 0;
+        }
+        PyObject **items = PySequence_Fast_ITEMS(headers);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *pair = items[i];
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+                !header_blob(PyTuple_GET_ITEM(pair, 0), 1, &names[n]) ||
+                !header_blob(PyTuple_GET_ITEM(pair, 1), 0, &values[n])) {
+                return 0;
+            }
+            n++;
+        }
+    }
+    else {
+        return 0;
+    }
+    if (n == 0) {
+        return 1;  /* `if headers` is false for an empty list or dict: no headers */
+    }
+    Py_ssize_t size = varint_len(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size += varint_len(names[i].size) + names[i].size + varint_len(values[i].size) +
+                (values[i].size > 0 ? values[i].size : 0);
+    }
+    PyObject *section = PyBytes_FromStringAndSize(NULL, size);
+    if (section == NULL) {
+        return -1;
+    }
+    char *p = PyBytes_AS_STRING(section);
+    p = put_varint(p, n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        p = put_varint(p, names[i].size);
+        memcpy(p, names[i].data, names[i].size);
+        p += names[i].size;
+        p = put_varint(p, values[i].size);
+        if (values[i].size > 0) {
+            memcpy(p, values[i].data, values[i].size);
+            p += values[i].size;
+        }
+    }
+    *out = section;
+    return 1;
+}
+
 static PyObject *
 fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -585,7 +689,7 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
         }
     }
     PyObject *topic = a[0], *partition = a[3], *timestamp = a[4], *on_delivery = a[6];
-    if (a[5] != Py_None || (on_delivery != Py_None && !PyCallable_Check(on_delivery))) {
+    if (on_delivery != Py_None && !PyCallable_Check(on_delivery)) {
         goto fallback;
     }
     /* The default serializers' work: bytes as they are, str as UTF-8 (a str that cannot be
@@ -593,6 +697,23 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
     Blob key, value;
     if (!blob_of_serialized(a[2], &key) || !blob_of_serialized(a[1], &value)) {
         goto fallback;
+    }
+    /* Headers in their common forms are encoded here; the rest (and every mistake) goes the general
+     * way, whose normalize_headers accepts more and says what is wrong. */
+    PyObject *header_section = NULL;
+    Blob headers = {NULL, 0};
+    if (a[5] != Py_None) {
+        int rc = encode_headers(a[5], &header_section);
+        if (rc < 0) {
+            return NULL;
+        }
+        if (rc == 0) {
+            goto fallback;
+        }
+        if (header_section != NULL) {
+            headers.data = PyBytes_AS_STRING(header_section);
+            headers.size = PyBytes_GET_SIZE(header_section);
+        }
     }
     long long ts;
     PyObject *ts_obj;
@@ -604,6 +725,7 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
         ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
         ts_obj = PyLong_FromLongLong(ts);
         if (ts_obj == NULL) {
+            Py_XDECREF(header_section);
             return NULL;
         }
     }
@@ -611,17 +733,20 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
         ts_obj = Py_NewRef(timestamp);  /* check_timestamp's common case: a non-negative int */
     }
     else {
+        Py_XDECREF(header_section);
         goto fallback;
     }
     PyObject *r = PyObject_CallNoArgs(self->acquire);
     if (r == NULL) {
+        Py_XDECREF(header_section);
         Py_DECREF(ts_obj);
         return NULL;
     }
     Py_DECREF(r);
     PyObject *action = NULL;
     long long index = 0;
-    PyObject *batch = plain_append(self->appender, topic, partition, ts, key, value);
+    PyObject *batch = plain_append(self->appender, topic, partition, ts, key, value, headers);
+    Py_XDECREF(header_section);  /* copied into the batch (or not needed) */
     if (batch != NULL && batch != Py_None) {
         long long count;
         if (read_ll(SLOT(batch, self->appender->off_record_count), &count) < 0) {
