@@ -8,6 +8,7 @@ also look for leaked or stolen references and for objects the garbage collector 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import sys
@@ -19,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import consume_all
-from kprod import Producer
+from kprod import AsyncProducer, Producer
 from kprod._core import appender as appender_module
 from kprod._core.accumulator import ProducerBatch
 from kprod._core.appender import compiled_fast_path_available, speedups_module
@@ -189,15 +190,9 @@ def test_the_compiled_objects_are_collected_with_their_producer() -> None:
     assert [r for r in refs if r() is not None] == []
 
 
-def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: EmbeddedBroker) -> None:
-    fresh_broker.create_topic("fast-send", partitions=3)
-    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers, "linger.ms": 1})
-    delivered: list[Any] = []
-
-    def on_delivery(metadata: Any, error: Any) -> None:
-        delivered.append((metadata, error))
-
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+def send_calls(on_delivery: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Every way of calling send()/enqueue() the compiled paths must answer as the Python ones."""
+    return [
         (("fast-send", b"v"), {}),
         (("fast-send",), {"value": b"v"}),
         (("fast-send", b"v", b"k"), {}),
@@ -247,6 +242,17 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
         (("fast-send", b"v"), {"headers": "nope"}),
         (("fast-send", b"v"), {"headers": [("\udc80", b"1")]}),
     ]
+
+
+def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: EmbeddedBroker) -> None:
+    fresh_broker.create_topic("fast-send", partitions=3)
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap_servers, "linger.ms": 1})
+    delivered: list[Any] = []
+
+    def on_delivery(metadata: Any, error: Any) -> None:
+        delivered.append((metadata, error))
+
+    calls = send_calls(on_delivery)
     try:
         # Under KPROD_PURE_PYTHON=1 both sends are the Python method (the comparison still holds).
         if speedups_module is not None:
@@ -273,7 +279,9 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
         assert [f.result(0).partition for f in futures[10:12]] == [2, 2]  # partition=2, twice
         results = [f.result(0) for f in futures]
         # Each pair (C, then Python) wrote the same record: same timestamp where one was given.
-        assert [r.timestamp for r in results[30:36]] == [1_700_000_000_123] * 2 + [0] * 2 + [1_700_000_000_000] * 2
+        assert [r.timestamp for r in results[30:36]] == [1_700_000_000_123] * 2 + [0] * 2 + [
+            1_700_000_000_000
+        ] * 2
     finally:
         producer.close(10)
     records = consume_all(fresh_broker.bootstrap_servers, "fast-send", 3, len(futures), timeout_s=30)
@@ -287,3 +295,50 @@ def test_send_in_c_answers_every_call_as_the_python_method(fresh_broker: Embedde
             assert c_rec.key is None
     assert {r.value for r in records} >= {"zoë ∑ 😀".encode(), b"text"}
     assert "ключ".encode() in {r.key for r in records}
+
+
+def test_enqueue_in_c_answers_every_call_as_the_python_method(fresh_broker: EmbeddedBroker) -> None:
+    """AsyncProducer.enqueue with its compiled path (FastEnqueue) and without it, call by call."""
+    fresh_broker.create_topic("fast-enqueue", partitions=3)
+    delivered: list[Any] = []
+
+    def on_delivery(metadata: Any, error: Any) -> None:
+        delivered.append((metadata, error))
+
+    async def run() -> list[Any]:
+        async with AsyncProducer(
+            {"bootstrap.servers": fresh_broker.bootstrap_servers, "linger.ms": 1}
+        ) as producer:
+            await producer.send("fast-enqueue", b"warm-up")
+            compiled = producer._fast_enqueue
+            if speedups_module is not None:
+                assert type(compiled) is speedups_module.FastEnqueue
+            futures: list[Any] = []
+            for args, kwargs in send_calls(on_delivery):
+                args = ("fast-enqueue", *args[1:]) if args and args[0] == "fast-send" else args
+                if kwargs.get("topic") == "fast-send":
+                    kwargs = {**kwargs, "topic": "fast-enqueue"}
+                answers: list[tuple[Any, str]] = []
+                for fast in (compiled, None):
+                    producer._fast_enqueue = fast
+                    try:
+                        future = await producer.enqueue(*args, **kwargs)
+                    except Exception as exc:
+                        answers.append((type(exc), str(exc)))
+                    else:
+                        futures.append(future)
+                        answers.append(("future", type(future).__name__))
+                producer._fast_enqueue = compiled
+                assert answers[0] == answers[1], (args, kwargs)
+            await producer.flush()
+            return [f.result() for f in futures]
+
+    results = asyncio.run(run())
+    assert len(results) == 2 * 25
+    assert len(delivered) == 2 and all(error is None for _, error in delivered)
+    records = consume_all(fresh_broker.bootstrap_servers, "fast-enqueue", 3, len(results) + 1, timeout_s=30)
+    stored = {(r.partition, r.offset): r for r in records}
+    for c_md, py_md in zip(results[0::2], results[1::2], strict=True):
+        c_rec, py_rec = stored[(c_md.partition, c_md.offset)], stored[(py_md.partition, py_md.offset)]
+        assert (c_rec.key, c_rec.value, c_rec.headers) == (py_rec.key, py_rec.value, py_rec.headers)
+        assert c_md.timestamp == c_rec.timestamp_ms and py_md.timestamp == py_rec.timestamp_ms

@@ -878,6 +878,229 @@ static PyTypeObject FastSend_Type = {
     .tp_clear = (inquiry)FastSend_clear,
 };
 
+/* ---------------------------------------------------------------------------------------------
+ * FastEnqueue: AsyncProducer.enqueue's common case (kprod/aio.py). Called with the seven arguments
+ * of enqueue, positionally; it takes what FastSend takes (the default serializers' bytes and str,
+ * an int timestamp, headers in their common forms) and appends under the engine's lock. Returns
+ * the record's asyncio future, or (future, action) when AfterAppend asks for something (a full
+ * batch), or None: the caller then takes the general path with the same arguments.
+ */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PlainAppender *appender;
+    PyObject *acquire;
+    PyObject *release;
+    PyObject *after_append_locked;
+    PyObject *create_future;  /* the loop's create_future */
+    Py_ssize_t off_callbacks; /* ProducerBatch.callbacks: None or a list of (index, fn, timestamp ms) */
+} FastEnqueue;
+
+/* batch.add_callback(index, fn, timestamp_ms), at the slot; -1 with an exception. */
+static int
+add_callback(PyObject *batch, Py_ssize_t off_callbacks, PyObject *index, PyObject *fn, PyObject *ts)
+{
+    PyObject *entry = PyTuple_Pack(3, index, fn, ts);
+    if (entry == NULL) {
+        return -1;
+    }
+    PyObject *callbacks = SLOT(batch, off_callbacks);
+    int rc;
+    if (callbacks == NULL || callbacks == Py_None) {
+        PyObject *list = PyList_New(1);
+        if (list == NULL) {
+            Py_DECREF(entry);
+            return -1;
+        }
+        PyList_SET_ITEM(list, 0, entry);  /* steals entry */
+        set_slot(batch, off_callbacks, list);
+        return 0;
+    }
+    if (!PyList_CheckExact(callbacks)) {
+        Py_DECREF(entry);
+        PyErr_SetString(PyExc_TypeError, "kprod fast enqueue: a batch's callbacks is not a list");
+        return -1;
+    }
+    rc = PyList_Append(callbacks, entry);
+    Py_DECREF(entry);
+    return rc;
+}
+
+static PyObject *
+fast_enqueue_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FastEnqueue *self = (FastEnqueue *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 7 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "FastEnqueue takes (topic, value, key, partition, timestamp, headers, on_delivery)");
+        return NULL;
+    }
+    PyObject *topic = args[0], *partition = args[3], *timestamp = args[4], *on_delivery = args[6];
+    if (on_delivery != Py_None && !PyCallable_Check(on_delivery)) {
+        Py_RETURN_NONE;
+    }
+    Blob key, value;
+    if (!blob_of_serialized(args[2], &key) || !blob_of_serialized(args[1], &value)) {
+        Py_RETURN_NONE;
+    }
+    long long ts;
+    if (timestamp != Py_None && !(PyLong_CheckExact(timestamp) && read_ll(timestamp, &ts) == 0 && ts >= 0)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *header_section = NULL;
+    Blob headers = {NULL, 0};
+    if (args[5] != Py_None) {
+        int rc = encode_headers(args[5], &header_section);
+        if (rc < 0) {
+            return NULL;
+        }
+        if (rc == 0) {
+            Py_RETURN_NONE;
+        }
+        if (header_section != NULL) {
+            headers.data = PyBytes_AS_STRING(header_section);
+            headers.size = PyBytes_GET_SIZE(header_section);
+        }
+    }
+    PyObject *ts_obj;
+    if (timestamp == Py_None) {
+        struct timespec now;
+        if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+            Py_XDECREF(header_section);
+            Py_RETURN_NONE;
+        }
+        ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        ts_obj = PyLong_FromLongLong(ts);
+        if (ts_obj == NULL) {
+            Py_XDECREF(header_section);
+            return NULL;
+        }
+    }
+    else {
+        ts_obj = Py_NewRef(timestamp);
+    }
+    PyObject *future = PyObject_CallNoArgs(self->create_future);
+    if (future == NULL) {
+        Py_XDECREF(header_section);
+        Py_DECREF(ts_obj);
+        return NULL;
+    }
+    PyObject *r = PyObject_CallNoArgs(self->acquire);
+    if (r == NULL) {
+        Py_XDECREF(header_section);
+        Py_DECREF(ts_obj);
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *action = NULL;
+    PyObject *batch = plain_append(self->appender, topic, partition, ts, key, value, headers);
+    Py_XDECREF(header_section);
+    if (batch != NULL && batch != Py_None) {
+        long long count;
+        PyObject *index_obj = NULL;
+        if (read_ll(SLOT(batch, self->appender->off_record_count), &count) < 0) {
+            PyErr_SetString(PyExc_TypeError, "kprod fast enqueue: record_count is not an int");
+        }
+        else {
+            index_obj = PyLong_FromLongLong(count - 1);
+        }
+        if (index_obj == NULL ||
+            add_callback(batch, self->off_callbacks, index_obj, future, ts_obj) < 0 ||
+            (on_delivery != Py_None && add_callback(batch, self->off_callbacks, index_obj, on_delivery, ts_obj) < 0)) {
+            Py_CLEAR(batch);
+        }
+        Py_XDECREF(index_obj);
+        if (batch != NULL && SLOT(batch, self->appender->off_accepting) != Py_True) {
+            action = PyObject_CallOneArg(self->after_append_locked, batch);
+            if (action == NULL) {
+                Py_CLEAR(batch);
+            }
+        }
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    r = PyObject_CallNoArgs(self->release);
+    if (exc_type != NULL) {
+        Py_XDECREF(r);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        r = NULL;
+    }
+    Py_DECREF(ts_obj);
+    if (r == NULL) {
+        Py_XDECREF(batch);
+        Py_XDECREF(action);
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(r);
+    if (batch == Py_None) {
+        Py_DECREF(batch);
+        Py_DECREF(future);
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(batch);
+    if (action != NULL) {
+        int truth = PyObject_IsTrue(action);
+        if (truth < 0) {
+            Py_DECREF(action);
+            Py_DECREF(future);
+            return NULL;
+        }
+        if (truth) {
+            PyObject *pair = PyTuple_Pack(2, future, action);
+            Py_DECREF(action);
+            Py_DECREF(future);
+            return pair;
+        }
+        Py_DECREF(action);
+    }
+    return future;
+}
+
+static int
+FastEnqueue_traverse(FastEnqueue *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->appender);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->after_append_locked);
+    Py_VISIT(self->create_future);
+    return 0;
+}
+
+static int
+FastEnqueue_clear(FastEnqueue *self)
+{
+    Py_CLEAR(self->appender);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->after_append_locked);
+    Py_CLEAR(self->create_future);
+    return 0;
+}
+
+static void
+FastEnqueue_dealloc(FastEnqueue *self)
+{
+    PyObject_GC_UnTrack(self);
+    FastEnqueue_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FastEnqueue_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kprod._speedups.FastEnqueue",
+    .tp_basicsize = sizeof(FastEnqueue),
+    .tp_dealloc = (destructor)FastEnqueue_dealloc,
+    .tp_vectorcall_offset = offsetof(FastEnqueue, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "AsyncProducer.enqueue's common case in C; see kprod.aio.AsyncProducer.enqueue.",
+    .tp_traverse = (traverseproc)FastEnqueue_traverse,
+    .tp_clear = (inquiry)FastEnqueue_clear,
+};
+
 /* The offset of the __slots__ member `name` of `type`, or -1 with an exception. */
 static Py_ssize_t
 slot_offset(PyTypeObject *type, const char *name)
@@ -1030,7 +1253,51 @@ make_fast_send(PyObject *module, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+static PyObject *
+make_fast_enqueue(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"appender", "lock", "after_append_locked", "create_future", "batch_type", NULL};
+    PyObject *appender, *lock, *after_append_locked, *create_future;
+    PyTypeObject *batch_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!OOOO!:fast_enqueue", keywords, &PlainAppender_Type,
+                                     &appender, &lock, &after_append_locked, &create_future,
+                                     &PyType_Type, &batch_type)) {
+        return NULL;
+    }
+    if (batch_type != ((PlainAppender *)appender)->batch_type) {
+        PyErr_SetString(PyExc_TypeError, "batch_type must be the appender's batch type");
+        return NULL;
+    }
+    Py_ssize_t off_callbacks = slot_offset(batch_type, "callbacks");
+    if (off_callbacks < 0) {
+        return NULL;
+    }
+    PyObject *acquire = PyObject_GetAttrString(lock, "acquire");
+    PyObject *release = acquire == NULL ? NULL : PyObject_GetAttrString(lock, "release");
+    if (release == NULL) {
+        Py_XDECREF(acquire);
+        return NULL;
+    }
+    FastEnqueue *self = PyObject_GC_New(FastEnqueue, &FastEnqueue_Type);
+    if (self == NULL) {
+        Py_DECREF(acquire);
+        Py_DECREF(release);
+        return NULL;
+    }
+    self->vectorcall = fast_enqueue_call;
+    self->appender = (PlainAppender *)Py_NewRef(appender);
+    self->acquire = acquire;
+    self->release = release;
+    self->after_append_locked = Py_NewRef(after_append_locked);
+    self->create_future = Py_NewRef(create_future);
+    self->off_callbacks = off_callbacks;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef module_methods[] = {
+    {"fast_enqueue", (PyCFunction)(void (*)(void))make_fast_enqueue, METH_VARARGS | METH_KEYWORDS,
+     "fast_enqueue(*, appender, lock, after_append_locked, create_future, batch_type) -> FastEnqueue"},
     {"murmur2_u32", (PyCFunction)py_murmur2_u32, METH_O,
      "murmur2_u32(data: bytes) -> int: Kafka's murmur2 of data as an unsigned 32-bit int."},
     {"fast_send", (PyCFunction)(void (*)(void))make_fast_send, METH_VARARGS | METH_KEYWORDS,
@@ -1054,7 +1321,8 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&PlainAppender_Type) < 0 || PyType_Ready(&FastSend_Type) < 0) {
+    if (PyType_Ready(&PlainAppender_Type) < 0 || PyType_Ready(&FastSend_Type) < 0 ||
+        PyType_Ready(&FastEnqueue_Type) < 0) {
         return NULL;
     }
     str_topic = PyUnicode_InternFromString("topic");
@@ -1086,6 +1354,12 @@ PyInit__speedups(void)
     Py_INCREF(&FastSend_Type);
     if (PyModule_AddObject(module, "FastSend", (PyObject *)&FastSend_Type) < 0) {
         Py_DECREF(&FastSend_Type);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&FastEnqueue_Type);
+    if (PyModule_AddObject(module, "FastEnqueue", (PyObject *)&FastEnqueue_Type) < 0) {
+        Py_DECREF(&FastEnqueue_Type);
         Py_DECREF(module);
         return NULL;
     }

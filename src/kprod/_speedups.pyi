@@ -28,3 +28,30 @@ def plain_appender(
 ) -> PlainAppender: ...
 
 def murmur2_u32(data: bytes, /) -> int: ...
+
+class FastSend:
+    """``Producer.send``'s common case; same signature as ``Producer.send``."""
+
+    def __call__(self, topic: Any, value: Any = ..., key: Any = ..., **kwargs: Any) -> Any: ...
+
+def fast_send(
+    *,
+    appender: PlainAppender,
+    lock: Any,
+    after_append_locked: Any,
+    after_append: Any,
+    fallback: Any,
+    fallback_general: Any,
+    future_type: type,
+) -> FastSend: ...
+
+class FastEnqueue:
+    """``AsyncProducer.enqueue``'s common case: the future, (future, action), or None."""
+
+    def __call__(
+        self, topic: Any, value: Any, key: Any, partition: Any, timestamp: Any, headers: Any, on_delivery: Any, /
+    ) -> Any: ...
+
+def fast_enqueue(
+    *, appender: PlainAppender, lock: Any, after_append_locked: Any, create_future: Any, batch_type: type
+) -> FastEnqueue: ...

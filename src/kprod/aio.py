@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from kprod._core.accumulator import ProducerBatch
+from kprod._core.appender import speedups_module as _speedups
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, wall_ms
@@ -75,6 +77,8 @@ class AsyncProducer:
         self._engine: ProducerEngine | None = None
         self._path: SendPath | None = None
         self._closed = False
+        self._fast_enqueue: Any = None
+        """The compiled enqueue fast path (kprod._speedups.FastEnqueue) once started, or None."""
         self._gates: dict[str, list[Any]] = {}
         """Topics whose records wait (metadata or memory) -> [FIFO lock, tasks using it]: while a
         task waits, later enqueues of the topic queue behind it, so that records keep their order
@@ -89,10 +93,24 @@ class AsyncProducer:
             engine.start()
             self._engine = engine
             self._path = SendPath(engine, self._preparer)
+            appender = engine.try_append_plain
+            if self._plain and _speedups is not None and type(appender) is _speedups.PlainAppender:
+                self._fast_enqueue = _speedups.fast_enqueue(
+                    appender=appender,
+                    lock=engine.lock,
+                    after_append_locked=engine.after_append_locked,
+                    create_future=engine.loop.create_future,
+                    batch_type=ProducerBatch,
+                )
+                engine.after_fork.append(self._drop_fast_enqueue)
             if not _STARTED:
                 atexit.unregister(_report_unclosed)  # once, however many producers start and close
                 atexit.register(_report_unclosed)
             _STARTED.add(self)
+
+    def _drop_fast_enqueue(self) -> None:
+        """In a forked child: the compiled path holds the parent's lock; the general path raises."""
+        self._fast_enqueue = None
 
     async def _running_engine(self) -> ProducerEngine:
         if self._engine is None:
@@ -153,6 +171,15 @@ class AsyncProducer:
         engine = self._engine
         if engine is None:
             engine = await self._running_engine()
+        fast = self._fast_enqueue
+        if fast is not None and not self._gates:  # a topic that waits keeps its order: the general way
+            # In C: the default serializers' bytes and str, int timestamps, common header forms.
+            got = fast(topic, value, key, partition, timestamp, headers, on_delivery)
+            if got is not None:
+                if type(got) is tuple:
+                    await self._after_append(engine, got[1])
+                    return got[0]  # type: ignore[no-any-return]
+                return got  # type: ignore[no-any-return]
         future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
         # Raw bytes into an open batch: the engine's fast path, as in Producer.send.
         if (
