@@ -324,10 +324,13 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long lon
     Py_ssize_t new_len = old_len + added;
     Py_ssize_t alloc = ((PyByteArrayObject *)buffer)->ob_alloc;
     if (new_len + 1 > alloc) {
-        /* Grow by doubling, up to the batch's size (bytearray alone grows by an eighth: some sixty
-         * reallocations and copies of the whole buffer per 128 KiB batch). Resizing up and then down
-         * to the length needed keeps the capacity: bytearray shrinks in place by less than half. */
-        Py_ssize_t reserve = 2 * alloc;
+        /* Grow by half, up to the batch's size: bytearray alone grows by an eighth, some sixty
+         * reallocations and copies of the whole buffer per 128 KiB batch; by half it is about twenty.
+         * (Not doubling: a batch that stops filling keeps its spare capacity until it completes, and
+         * that memory is outside buffer.memory's count; a half is at most a third of the capacity.)
+         * Resizing up and then down to the length needed keeps the capacity: bytearray shrinks in
+         * place by less than half. */
+        Py_ssize_t reserve = alloc + alloc / 2;
         if (reserve > self->batch_size + 1024) {
             reserve = self->batch_size + 1024;
         }
