@@ -512,11 +512,12 @@ static PyTypeObject PlainAppender_Type = {
 };
 
 /* ---------------------------------------------------------------------------------------------
- * FastSend: Producer.send's common case (kprod/sync.py), for producers whose keys and values are
- * raw bytes. send(topic, value=None, key=None, *, partition=None, timestamp=None, headers=None,
- * on_delivery=None): a record without headers and timestamp goes to PlainAppender under the
- * engine's lock and gets its RecordFuture here; every other call, and every record the fast path
- * refuses, goes to `fallback` (Producer._send, the general path) with the same arguments.
+ * FastSend: Producer.send's common case (kprod/sync.py), for producers with the default
+ * serializers. send(topic, value=None, key=None, *, partition=None, timestamp=None, headers=None,
+ * on_delivery=None): a record record_args_take accepts goes to PlainAppender under the engine's
+ * lock and gets its RecordFuture here; every other record, and every one the fast path refuses,
+ * goes to `fallback` (Producer._send, the general path) with the same arguments, and any call
+ * this one does not parse to `fallback_general` (the Python Producer.send).
  */
 typedef struct {
     PyObject_HEAD
@@ -530,12 +531,13 @@ typedef struct {
     PyObject *fallback_general;  /* Producer.send in Python, bound: any call this one does not parse */
     PyTypeObject *future_type;
     Py_ssize_t off_future_batch, off_future_index, off_future_timestamp;
+    Py_ssize_t off_callbacks; /* ProducerBatch.callbacks */
 } FastSend;
 
 static Py_ssize_t slot_offset(PyTypeObject *type, const char *name);
 
 static PyObject *str_topic, *str_value, *str_key, *str_partition, *str_timestamp, *str_headers,
-    *str_on_delivery, *str_add_callback;
+    *str_on_delivery;
 
 static inline void
 set_slot(PyObject *obj, Py_ssize_t off, PyObject *value)
@@ -662,6 +664,115 @@ encode_headers(PyObject *headers, PyObject **out)
     return 1;
 }
 
+/* A record's own arguments as the fast paths take them (FastSend, FastEnqueue). */
+typedef struct {
+    Blob key, value, headers;
+    PyObject *header_section; /* owns headers' bytes, or NULL */
+    long long ts;
+    PyObject *ts_obj;         /* the timestamp as an int object (new reference) */
+} RecordArgs;
+
+/* Take value, key, timestamp and headers as the general path would, for the cases the fast paths
+ * handle: the default serializers' bytes and str (a str that is not UTF-8 is the serializer's to
+ * refuse), None or a non-negative int timestamp (else check_timestamp's), headers in their common
+ * forms (else normalize_headers'). 1: taken, release with record_args_clear; 0: the general path's
+ * (nothing held, no exception); -1: an error (MemoryError). */
+static int
+record_args_take(PyObject *value, PyObject *key, PyObject *timestamp, PyObject *headers, RecordArgs *out)
+{
+    out->header_section = NULL;
+    out->ts_obj = NULL;
+    out->headers.data = NULL;
+    out->headers.size = 0;
+    if (!blob_of_serialized(key, &out->key) || !blob_of_serialized(value, &out->value)) {
+        return 0;
+    }
+    if (timestamp == Py_None) {
+        struct timespec now;
+        if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+            return 0;
+        }
+        out->ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    }
+    else if (!(PyLong_CheckExact(timestamp) && read_ll(timestamp, &out->ts) == 0 && out->ts >= 0)) {
+        return 0;
+    }
+    if (headers != Py_None) {
+        int rc = encode_headers(headers, &out->header_section);
+        if (rc <= 0) {
+            return rc;
+        }
+        if (out->header_section != NULL) {
+            out->headers.data = PyBytes_AS_STRING(out->header_section);
+            out->headers.size = PyBytes_GET_SIZE(out->header_section);
+        }
+    }
+    out->ts_obj = timestamp == Py_None ? PyLong_FromLongLong(out->ts) : Py_NewRef(timestamp);
+    if (out->ts_obj == NULL) {
+        Py_CLEAR(out->header_section);
+        return -1;
+    }
+    return 1;
+}
+
+static void
+record_args_clear(RecordArgs *r)
+{
+    Py_CLEAR(r->header_section);
+    Py_CLEAR(r->ts_obj);
+}
+
+/* release() the engine's lock whatever happened before; keep the first error. 0, or -1 with an
+ * exception set (the earlier one, else release's). */
+static int
+release_keeping_error(PyObject *release)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *r = PyObject_CallNoArgs(release);
+    if (exc_type != NULL) {
+        Py_XDECREF(r);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        return -1;
+    }
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* batch.add_callback(index, fn, timestamp_ms), at the slot; -1 with an exception. */
+static int
+add_callback(PyObject *batch, Py_ssize_t off_callbacks, PyObject *index, PyObject *fn, PyObject *ts)
+{
+    PyObject *entry = PyTuple_Pack(3, index, fn, ts);
+    if (entry == NULL) {
+        return -1;
+    }
+    PyObject *callbacks = SLOT(batch, off_callbacks);
+    if (callbacks == NULL || callbacks == Py_None) {
+        PyObject *list = PyList_New(1);
+        if (list == NULL) {
+            Py_DECREF(entry);
+            return -1;
+        }
+        PyList_SET_ITEM(list, 0, entry);  /* steals entry */
+        PyObject *old = SLOT(batch, off_callbacks);
+        SLOT(batch, off_callbacks) = list;
+        Py_XDECREF(old);
+        return 0;
+    }
+    if (!PyList_CheckExact(callbacks)) {
+        Py_DECREF(entry);
+        PyErr_SetString(PyExc_TypeError, "kprod fast path: a batch's callbacks is not a list");
+        return -1;
+    }
+    int rc = PyList_Append(callbacks, entry);
+    Py_DECREF(entry);
+    return rc;
+}
+
 static PyObject *
 fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -691,83 +802,39 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
             a[at] = v;
         }
     }
-    PyObject *topic = a[0], *partition = a[3], *timestamp = a[4], *on_delivery = a[6];
+    PyObject *topic = a[0], *partition = a[3], *on_delivery = a[6];
     if (on_delivery != Py_None && !PyCallable_Check(on_delivery)) {
         goto fallback;
     }
-    /* The default serializers' work: bytes as they are, str as UTF-8 (a str that cannot be
-     * encoded, and any other type, go the general way, which raises what the serializer says). */
-    Blob key, value;
-    if (!blob_of_serialized(a[2], &key) || !blob_of_serialized(a[1], &value)) {
-        goto fallback;
+    RecordArgs rec;
+    int taken = record_args_take(a[1], a[2], a[4], a[5], &rec);
+    if (taken < 0) {
+        return NULL;
     }
-    /* Headers in their common forms are encoded here; the rest (and every mistake) goes the general
-     * way, whose normalize_headers accepts more and says what is wrong. */
-    PyObject *header_section = NULL;
-    Blob headers = {NULL, 0};
-    if (a[5] != Py_None) {
-        int rc = encode_headers(a[5], &header_section);
-        if (rc < 0) {
-            return NULL;
-        }
-        if (rc == 0) {
-            goto fallback;
-        }
-        if (header_section != NULL) {
-            headers.data = PyBytes_AS_STRING(header_section);
-            headers.size = PyBytes_GET_SIZE(header_section);
-        }
-    }
-    long long ts;
-    PyObject *ts_obj;
-    if (timestamp == Py_None) {
-        struct timespec now;
-        if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
-            goto fallback;
-        }
-        ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-        ts_obj = PyLong_FromLongLong(ts);
-        if (ts_obj == NULL) {
-            Py_XDECREF(header_section);
-            return NULL;
-        }
-    }
-    else if (PyLong_CheckExact(timestamp) && read_ll(timestamp, &ts) == 0 && ts >= 0) {
-        ts_obj = Py_NewRef(timestamp);  /* check_timestamp's common case: a non-negative int */
-    }
-    else {
-        Py_XDECREF(header_section);
+    if (taken == 0) {
         goto fallback;
     }
     PyObject *r = PyObject_CallNoArgs(self->acquire);
     if (r == NULL) {
-        Py_XDECREF(header_section);
-        Py_DECREF(ts_obj);
+        record_args_clear(&rec);
         return NULL;
     }
     Py_DECREF(r);
     PyObject *action = NULL;
-    long long index = 0;
-    PyObject *batch = plain_append(self->appender, topic, partition, ts, key, value, headers);
-    Py_XDECREF(header_section);  /* copied into the batch (or not needed) */
+    PyObject *index_obj = NULL;
+    PyObject *batch = plain_append(self->appender, topic, partition, rec.ts, rec.key, rec.value, rec.headers);
     if (batch != NULL && batch != Py_None) {
         long long count;
         if (read_ll(SLOT(batch, self->appender->off_record_count), &count) < 0) {
             PyErr_SetString(PyExc_TypeError, "kprod fast send: record_count is not an int");
-            Py_CLEAR(batch);
         }
         else {
-            index = count - 1;
+            index_obj = PyLong_FromLongLong(count - 1);
         }
-        if (batch != NULL && on_delivery != Py_None) {
-            PyObject *index_obj = PyLong_FromLongLong(index);
-            PyObject *cb = index_obj == NULL ? NULL :
-                PyObject_CallMethodObjArgs(batch, str_add_callback, index_obj, on_delivery, ts_obj, NULL);
-            Py_XDECREF(index_obj);
-            if (cb == NULL) {
-                Py_CLEAR(batch);
-            }
-            Py_XDECREF(cb);
+        if (index_obj == NULL ||
+            (on_delivery != Py_None &&
+             add_callback(batch, self->off_callbacks, index_obj, on_delivery, rec.ts_obj) < 0)) {
+            Py_CLEAR(batch);
         }
         if (batch != NULL && SLOT(batch, self->appender->off_accepting) != Py_True) {
             action = PyObject_CallOneArg(self->after_append_locked, batch);
@@ -776,30 +843,16 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
             }
         }
     }
-    /* Release the lock whatever happened; keep the first error. */
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    r = PyObject_CallNoArgs(self->release);
-    if (exc_type != NULL) {
-        Py_XDECREF(r);
-        PyErr_Restore(exc_type, exc_value, exc_tb);
-        r = NULL;
-    }
-    else if (r == NULL) {
+    if (release_keeping_error(self->release) < 0) {
         Py_XDECREF(batch);
         Py_XDECREF(action);
-        Py_DECREF(ts_obj);
+        Py_XDECREF(index_obj);
+        record_args_clear(&rec);
         return NULL;
     }
-    if (r == NULL) {
-        Py_XDECREF(action);
-        Py_DECREF(ts_obj);
-        return NULL;  /* batch is NULL here: its error is set */
-    }
-    Py_DECREF(r);
     if (batch == Py_None) {
         Py_DECREF(batch);
-        Py_DECREF(ts_obj);
+        record_args_clear(&rec);
         goto fallback;
     }
     if (action != NULL) {
@@ -808,22 +861,23 @@ fast_send_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObjec
         Py_DECREF(action);
         if (truth < 0 || (truth > 0 && done == NULL)) {
             Py_DECREF(batch);
-            Py_DECREF(ts_obj);
+            Py_DECREF(index_obj);
+            record_args_clear(&rec);
             return NULL;
         }
         Py_XDECREF(done);
     }
     PyObject *future = self->future_type->tp_alloc(self->future_type, 0);
-    PyObject *index_obj = future == NULL ? NULL : PyLong_FromLongLong(index);
-    if (index_obj == NULL) {
-        Py_XDECREF(future);
+    if (future == NULL) {
         Py_DECREF(batch);
-        Py_DECREF(ts_obj);
+        Py_DECREF(index_obj);
+        record_args_clear(&rec);
         return NULL;
     }
     set_slot(future, self->off_future_batch, batch);
     set_slot(future, self->off_future_index, index_obj);
-    set_slot(future, self->off_future_timestamp, ts_obj);
+    set_slot(future, self->off_future_timestamp, Py_NewRef(rec.ts_obj));
+    record_args_clear(&rec);
     return future;
 
 fallback:
@@ -899,36 +953,6 @@ typedef struct {
     Py_ssize_t off_callbacks; /* ProducerBatch.callbacks: None or a list of (index, fn, timestamp ms) */
 } FastEnqueue;
 
-/* batch.add_callback(index, fn, timestamp_ms), at the slot; -1 with an exception. */
-static int
-add_callback(PyObject *batch, Py_ssize_t off_callbacks, PyObject *index, PyObject *fn, PyObject *ts)
-{
-    PyObject *entry = PyTuple_Pack(3, index, fn, ts);
-    if (entry == NULL) {
-        return -1;
-    }
-    PyObject *callbacks = SLOT(batch, off_callbacks);
-    int rc;
-    if (callbacks == NULL || callbacks == Py_None) {
-        PyObject *list = PyList_New(1);
-        if (list == NULL) {
-            Py_DECREF(entry);
-            return -1;
-        }
-        PyList_SET_ITEM(list, 0, entry);  /* steals entry */
-        set_slot(batch, off_callbacks, list);
-        return 0;
-    }
-    if (!PyList_CheckExact(callbacks)) {
-        Py_DECREF(entry);
-        PyErr_SetString(PyExc_TypeError, "kprod fast enqueue: a batch's callbacks is not a list");
-        return -1;
-    }
-    rc = PyList_Append(callbacks, entry);
-    Py_DECREF(entry);
-    return rc;
-}
-
 static PyObject *
 fast_enqueue_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -938,67 +962,32 @@ fast_enqueue_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyOb
                         "FastEnqueue takes (topic, value, key, partition, timestamp, headers, on_delivery)");
         return NULL;
     }
-    PyObject *topic = args[0], *partition = args[3], *timestamp = args[4], *on_delivery = args[6];
+    PyObject *topic = args[0], *partition = args[3], *on_delivery = args[6];
     if (on_delivery != Py_None && !PyCallable_Check(on_delivery)) {
         Py_RETURN_NONE;
     }
-    Blob key, value;
-    if (!blob_of_serialized(args[2], &key) || !blob_of_serialized(args[1], &value)) {
-        Py_RETURN_NONE;
-    }
-    long long ts;
-    if (timestamp != Py_None && !(PyLong_CheckExact(timestamp) && read_ll(timestamp, &ts) == 0 && ts >= 0)) {
-        Py_RETURN_NONE;
-    }
-    PyObject *header_section = NULL;
-    Blob headers = {NULL, 0};
-    if (args[5] != Py_None) {
-        int rc = encode_headers(args[5], &header_section);
-        if (rc < 0) {
+    RecordArgs rec;
+    int taken = record_args_take(args[1], args[2], args[4], args[5], &rec);
+    if (taken <= 0) {
+        if (taken < 0) {
             return NULL;
         }
-        if (rc == 0) {
-            Py_RETURN_NONE;
-        }
-        if (header_section != NULL) {
-            headers.data = PyBytes_AS_STRING(header_section);
-            headers.size = PyBytes_GET_SIZE(header_section);
-        }
-    }
-    PyObject *ts_obj;
-    if (timestamp == Py_None) {
-        struct timespec now;
-        if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
-            Py_XDECREF(header_section);
-            Py_RETURN_NONE;
-        }
-        ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-        ts_obj = PyLong_FromLongLong(ts);
-        if (ts_obj == NULL) {
-            Py_XDECREF(header_section);
-            return NULL;
-        }
-    }
-    else {
-        ts_obj = Py_NewRef(timestamp);
+        Py_RETURN_NONE;
     }
     PyObject *future = PyObject_CallNoArgs(self->create_future);
     if (future == NULL) {
-        Py_XDECREF(header_section);
-        Py_DECREF(ts_obj);
+        record_args_clear(&rec);
         return NULL;
     }
     PyObject *r = PyObject_CallNoArgs(self->acquire);
     if (r == NULL) {
-        Py_XDECREF(header_section);
-        Py_DECREF(ts_obj);
+        record_args_clear(&rec);
         Py_DECREF(future);
         return NULL;
     }
     Py_DECREF(r);
     PyObject *action = NULL;
-    PyObject *batch = plain_append(self->appender, topic, partition, ts, key, value, headers);
-    Py_XDECREF(header_section);
+    PyObject *batch = plain_append(self->appender, topic, partition, rec.ts, rec.key, rec.value, rec.headers);
     if (batch != NULL && batch != Py_None) {
         long long count;
         PyObject *index_obj = NULL;
@@ -1009,8 +998,9 @@ fast_enqueue_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyOb
             index_obj = PyLong_FromLongLong(count - 1);
         }
         if (index_obj == NULL ||
-            add_callback(batch, self->off_callbacks, index_obj, future, ts_obj) < 0 ||
-            (on_delivery != Py_None && add_callback(batch, self->off_callbacks, index_obj, on_delivery, ts_obj) < 0)) {
+            add_callback(batch, self->off_callbacks, index_obj, future, rec.ts_obj) < 0 ||
+            (on_delivery != Py_None &&
+             add_callback(batch, self->off_callbacks, index_obj, on_delivery, rec.ts_obj) < 0)) {
             Py_CLEAR(batch);
         }
         Py_XDECREF(index_obj);
@@ -1021,28 +1011,19 @@ fast_enqueue_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyOb
             }
         }
     }
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    r = PyObject_CallNoArgs(self->release);
-    if (exc_type != NULL) {
-        Py_XDECREF(r);
-        PyErr_Restore(exc_type, exc_value, exc_tb);
-        r = NULL;
-    }
-    Py_DECREF(ts_obj);
-    if (r == NULL) {
+    record_args_clear(&rec);
+    if (release_keeping_error(self->release) < 0) {
         Py_XDECREF(batch);
         Py_XDECREF(action);
         Py_DECREF(future);
         return NULL;
     }
-    Py_DECREF(r);
-    if (batch == Py_None) {
-        Py_DECREF(batch);
+    int refused = batch == Py_None;
+    Py_DECREF(batch);
+    if (refused) {
         Py_DECREF(future);
         Py_RETURN_NONE;
     }
-    Py_DECREF(batch);
     if (action != NULL) {
         int truth = PyObject_IsTrue(action);
         if (truth < 0) {
@@ -1222,8 +1203,9 @@ make_fast_send(PyObject *module, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "future_type must have neither __new__ nor __init__");
         return NULL;
     }
-    Py_ssize_t off_batch, off_index, off_timestamp;
-    if ((off_batch = slot_offset(future_type, "_batch")) < 0 ||
+    Py_ssize_t off_batch, off_index, off_timestamp, off_callbacks;
+    if ((off_callbacks = slot_offset(((PlainAppender *)appender)->batch_type, "callbacks")) < 0 ||
+        (off_batch = slot_offset(future_type, "_batch")) < 0 ||
         (off_index = slot_offset(future_type, "_index")) < 0 ||
         (off_timestamp = slot_offset(future_type, "_timestamp")) < 0) {
         return NULL;
@@ -1252,6 +1234,7 @@ make_fast_send(PyObject *module, PyObject *args, PyObject *kwargs)
     self->off_future_batch = off_batch;
     self->off_future_index = off_index;
     self->off_future_timestamp = off_timestamp;
+    self->off_callbacks = off_callbacks;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -1335,9 +1318,8 @@ PyInit__speedups(void)
     str_timestamp = PyUnicode_InternFromString("timestamp");
     str_headers = PyUnicode_InternFromString("headers");
     str_on_delivery = PyUnicode_InternFromString("on_delivery");
-    str_add_callback = PyUnicode_InternFromString("add_callback");
     if (str_topic == NULL || str_value == NULL || str_key == NULL || str_partition == NULL ||
-        str_timestamp == NULL || str_headers == NULL || str_on_delivery == NULL || str_add_callback == NULL) {
+        str_timestamp == NULL || str_headers == NULL || str_on_delivery == NULL) {
         return NULL;
     }
     str_state = PyUnicode_InternFromString("state");
