@@ -42,6 +42,22 @@ def test_the_compiled_fast_path_is_built_and_used() -> None:
         assert type(producer._append_plain) is speedups_module.PlainAppender
     finally:
         producer.close(1)
+    # A subclass that overrides send() keeps its own.
+    class Counting(Producer):
+        sent = 0
+
+        def send(self, *args: Any, **kwargs: Any) -> Any:
+            Counting.sent += 1
+            return super().send(*args, **kwargs)
+
+    producer = Counting({"bootstrap.servers": "127.0.0.1:9", "max.block.ms": 100})
+    try:
+        assert "send" not in vars(producer)
+        with pytest.raises(Exception):  # noqa: B017 - any: no broker, the topic's metadata never comes
+            producer.send("t", b"v")
+        assert Counting.sent == 1
+    finally:
+        producer.close(1)
     # Serializers other than the raw-bytes ones: send() stays the Python method.
     producer = Producer({"bootstrap.servers": "127.0.0.1:9", "value.serializer": "json"})
     try:

@@ -312,13 +312,16 @@ class Producer:
         self._install_fast_send()
 
     def _install_fast_send(self) -> None:
-        """With the compiled fast path (``kprod._speedups``) and raw-bytes keys and values,
+        """With the compiled fast path (``kprod._speedups``) and the default serializers,
         ``self.send`` becomes its ``FastSend``: :meth:`send`'s first branch in C, which calls
         :meth:`_send` for every other record and :meth:`send` itself for any call it does not parse
-        (so errors and the signature are the Python method's)."""
+        (so errors and the signature are the Python method's). Not when a subclass has its own
+        ``send``: an instance attribute would hide it."""
         vars(self).pop("send", None)
         appender = self._append_plain
         if not self._plain or _speedups is None or type(appender) is not _speedups.PlainAppender:
+            return
+        if type(self).send is not Producer.send:
             return
         vars(self)["send"] = _speedups.fast_send(
             appender=appender,
