@@ -324,15 +324,18 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long lon
     Py_ssize_t new_len = old_len + added;
     Py_ssize_t alloc = ((PyByteArrayObject *)buffer)->ob_alloc;
     if (new_len + 1 > alloc) {
-        /* Grow by half, up to the batch's size: bytearray alone grows by an eighth, some sixty
-         * reallocations and copies of the whole buffer per 128 KiB batch; by half it is about twenty.
-         * (Not doubling: a batch that stops filling keeps its spare capacity until it completes, and
-         * that memory is outside buffer.memory's count; a half is at most a third of the capacity.)
+        /* Grow by half, and from three quarters of batch.size straight to batch.size (a batch never
+         * grows past it, but for a lone larger record): bytearray alone grows by an eighth, some
+         * sixty reallocations and copies of the whole buffer per 128 KiB batch; by half about
+         * twenty. Each step is more than an eighth, so bytearray allocates exactly what is asked
+         * (it adds an eighth of its own only to smaller steps). Not doubling: a batch that stops
+         * filling keeps its spare capacity until it completes, outside buffer.memory's count.
          * Resizing up and then down to the length needed keeps the capacity: bytearray shrinks in
          * place by less than half. */
+        Py_ssize_t cap = (Py_ssize_t)self->batch_size;
         Py_ssize_t reserve = alloc + alloc / 2;
-        if (reserve > self->batch_size + 1024) {
-            reserve = self->batch_size + 1024;
+        if (reserve > cap - cap / 4) {
+            reserve = cap;
         }
         if (reserve > new_len) {
             if (PyByteArray_Resize(buffer, reserve) < 0) {
