@@ -88,7 +88,7 @@ ODD_PARTITIONS: list[Any] = [None, None, None, 0, 1, PARTITIONS - 1, -1, PARTITI
 # Timestamps are ints by the fast path's contract (send() computes them); any int, bool included.
 # (The C path also refuses a timestamp that is not an int, where the closure would raise:
 # test_no_reference_is_leaked_or_stolen passes one.)
-ODD_TIMESTAMPS: list[Any] = [0, 1, -1, 5000, 8191, 8192, -8192, -9000, 2**70, -(2**70), True]
+ODD_TIMESTAMPS: list[Any] = [0, 1, -1, 5000, 8191, 8192, -8192, -9000, 2**70, -(2**70), -(2**63), 2**63 - 1, True]
 ODD_TOPICS: list[Any] = [TOPIC, TOPIC, TOPIC, TOPIC, "other", b"t", 5, None]
 
 call_strategy = st.tuples(

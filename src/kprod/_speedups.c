@@ -304,6 +304,11 @@ plain_append(PlainAppender *self, PyObject *topic, PyObject *partition, long lon
     if (before + data_size > self->batch_limit) {
         REFUSE();
     }
+    /* Both within 2^62 of zero (a timestamp from send() is, always), so the difference cannot
+     * overflow; anything farther is out of the delta's range anyway. */
+    if (ts < -(1LL << 62) || ts > (1LL << 62) || base_ts < -(1LL << 62) || base_ts > (1LL << 62)) {
+        REFUSE();
+    }
     long long delta = ts - base_ts;
     if (count > MAX_COUNT || delta < MIN_DELTA || delta > MAX_DELTA) {
         REFUSE();
