@@ -172,15 +172,22 @@ class AsyncProducer:
         if engine is None:
             engine = await self._running_engine()
         fast = self._fast_enqueue
-        if fast is not None and not self._gates:  # a topic that waits keeps its order: the general way
-            # In C: the default serializers' bytes and str, int timestamps, common header forms.
-            got = fast(topic, value, key, partition, timestamp, headers, on_delivery)
-            if got is not None:
-                if type(got) is tuple:
-                    await self._after_append(engine, got[1])
-                    return got[0]  # type: ignore[no-any-return]
-                return got  # type: ignore[no-any-return]
-        future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
+        if fast is not None:
+            # In C: the default serializers' bytes and str, int timestamps, common header forms; a
+            # topic that waits keeps its order (the general way). What it refuses, the Python
+            # branch below would refuse too: straight to the general path.
+            if not self._gates:
+                got = fast(topic, value, key, partition, timestamp, headers, on_delivery)
+                if got is not None:
+                    if type(got) is tuple:
+                        await self._after_append(engine, got[1])
+                        return got[0]  # type: ignore[no-any-return]
+                    return got  # type: ignore[no-any-return]
+            future: asyncio.Future[RecordMetadata] = engine.loop.create_future()
+            return await self._enqueue(
+                engine, future, topic, value, key, partition, timestamp, headers, on_delivery
+            )
+        future = engine.loop.create_future()
         # Raw bytes into an open batch: the engine's fast path, as in Producer.send.
         if (
             headers is None

@@ -17,7 +17,6 @@ its lock around every call. Two ways in, which must place and encode alike:
 from __future__ import annotations
 
 import enum
-import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from kprod._core.accumulator import (
     RecordAccumulator,
     record_size_upper_bound,
 )
+from kprod._core.compiled import compiled_module, pure_python_requested, speedups_module
 from kprod._core.metadata import TOPIC_NAME_MAX_LENGTH, ClusterMetadata, TopicInfo, topic_name_problem
 from kprod._core.murmur2 import partition_for_key, positive_hash
 from kprod._core.partitioner import LIBRDKAFKA_PARTITIONERS, StickyPartitioner
@@ -36,17 +36,6 @@ from kprod._core.transactions import TransactionManager, TxnState
 from kprod.config import ProducerConfig
 from kprod.errors import KafkaError, KprodError, is_retriable
 from kprod.records.varint import ZIGZAG_TABLE
-
-try:
-    from kprod import _speedups
-except ImportError:  # not built (no C compiler at install): the Python closure does the same
-    _speedups = None  # type: ignore[assignment]
-
-compiled_module = _speedups
-"""``kprod._speedups`` when it was built, else None (whatever KPROD_PURE_PYTHON says)."""
-speedups_module = _speedups if os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0") else None
-"""The compiled fast path (``kprod._speedups``), or None when it is not built or the
-environment variable ``KPROD_PURE_PYTHON=1`` turns it off (read at import)."""
 
 __all__ = [
     "PlainAppender",
@@ -348,7 +337,7 @@ def _plain_limits(engine: RecordAppender) -> tuple[int, int, int]:
 def compiled_fast_path_available() -> bool:
     """Whether the compiled fast path (``kprod._speedups``) is built and not turned off by
     the environment variable ``KPROD_PURE_PYTHON=1`` (read now: tests switch it per engine)."""
-    return _speedups is not None and os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0")
+    return compiled_module is not None and not pure_python_requested()
 
 
 def _plain_appender(engine: RecordAppender) -> PlainAppender:
@@ -356,9 +345,9 @@ def _plain_appender(engine: RecordAppender) -> PlainAppender:
     (:func:`compiled_fast_path_available`), else the Python closure, its reference."""
     if not compiled_fast_path_available():
         return _plain_appender_py(engine)
-    assert _speedups is not None
+    assert compiled_module is not None
     max_bytes, memory_limit, batch_limit = _plain_limits(engine)
-    return _speedups.plain_appender(
+    return compiled_module.plain_appender(
         accumulator=engine.accumulator,
         fast_appenders=engine.fast_appenders,
         switch_sticky=engine._switch_sticky,

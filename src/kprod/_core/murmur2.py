@@ -30,6 +30,8 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from kprod._core.compiled import speedups_module
+
 __all__ = ["murmur2", "partition_for_key", "positive_hash"]
 
 _SEED: Final = 0x9747B28C
@@ -82,15 +84,8 @@ def _murmur2_u32(data: bytes) -> int:
 
 _murmur2_python: Callable[[bytes], int] = _murmur2_u32
 """The Python implementation, kept as the reference when the C one is in use."""
-try:
-    from kprod._speedups import murmur2_u32 as _murmur2_c
-except ImportError:  # not built: the Python one above
-    pass
-else:
-    import os as _os
-
-    if _os.environ.get("KPROD_PURE_PYTHON", "") in ("", "0"):
-        _murmur2_u32 = _murmur2_c  # type: ignore[assignment]
+if speedups_module is not None:
+    _murmur2_u32 = speedups_module.murmur2_u32
 
 
 def murmur2(data: bytes) -> int:
