@@ -5,9 +5,11 @@
     python bench/transactions.py --records 50000   # quicker
 
 One Apache Kafka node (kprod.kafka_broker, JVM flags for throughput) and one topic of 6 partitions
-per run; kprod runs twice, with the cluster's transactions v2 (as Java) and with
-``kprod.transaction.version=1`` (AddPartitionsToTxn from the client, as librdkafka); 100-byte records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of
-10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
+per run; kprod runs three times: with the cluster's transactions v2 and its defaults (the next
+transaction's first batches wait for the previous one's markers, asking the coordinator), with v2
+and ``kprod.transaction.await.previous.poll.ms=0`` (they go at once, as Java's do), and with
+``kprod.transaction.version=1`` (AddPartitionsToTxn from the client, as librdkafka); 100-byte
+records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of 10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
 process, one after the other; commit latency is the time ``commit_transaction()`` takes (it
 includes sending the transaction's last records). ``--batch-size`` gives every client the same
 ``batch.size`` (by default each keeps its own: 131072 for kprod, 16384 for Java, 1000000 for librdkafka,
@@ -52,14 +54,21 @@ def _batch_size() -> dict[str, int]:
 
 
 def run_kprod(
-    bootstrap: str, topic: str, records: int, per_txn: int, transaction_version: str = "auto"
+    bootstrap: str,
+    topic: str,
+    records: int,
+    per_txn: int,
+    transaction_version: str = "auto",
+    await_previous_poll_ms: int | None = None,
 ) -> dict[str, Any]:
+    extra = {} if await_previous_poll_ms is None else {"kprod.transaction.await.previous.poll.ms": await_previous_poll_ms}
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "transactional.id": f"bench-kprod-{uuid.uuid4().hex[:6]}",
             "linger.ms": 5,
             "kprod.transaction.version": transaction_version,
+            **extra,
             **_batch_size(),
         }
     )
@@ -163,7 +172,7 @@ def main() -> int:
     parser.add_argument(
         "--batch-size",
         type=int,
-        help="batch.size for every client (default: each client's own, 16384 for kprod and Java, "
+        help="batch.size for every client (default: each client's own, 131072 for kprod, 16384 for Java, "
         "1000000 for librdkafka)",
     )
     args = parser.parse_args()
@@ -181,7 +190,11 @@ def main() -> int:
         for per_txn in (1_000, 10_000):
             results: dict[str, dict[str, Any]] = {}
             runs: tuple[tuple[str, Any], ...] = (
-                ("kprod (transactions v2, as Java)", run_kprod),
+                ("kprod (transactions v2, the default)", run_kprod),
+                (
+                    "kprod (v2, kprod.transaction.await.previous.poll.ms=0, as Java)",
+                    functools.partial(run_kprod, await_previous_poll_ms=0),
+                ),
                 (
                     "kprod (kprod.transaction.version=1)",
                     functools.partial(run_kprod, transaction_version="1"),

@@ -229,7 +229,7 @@ def main() -> int:
     )
     parser.add_argument("--per-txn", type=int, default=1000)
     parser.add_argument("--transactions", type=int, default=60)
-    parser.add_argument("--clients", default="kprod-v2,kprod-v1,confluent")
+    parser.add_argument("--clients", default="kprod-v2,kprod-v2-java,kprod-v1,confluent")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     parser.add_argument("--kprod-config", default="", help="extra kprod settings, k=v,k=v")
     parser.add_argument("--partition", type=int, help="send every record to this partition")
@@ -253,13 +253,16 @@ def main() -> int:
             if client == "confluent":
                 rows = run_confluent(bootstrap, topic, ARGS.transactions, ARGS.per_txn)
             else:
+                # kprod-v2-java: transactions v2 without waiting for the previous transaction's
+                # markers (kprod.transaction.await.previous.poll.ms=0), as the Java producer does.
+                java_like = {"kprod.transaction.await.previous.poll.ms": 0} if client == "kprod-v2-java" else {}
                 rows = run_kprod(
                     bootstrap,
                     topic,
                     ARGS.transactions,
                     ARGS.per_txn,
-                    {"kprod-v2": "auto", "kprod-v1": "1"}[client],
-                    extra,
+                    {"kprod-v2": "auto", "kprod-v2-java": "auto", "kprod-v1": "1"}[client],
+                    {**extra, **java_like},
                 )
             dump[client] = rows
             lines.append(summarize(client, rows))

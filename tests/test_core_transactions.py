@@ -35,7 +35,7 @@ TXN_COORDINATOR = 2
 GROUP_COORDINATOR = 3
 
 
-def manager(can_bump_epoch: bool = True) -> TransactionManager:
+def manager(can_bump_epoch: bool = True, await_previous_poll_ms: int = 0) -> TransactionManager:
     return TransactionManager(
         "txn-1",
         transaction_timeout_ms=60_000,
@@ -43,6 +43,7 @@ def manager(can_bump_epoch: bool = True) -> TransactionManager:
         retry_backoff_max_ms=1_000,
         rng=random.Random(7),
         can_bump_epoch=can_bump_epoch,
+        await_previous_poll_ms=await_previous_poll_ms,
     )
 
 
@@ -61,8 +62,8 @@ def answer_coordinator(tm: TransactionManager, node: int = TXN_COORDINATOR, now_
     tm.on_response(request, TxnResponse(node_id=node), now_ms)
 
 
-def initialized(can_bump_epoch: bool = True) -> TransactionManager:
-    tm = manager(can_bump_epoch)
+def initialized(can_bump_epoch: bool = True, await_previous_poll_ms: int = 0) -> TransactionManager:
+    tm = manager(can_bump_epoch, await_previous_poll_ms)
     operation = tm.init_transactions()
     assert tm.state is TxnState.INITIALIZING
     answer_coordinator(tm)
@@ -76,7 +77,7 @@ def initialized(can_bump_epoch: bool = True) -> TransactionManager:
 def in_transaction_with(tm: TransactionManager, *partitions: tuple[str, int]) -> None:
     tm.begin_transaction()
     for topic, partition in partitions:
-        tm.add_partition(topic, partition)
+        tm.add_partition(topic, partition, 0)
     request = expect(tm, K.ADD_PARTITIONS)
     assert set(request.partitions) == set(partitions)
     tm.on_response(request, TxnResponse(partition_errors=dict.fromkeys(partitions, 0)), 0)
@@ -90,9 +91,9 @@ def test_init_begin_add_partitions_commit() -> None:
     assert tm.producer_id == 1000 and tm.producer_epoch == 0
     assert tm.coordinator(CoordinatorType.TRANSACTION) == TXN_COORDINATOR
     tm.begin_transaction()
-    tm.add_partition("t", 0)
-    tm.add_partition("t", 1)
-    tm.add_partition("t", 0)  # once is enough
+    tm.add_partition("t", 0, 0)
+    tm.add_partition("t", 1, 0)
+    tm.add_partition("t", 0, 0)  # once is enough
     assert not tm.is_send_allowed("t", 0), "a partition may not be drained before it is added"
     request = expect(tm, K.ADD_PARTITIONS)
     assert request.partitions == (("t", 0), ("t", 1))
@@ -113,9 +114,9 @@ def test_init_begin_add_partitions_commit() -> None:
 def test_partitions_added_while_a_request_is_in_flight_go_in_the_next_add_partitions() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("t", 0)
+    tm.add_partition("t", 0, 0)
     first = expect(tm, K.ADD_PARTITIONS)
-    tm.add_partition("t", 1)
+    tm.add_partition("t", 1, 0)
     tm.on_response(first, TxnResponse(partition_errors={("t", 0): 0}), 0)
     second = expect(tm, K.ADD_PARTITIONS)
     assert second.partitions == (("t", 1),)
@@ -144,7 +145,7 @@ def test_send_offsets_adds_offsets_then_commits_them_at_the_group_coordinator() 
     tm = initialized()
     tm.begin_transaction()
     group = ConsumerGroupMetadata("g1", generation_id=4, member_id="m-1")
-    operation = tm.send_offsets_to_transaction({("in", 0): 42, ("in", 1): 7}, group)
+    operation = tm.send_offsets_to_transaction({("in", 0): 42, ("in", 1): 7}, group, 0)
     add = expect(tm, K.ADD_OFFSETS)
     assert add.group == group and add.coordinator is CoordinatorType.TRANSACTION
     tm.on_response(add, TxnResponse(), 0)
@@ -172,13 +173,13 @@ def test_calls_in_the_wrong_state_raise_and_change_nothing() -> None:
     with pytest.raises(InvalidTxnStateError, match="before init_transactions"):
         tm.begin_transaction()
     with pytest.raises(InvalidTxnStateError, match="before init_transactions"):
-        tm.add_partition("t", 0)
+        tm.add_partition("t", 0, 0)
     assert tm.state is TxnState.UNINITIALIZED
     tm = initialized()
     with pytest.raises(InvalidTxnStateError, match="init_transactions\\(\\) was called already"):
         tm.init_transactions()
     with pytest.raises(InvalidTxnStateError, match="begin_transaction\\(\\) first"):
-        tm.add_partition("t", 0)
+        tm.add_partition("t", 0, 0)
     with pytest.raises(InvalidTxnStateError):
         tm.commit_transaction()
     with pytest.raises(InvalidTxnStateError):
@@ -267,7 +268,7 @@ def test_retriable_errors_back_off_exponentially_up_to_the_max() -> None:
 def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("t", 0)
+    tm.add_partition("t", 0, 0)
     request = expect(tm, K.ADD_PARTITIONS)
     # The previous transaction is finishing (its markers take a few ms): 2, 4, 8, 16, then Java's
     # 20 ms between tries, never retry.backoff.ms.
@@ -287,7 +288,7 @@ def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -
 def test_txn_offset_commit_retries_only_the_partitions_that_failed() -> None:
     tm = initialized()
     tm.begin_transaction()
-    operation = tm.send_offsets_to_transaction({("in", 0): 1, ("in", 1): 2}, ConsumerGroupMetadata("g"))
+    operation = tm.send_offsets_to_transaction({("in", 0): 1, ("in", 1): 2}, ConsumerGroupMetadata("g"), 0)
     tm.on_response(expect(tm, K.ADD_OFFSETS), TxnResponse(), 0)
     answer_coordinator(tm, node=GROUP_COORDINATOR)
     request = expect(tm, K.TXN_OFFSET_COMMIT)
@@ -310,7 +311,7 @@ def test_a_failed_record_makes_the_transaction_abortable_then_abort_recovers() -
         tm.commit_transaction()
     assert isinstance(info.value.cause, KafkaError) and info.value.cause.code == 10
     with pytest.raises(TransactionAbortableError):
-        tm.add_partition("t", 1)
+        tm.add_partition("t", 1, 0)
     abort = tm.abort_transaction()
     end = expect(tm, K.END_TXN)
     tm.on_response(end, TxnResponse(), 0)
@@ -337,8 +338,8 @@ def test_a_record_failing_during_commit_fails_the_commit_and_its_end_txn_is_not_
 def test_topic_authorization_failure_is_abortable_and_names_the_topic() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("secret", 0)
-    tm.add_partition("open", 0)
+    tm.add_partition("secret", 0, 0)
+    tm.add_partition("open", 0, 0)
     request = expect(tm, K.ADD_PARTITIONS)
     tm.on_response(request, TxnResponse(partition_errors={("secret", 0): 29, ("open", 0): 55}), 0)
     assert tm.state is TxnState.ABORTABLE_ERROR
@@ -349,7 +350,7 @@ def test_topic_authorization_failure_is_abortable_and_names_the_topic() -> None:
 def test_rebalanced_group_makes_the_offsets_commit_abortable() -> None:
     tm = initialized()
     tm.begin_transaction()
-    operation = tm.send_offsets_to_transaction({("in", 0): 5}, ConsumerGroupMetadata("g", 3, "m"))
+    operation = tm.send_offsets_to_transaction({("in", 0): 5}, ConsumerGroupMetadata("g", 3, "m"), 0)
     tm.on_response(expect(tm, K.ADD_OFFSETS), TxnResponse(), 0)
     answer_coordinator(tm, node=GROUP_COORDINATOR)
     tm.on_response(expect(tm, K.TXN_OFFSET_COMMIT), TxnResponse(partition_errors={("in", 0): 22}), 0)
@@ -392,7 +393,7 @@ def test_fenced_is_fatal_for_every_later_call(code: int) -> None:
     assert tm.state is TxnState.FATAL_ERROR
     assert isinstance(commit.error, ProducerFencedError) and commit.error.code == 90
     assert "fenced" in str(commit.error) and "txn-1" in str(commit.error)
-    for call in (tm.begin_transaction, tm.abort_transaction, lambda: tm.add_partition("t", 0)):
+    for call in (tm.begin_transaction, tm.abort_transaction, lambda: tm.add_partition("t", 0, 0)):
         with pytest.raises(ProducerFencedError):
             call()
     assert not tm.is_send_allowed("t", 0)
@@ -410,9 +411,9 @@ def test_transactional_id_authorization_is_fatal_and_says_what_to_grant() -> Non
 def test_queued_requests_fail_with_the_fatal_error() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("t", 0)
+    tm.add_partition("t", 0, 0)
     add = expect(tm, K.ADD_PARTITIONS)
-    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"))
+    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"), 0)
     tm.on_response(add, TxnResponse(partition_errors={("t", 0): 90}), 0)
     assert tm.next_request(0, False) is None
     assert offsets.done and isinstance(offsets.error, ProducerFencedError)
@@ -457,7 +458,7 @@ def test_transactions_v2_adds_partitions_implicitly_and_takes_the_epoch_from_end
     tm = initialized()
     tm.transactions_v2 = True
     tm.begin_transaction()
-    tm.add_partition("t", 0)
+    tm.add_partition("t", 0, 0)
     assert tm.is_send_allowed("t", 0), "KIP-890: Produce adds the partition"
     commit = tm.commit_transaction()
     end = expect(tm, K.END_TXN)  # no AddPartitionsToTxn went out
@@ -474,26 +475,40 @@ _ERROR_CODES = [6, 14, 15, 16, 29, 47, 51, 53, 59, 90, 120, 22]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(_CALLS), st.sampled_from(_ERROR_CODES)), max_size=40))
-def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]]) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(_CALLS), st.sampled_from(_ERROR_CODES)), max_size=40),
+    st.booleans(),
+    st.sampled_from([1, 30, 1_000]),
+)
+def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]], v2: bool, step_ms: int) -> None:
     """Whatever the user calls and the broker answers: no path attempts a transition the table does
     not list (``_transition`` would raise "cannot go from"), a refused call changes nothing, at most
-    one request is in flight, nothing is completed twice (TxnOperation would raise), and a fatal
-    state is never left."""
-    tm = initialized()
+    one request is in flight, nothing is completed twice (TxnOperation would raise), a fatal
+    state is never left, and (transactions v2) no batch is held for the previous transaction
+    longer than 100 ms."""
+    tm = initialized(await_previous_poll_ms=1)
+    tm.transactions_v2 = v2
     seen_fatal = False
     now = 0
     in_flight: TxnRequest | None = None
+    added_ms: dict[int, int] = {}
     for call, code in steps:
         before = tm.state
-        now += 1_000
+        now += step_ms
+        tm.on_poll(now)
+        if tm.state not in (TxnState.IN_TRANSACTION, TxnState.COMMITTING):
+            added_ms.clear()
+        for partition, since in added_ms.items():
+            assert now - since < 100 or tm.is_send_allowed("t", partition), "held over 100 ms"
         try:
             if call == "begin":
                 tm.begin_transaction()
             elif call == "add":
-                tm.add_partition("t", code % 3)
+                tm.add_partition("t", code % 3, now)
+                if v2:
+                    added_ms.setdefault(code % 3, now)
             elif call == "offsets":
-                tm.send_offsets_to_transaction({("in", 0): code}, ConsumerGroupMetadata("g"))
+                tm.send_offsets_to_transaction({("in", 0): code}, ConsumerGroupMetadata("g"), now)
             elif call == "commit":
                 tm.commit_transaction()
             elif call == "abort":
@@ -513,7 +528,10 @@ def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]]) -> None
                 errors = {tp: code for tp in request.partitions} or {tp: code for tp in request.offsets}
                 tm.on_response(request, TxnResponse(error_code=code, partition_errors=errors), now)
             else:
-                tm.on_response(request, TxnResponse(node_id=1, producer_id=1000, producer_epoch=1), now)
+                state = ("PrepareCommit", "PrepareAbort", "CompleteCommit")[code % 3]
+                tm.on_response(
+                    request, TxnResponse(node_id=1, producer_id=1000, producer_epoch=1, state=state), now
+                )
         assert tm.in_flight is in_flight
         seen_fatal = seen_fatal or tm.state is TxnState.FATAL_ERROR
         assert not seen_fatal or tm.state is TxnState.FATAL_ERROR
@@ -532,3 +550,119 @@ def test_the_fenced_error_says_when_the_transaction_outlived_its_timeout(
     assert isinstance(commit.error, ProducerFencedError) and expected in str(commit.error)
     if answered_ms > 60_000:
         assert "transaction.timeout.ms=60000" in str(commit.error)
+
+
+# ----------------------------------------------------------------------------- v2: the previous transaction
+
+
+def committed_v2(poll_ms: int = 1, ended_ms: int = 0) -> TransactionManager:
+    """A transactions-v2 manager whose first transaction's EndTxn was answered at ``ended_ms``."""
+    tm = initialized(await_previous_poll_ms=poll_ms)
+    tm.transactions_v2 = True
+    tm.begin_transaction()
+    tm.add_partition("t", 0, 0)
+    tm.commit_transaction()
+    end = expect(tm, K.END_TXN, ended_ms)
+    tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=1), ended_ms)
+    assert tm.state is TxnState.READY
+    return tm
+
+
+def test_v2_holds_the_next_transaction_until_the_coordinator_says_the_previous_is_complete() -> None:
+    tm = committed_v2(poll_ms=2, ended_ms=10)
+    tm.begin_transaction()
+    tm.add_partition("t", 1, 11)
+    assert not tm.is_send_allowed("t", 1), "the markers of the previous transaction may be unwritten"
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 11)
+    assert ask.coordinator is CoordinatorType.TRANSACTION
+    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 12)
+    assert not tm.is_send_allowed("t", 1)
+    assert tm.next_request(13, False) is None and tm.next_deadline_ms() == 14, "asks again after poll_ms"
+    again = expect(tm, K.DESCRIBE_TRANSACTION, 14)
+    tm.add_partition("t", 2, 14)  # joins the held transaction, no second question
+    tm.on_response(again, TxnResponse(state="CompleteCommit"), 15)
+    assert tm.is_send_allowed("t", 1) and tm.is_send_allowed("t", 2)
+    assert tm.next_request(15, False) is None
+    assert (tm.previous_checks, tm.previous_waits) == (2, 1)
+
+
+def test_v2_asks_nothing_long_after_the_previous_transaction_or_when_disabled_or_under_v1() -> None:
+    late = committed_v2(ended_ms=0)
+    late.begin_transaction()
+    late.add_partition("t", 0, 100)
+    assert late.is_send_allowed("t", 0) and late.next_request(100, False) is None
+    java = committed_v2(poll_ms=0)
+    java.begin_transaction()
+    java.add_partition("t", 0, 1)
+    assert java.is_send_allowed("t", 0) and java.next_request(1, False) is None
+    v1 = initialized(await_previous_poll_ms=1)
+    in_transaction_with(v1, ("t", 0))
+    v1.commit_transaction()
+    v1.on_response(expect(v1, K.END_TXN), TxnResponse(), 0)
+    v1.begin_transaction()
+    v1.add_partition("t", 0, 1)
+    assert expect(v1, K.ADD_PARTITIONS, 1).partitions == (("t", 0),)
+
+
+def test_v2_hold_ends_after_100_ms_whatever_the_coordinator_says() -> None:
+    tm = committed_v2(ended_ms=0)
+    tm.begin_transaction()
+    tm.add_partition("t", 0, 5)
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 5)
+    tm.on_poll(104)
+    assert not tm.is_send_allowed("t", 0)
+    assert tm.next_deadline_ms() == 105, "the sender must wake when the hold ends"
+    tm.on_poll(105)
+    assert tm.is_send_allowed("t", 0)
+    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 106)  # late: changes nothing
+    assert tm.is_send_allowed("t", 0) and tm.next_request(200, False) is None
+    assert ask.operation.done and ask.operation.error is None
+
+
+@pytest.mark.parametrize("outcome", ["lost", "not_coordinator", "unsupported", "other_state"])
+def test_v2_hold_ends_on_any_answer_but_prepare(outcome: str) -> None:
+    """Asking is a shortcut: an error, a lost answer or any other state lets the batches go (the
+    partition leader then retries them itself, as for Java's)."""
+    tm = committed_v2()
+    tm.begin_transaction()
+    tm.add_partition("t", 0, 1)
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 1)
+    if outcome == "lost":
+        tm.on_request_failed(ask, 2)
+        expect(tm, K.FIND_COORDINATOR, 2)  # the coordinator is looked up again, nothing is asked again
+    else:
+        code, state = {"not_coordinator": (16, ""), "unsupported": (35, ""), "other_state": (0, "Empty")}[outcome]
+        tm.on_response(ask, TxnResponse(error_code=code, state=state), 2)
+        assert tm.next_request(2, False) is None
+    assert tm.is_send_allowed("t", 0)
+
+
+def test_v2_offsets_wait_behind_the_question_too() -> None:
+    tm = committed_v2()
+    tm.begin_transaction()
+    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"), 3)
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 3)
+    tm.on_response(ask, TxnResponse(state="PrepareAbort"), 3)
+    assert tm.next_request(3, False) is None, "AddOffsetsToTxn would meet CONCURRENT_TRANSACTIONS"
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 4), TxnResponse(state="CompleteAbort"), 4)
+    add = expect(tm, K.ADD_OFFSETS, 4)
+    tm.on_response(add, TxnResponse(), 4)
+    answer_coordinator(tm, GROUP_COORDINATOR, 4)
+    commit = expect(tm, K.TXN_OFFSET_COMMIT, 4)
+    tm.on_response(commit, TxnResponse(partition_errors={("in", 0): 0}), 4)
+    assert offsets.done and offsets.error is None
+
+
+def test_v2_abort_while_held_ends_the_transaction_after_the_question() -> None:
+    tm = committed_v2()
+    tm.begin_transaction()
+    tm.add_partition("t", 0, 1)
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 1)
+    abort = tm.abort_transaction()
+    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 2)
+    assert tm.next_request(2, False) is None
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 3), TxnResponse(state="CompleteCommit"), 3)
+    end = expect(tm, K.END_TXN, 3)
+    assert not end.committed
+    tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=2), 3)
+    assert abort.done and abort.error is None and tm.state is TxnState.READY

@@ -19,6 +19,7 @@ from kio.serial import entity_writer
 from kio.static.constants import EntityType
 
 from kprod.errors import ProtocolError
+from kprod.protocol.messages import CLIENT_API_VERSIONS
 from kprod.protocol.framing import (
     FLEXIBLE_FROM_VERSION,
     MAX_CORRELATION_ID,
@@ -67,6 +68,15 @@ def test_header_versions_agree_with_kio(api_key: int) -> None:
         )
         assert request_header_version(api_key, version) == request_cls.__header_schema__.__version__
         assert response_header_version(api_key, version) == response_cls.__header_schema__.__version__
+
+
+def test_every_api_kprod_speaks_has_a_known_header_version() -> None:
+    """A response to an API missing from FLEXIBLE_FROM_VERSION cannot be framed: the connection
+    that carried it would be closed (found when DescribeTransactions was added)."""
+    assert set(CLIENT_API_VERSIONS) <= set(FLEXIBLE_FROM_VERSION)
+    for api_key, (low, high) in CLIENT_API_VERSIONS.items():
+        for version in range(low, high + 1):
+            assert response_header_version(api_key, version) in (0, 1)
 
 
 def test_api_versions_response_header_is_always_v0() -> None:

@@ -292,6 +292,7 @@ class SenderCore:
         settings = self.settings
         acc = self.accumulator
         if self.txn is not None:
+            self.txn.on_poll(now_ms)
             self._sync_transactional_producer_id()
             if self.txn.is_aborting:
                 self._abort_undrained(result.completed)

@@ -89,6 +89,14 @@ lower (:data:`_ADD_PARTITIONS_FIRST_RETRY_MS`) and doubles up to it: on Kafka 4.
 the previous transaction are written 2-5 ms after its EndTxn, so a first wait of 20 ms made every
 back-to-back transaction 20 ms longer (measured: 1,000-record transactions 30 -> 44 k records/s)."""
 _ADD_PARTITIONS_FIRST_RETRY_MS = 2
+_AWAIT_PREVIOUS_MAX_MS = 100
+"""How long, at most, a transactions-v2 producer holds its next transaction's first batches and
+offsets while the previous transaction's markers are still being written (see
+:meth:`TransactionManager.on_poll`): the broker's own retry of such a Produce,
+``add.partitions.to.txn.retry.backoff.max.ms``, also stops at 100 ms. After it they go out and
+the broker's retry takes over, as for the Java producer."""
+_PREVIOUS_COMPLETING = frozenset({"PrepareCommit", "PrepareAbort"})
+"""DescribeTransactions states in which the previous transaction's markers are not all written."""
 
 
 class TxnState(enum.Enum):
@@ -165,11 +173,12 @@ class TxnRequestKind(enum.IntEnum):
 
     FIND_COORDINATOR = 0
     INIT_PRODUCER_ID = 1
-    ADD_PARTITIONS = 2
-    ADD_OFFSETS = 3
-    TXN_OFFSET_COMMIT = 4
-    END_TXN = 5
-    EPOCH_BUMP = 6
+    DESCRIBE_TRANSACTION = 2
+    ADD_PARTITIONS = 3
+    ADD_OFFSETS = 4
+    TXN_OFFSET_COMMIT = 5
+    END_TXN = 6
+    EPOCH_BUMP = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +264,8 @@ class TxnResponse:
 
     ``error_code`` is the request's top-level error; ``partition_errors`` holds per-partition codes
     (AddPartitionsToTxn, TxnOffsetCommit); ``node_id`` the coordinator FindCoordinator named;
-    ``producer_id``/``producer_epoch`` what InitProducerId (or EndTxn under transactions v2) gave.
+    ``producer_id``/``producer_epoch`` what InitProducerId (or EndTxn under transactions v2) gave;
+    ``state`` the transaction's state DescribeTransactions named.
     """
 
     error_code: int = _NONE
@@ -264,6 +274,7 @@ class TxnResponse:
     producer_id: int = -1
     producer_epoch: int = -1
     message: str | None = None
+    state: str = ""
 
 
 class TransactionManager:
@@ -276,6 +287,9 @@ class TransactionManager:
     :param rng: the randomness for backoff jitter (±20 %, as Java).
     :param can_bump_epoch: whether the coordinator takes InitProducerId v3+ with the current id and
         epoch (KIP-360); without it, errors that Java recovers from by an epoch bump are fatal.
+    :param await_previous_poll_ms: ``kprod.transaction.await.previous.poll.ms``: under transactions
+        v2, how often to ask the coordinator whether the previous transaction is complete before
+        the next one's first batches and offsets go out; 0 sends them at once, as Java does.
     """
 
     def __init__(
@@ -286,6 +300,7 @@ class TransactionManager:
         retry_backoff_max_ms: int,
         rng: random.Random,
         can_bump_epoch: bool = True,
+        await_previous_poll_ms: int = 0,
     ) -> None:
         self.transactional_id = transactional_id
         self.transaction_timeout_ms = transaction_timeout_ms
@@ -293,6 +308,7 @@ class TransactionManager:
         self._retry_backoff_max_ms = max(retry_backoff_ms, retry_backoff_max_ms)
         self._rng = rng
         self.can_bump_epoch = can_bump_epoch
+        self.await_previous_poll_ms = await_previous_poll_ms
         self.transactions_v2 = False
         """KIP-890 part 2: the broker adds partitions on Produce and bumps the epoch at every EndTxn."""
         self.state = TxnState.UNINITIALIZED
@@ -316,6 +332,16 @@ class TransactionManager:
         self.in_flight: TxnRequest | None = None
         self._pending_call: tuple[str, TxnOperation] | None = None
         """The user call (init, commit, abort) whose caller may have timed out: a repeat returns it."""
+        self._previous_ended_ms: int | None = None
+        """Transactions v2: when the previous transaction's EndTxn was answered, until the next
+        transaction has decided whether to wait for that transaction's markers."""
+        self._hold_until_ms: int | None = None
+        """Transactions v2: while set, the transaction's batches and offsets wait (until then at
+        most) for a DescribeTransactions answer saying the previous transaction is complete."""
+        self.previous_waits = 0
+        """Transactions that found the previous one still completing and waited for it."""
+        self.previous_checks = 0
+        """DescribeTransactions requests sent to see whether the previous transaction is complete."""
 
     # ----------------------------------------------------------------- state
 
@@ -437,11 +463,12 @@ class TransactionManager:
             return f"cannot {operation}: a transaction is in progress already"
         return f"cannot {operation} while the transaction is {self.state.value}"
 
-    def add_partition(self, topic: str, partition: int) -> None:
+    def add_partition(self, topic: str, partition: int, now_ms: int) -> None:
         """Record that a record for ``topic``/``partition`` is being sent in this transaction.
 
         Call it before appending the record. Under transactions v2 the broker adds the partition
-        itself; otherwise an AddPartitionsToTxn goes out before the partition's first batch.
+        itself (the batch may have to wait for the previous transaction's markers first, see
+        :meth:`on_poll`); otherwise an AddPartitionsToTxn goes out before the partition's first batch.
 
         :raises InvalidTxnStateError: outside a transaction.
         :raises TransactionAbortableError: if the transaction must be aborted.
@@ -456,6 +483,8 @@ class TransactionManager:
             )
         tp = (topic, partition)
         if self.transactions_v2:
+            if self._previous_ended_ms is not None:
+                self._await_previous(now_ms)
             self._partitions.add(tp)
             self._transaction_started = True
             return
@@ -464,17 +493,46 @@ class TransactionManager:
         self._new_partitions.add(tp)
 
     def is_send_allowed(self, topic: str, partition: int) -> bool:
-        """May the sender drain a batch of ``topic``/``partition`` now (its AddPartitionsToTxn is done)?"""
-        if self.state is TxnState.FATAL_ERROR:
+        """May the sender drain a batch of ``topic``/``partition`` now (its AddPartitionsToTxn is
+        done; under transactions v2, the previous transaction is not being waited for)?"""
+        if self.state is TxnState.FATAL_ERROR or self._hold_until_ms is not None:
             return False
         return (topic, partition) in self._partitions
 
+    def _await_previous(self, now_ms: int) -> None:
+        """The transaction's first partition or offsets, shortly after the previous EndTxn: hold
+        them and ask the coordinator whether that transaction's markers are written yet.
+
+        Under transactions v2 the coordinator answers EndTxn once it has logged PrepareCommit (or
+        PrepareAbort), and writes the markers after. A Produce of the next transaction that arrives
+        meanwhile is held by the partition leader, which retries adding the partition every
+        ``add.partitions.to.txn.retry.backoff.ms`` (20 ms); an AddOffsetsToTxn is answered
+        CONCURRENT_TRANSACTIONS. Asking (DescribeTransactions, every ``await_previous_poll_ms``)
+        sends them once the markers are written instead, a few milliseconds after EndTxn.
+        """
+        ended_ms = self._previous_ended_ms
+        self._previous_ended_ms = None
+        if ended_ms is None or now_ms - ended_ms >= _AWAIT_PREVIOUS_MAX_MS:
+            return
+        self._hold_until_ms = now_ms + _AWAIT_PREVIOUS_MAX_MS
+        self._enqueue(TxnRequest(TxnRequestKind.DESCRIBE_TRANSACTION, TxnOperation("describe_transaction")))
+
+    def _release_held(self) -> None:
+        self._hold_until_ms = None
+        self._queue = [r for r in self._queue if r.kind is not TxnRequestKind.DESCRIBE_TRANSACTION]
+
+    def on_poll(self, now_ms: int) -> None:
+        """A sender round begins at ``now_ms``: a transaction held for its predecessor longer than
+        :data:`_AWAIT_PREVIOUS_MAX_MS` goes out now whatever the coordinator says."""
+        if self._hold_until_ms is not None and now_ms >= self._hold_until_ms:
+            self._release_held()
+
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group: ConsumerGroupMetadata
+        self, offsets: Mapping[TopicPartition, int], group: ConsumerGroupMetadata, now_ms: int
     ) -> TxnOperation:
         """Begin adding consumer offsets to the transaction: AddOffsetsToTxn to the transaction
         coordinator, then TxnOffsetCommit to the group's coordinator. ``offsets`` are the next
-        offsets to consume (last processed + 1).
+        offsets to consume (last processed + 1); ``now_ms`` the monotonic time of the call.
 
         :raises InvalidTxnStateError: outside a transaction, or for an empty group id or a negative offset.
         """
@@ -487,6 +545,8 @@ class TransactionManager:
         if bad:
             raise InvalidTxnStateError(f"offsets must be >= 0, got {[(tp, offsets[tp]) for tp in bad]}")
         operation = TxnOperation("send_offsets_to_transaction")
+        if self.transactions_v2 and self._previous_ended_ms is not None:
+            self._await_previous(now_ms)
         self._enqueue(TxnRequest(TxnRequestKind.ADD_OFFSETS, operation, group=group, offsets=dict(offsets)))
         return operation
 
@@ -574,6 +634,7 @@ class TransactionManager:
                 request.operation.complete(error)
         self._queue.clear()
         self.in_flight = None
+        self._hold_until_ms = None
 
     # ----------------------------------------------------------------- requests
 
@@ -618,6 +679,8 @@ class TransactionManager:
                 self._lookup_coordinator(request.coordinator, self._key_of(request))
                 continue
             self._queue.pop(0)
+            if request.kind is TxnRequestKind.DESCRIBE_TRANSACTION:
+                self.previous_checks += 1
             if request.kind is TxnRequestKind.END_TXN and not self._transaction_started:
                 # Nothing reached the broker: there is no transaction there to end.
                 self._complete_transaction()
@@ -642,6 +705,8 @@ class TransactionManager:
             error = self.last_error
         else:
             return False
+        if request.kind is TxnRequestKind.DESCRIBE_TRANSACTION:
+            self._hold_until_ms = None  # the held batches fail with the transaction instead
         if not request.operation.done:
             request.operation.complete(error)
         return True
@@ -667,11 +732,13 @@ class TransactionManager:
         return self.in_flight is None and bool(self._queue or self._new_partitions)
 
     def next_deadline_ms(self) -> int | None:
-        """When :meth:`next_request` may have something new without an answer arriving (a backoff
-        ending), or None."""
+        """When :meth:`next_request` or :meth:`on_poll` may have something new without an answer
+        arriving (a backoff ending, held batches released), or None."""
+        held = self._hold_until_ms
         if self.in_flight is not None or not self._queue:
-            return None
-        return self._queue[0].not_before_ms
+            return held
+        due = self._queue[0].not_before_ms
+        return due if held is None else min(due, held)
 
     def _retry(self, request: TxnRequest, now_ms: int, backoff_ms: int | None = None) -> None:
         request.attempts += 1
@@ -689,6 +756,11 @@ class TransactionManager:
         self._take_in_flight(request)
         if request.coordinator is not None:
             self._lookup_coordinator(request.coordinator, self._key_of(request))
+        if request.kind is TxnRequestKind.DESCRIBE_TRANSACTION:
+            # Only a shortcut was lost: the held batches go out, the broker retries them if need be.
+            self._release_held()
+            _finish(request.operation)
+            return
         self._retry(request, now_ms)
 
     def _take_in_flight(self, request: TxnRequest) -> None:
@@ -712,6 +784,7 @@ class TransactionManager:
             TxnRequestKind.ADD_OFFSETS: self._on_add_offsets,
             TxnRequestKind.TXN_OFFSET_COMMIT: self._on_txn_offset_commit,
             TxnRequestKind.END_TXN: self._on_end_txn,
+            TxnRequestKind.DESCRIBE_TRANSACTION: self._on_describe_transaction,
         }[request.kind]
         handler(request, response, now_ms)
 
@@ -904,6 +977,19 @@ class TransactionManager:
         else:
             _finish(request.operation)
 
+    def _on_describe_transaction(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
+        if self._hold_until_ms is None:
+            _finish(request.operation)  # released meanwhile (held too long, or the transaction ended)
+            return
+        if response.error_code == _NONE and response.state in _PREVIOUS_COMPLETING:
+            if request.attempts == 0:
+                self.previous_waits += 1
+            self._retry(request, now_ms, self.await_previous_poll_ms)
+            return
+        # Complete (or anything else, errors included: asking is only a shortcut).
+        self._release_held()
+        _finish(request.operation)
+
     def _on_end_txn(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
         code = response.error_code
         if code == _NONE:
@@ -912,6 +998,8 @@ class TransactionManager:
                 self.producer_id, self.producer_epoch = response.producer_id, response.producer_epoch
                 self._sequences_reset = True
             self._complete_transaction()
+            if self.transactions_v2 and self.await_previous_poll_ms > 0:
+                self._previous_ended_ms = now_ms
             if self._epoch_bump_required:
                 self._transition(TxnState.INITIALIZING)
                 self._enqueue(TxnRequest(TxnRequestKind.EPOCH_BUMP, request.operation, bump_epoch=True))
@@ -961,6 +1049,8 @@ class TransactionManager:
         self._new_partitions.clear()
         self._transaction_started = False
         self._txn_started_ms = None
+        self._previous_ended_ms = None
+        self._release_held()
 
     # ----------------------------------------------------------------- error transitions
 

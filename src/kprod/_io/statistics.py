@@ -57,6 +57,8 @@ def producer_metrics(engine: ProducerEngine) -> dict[str, Any]:
             "compression-rate": {t: round(r, 4) for t, r in core.compression_ratio.ratios().items()},
             "brokers": dict(engine.metadata.brokers),
             "transaction-version": (2 if engine.transactions_v2 else 1) if engine.txn is not None else 0,
+            "txn-previous-checks-total": engine.txn.previous_checks if engine.txn is not None else 0,
+            "txn-previous-waits-total": engine.txn.previous_waits if engine.txn is not None else 0,
             "successful-authentication-total": engine.conns.authentications[0],
             "failed-authentication-total": engine.conns.authentications[1],
             "successful-reauthentication-total": engine.conns.reauthentications[0],

@@ -24,10 +24,12 @@ from kprod.protocol.messages import (
 from kprod.protocol.txn import (
     add_offsets_to_txn_request,
     add_partitions_to_txn_request,
+    describe_transactions_request,
     end_txn_request,
     find_coordinator_request,
     parse_add_offsets_to_txn,
     parse_add_partitions_to_txn,
+    parse_describe_transactions,
     parse_end_txn,
     parse_find_coordinator,
     parse_txn_offset_commit,
@@ -83,6 +85,17 @@ def txn_exchange(
             ApiKey.INIT_PRODUCER_ID,
             lambda v: init_producer_id_request(v, txn_id, txn.transaction_timeout_ms, pid, epoch),
             initialized,
+        )
+    if kind is TxnRequestKind.DESCRIBE_TRANSACTION:
+
+        def described(response: Any) -> TxnResponse:
+            code, state = parse_describe_transactions(response, txn_id)
+            return TxnResponse(error_code=code, state=state)
+
+        return (
+            ApiKey.DESCRIBE_TRANSACTIONS,
+            lambda v: describe_transactions_request(v, txn_id),
+            described,
         )
     pid, epoch = txn.producer_id, txn.producer_epoch
     if kind is TxnRequestKind.ADD_PARTITIONS:

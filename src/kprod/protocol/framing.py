@@ -53,6 +53,7 @@ FLEXIBLE_FROM_VERSION: Final[dict[int, int | None]] = {
     28: 3,  # TxnOffsetCommit
     36: 2,  # SaslAuthenticate
     60: 0,  # DescribeCluster
+    65: 0,  # DescribeTransactions
 }
 
 MAX_CORRELATION_ID: Final = 2**31 - 1

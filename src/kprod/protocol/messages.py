@@ -68,6 +68,7 @@ class ApiKey:
     TXN_OFFSET_COMMIT: Final = 28
     SASL_AUTHENTICATE: Final = 36
     DESCRIBE_CLUSTER: Final = 60
+    DESCRIBE_TRANSACTIONS: Final = 65
 
 
 # What kprod speaks: api key -> (min, max) version, each within what kio 0.6.5 models.
@@ -85,6 +86,8 @@ CLIENT_API_VERSIONS: Final[dict[int, tuple[int, int]]] = {
     ApiKey.ADD_OFFSETS_TO_TXN: (1, 3),
     ApiKey.END_TXN: (1, 5),  # v5: transactions v2, the answer carries the bumped epoch
     ApiKey.TXN_OFFSET_COMMIT: (1, 3),
+    # Asked under transactions v2 whether the previous transaction's markers are written (KIP-664).
+    ApiKey.DESCRIBE_TRANSACTIONS: (0, 0),
     # SASL: v1 of the handshake means "SaslAuthenticate frames follow" (no legacy unframed tokens);
     # SaslAuthenticate v1+ carries the session lifetime (KIP-368).
     ApiKey.SASL_HANDSHAKE: (1, 1),

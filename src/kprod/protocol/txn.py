@@ -1,6 +1,7 @@
 """Transactional control-plane messages through kio: builders and parsers.
 
-FindCoordinator, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn (InitProducerId
+FindCoordinator, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn and
+DescribeTransactions (InitProducerId
 lives in :mod:`kprod.protocol.messages`). Builders take plain values and return kio request
 entities for :func:`kprod.protocol.messages.encode_request`; parsers take a decoded kio response of
 any version kprod speaks and return plain values. kio types stay inside this module.
@@ -21,10 +22,12 @@ __all__ = [
     "CoordinatorAnswer",
     "add_offsets_to_txn_request",
     "add_partitions_to_txn_request",
+    "describe_transactions_request",
     "end_txn_request",
     "find_coordinator_request",
     "parse_add_offsets_to_txn",
     "parse_add_partitions_to_txn",
+    "parse_describe_transactions",
     "parse_end_txn",
     "parse_find_coordinator",
     "parse_txn_offset_commit",
@@ -238,3 +241,24 @@ def parse_end_txn(response: Any) -> tuple[int, int, int]:
         int(getattr(response, "producer_id", -1)),
         int(getattr(response, "producer_epoch", -1)),
     )
+
+
+def describe_transactions_request(version: int, transactional_id: str) -> Any:
+    """DescribeTransactions (KIP-664) for one transactional id: its coordinator-side state."""
+    return _request(
+        ApiKey.DESCRIBE_TRANSACTIONS,
+        version,
+        "DescribeTransactionsRequest",
+        transactional_ids=(transactional_id,),
+    )
+
+
+def parse_describe_transactions(response: Any, transactional_id: str) -> tuple[int, str]:
+    """``(error_code, state)`` of ``transactional_id`` in a DescribeTransactions answer: the
+    coordinator's state name ("Ongoing", "PrepareCommit", "CompleteCommit", ...), "" with an error.
+    An answer that does not name the id is reported as COORDINATOR_NOT_AVAILABLE (15)."""
+    for entry in response.transaction_states or ():
+        if str(entry.transactional_id) == transactional_id:
+            code = int(entry.error_code)
+            return code, "" if code else str(entry.transaction_state)
+    return 15, ""
