@@ -211,6 +211,26 @@ def _end_txn() -> tuple[bytes, Decode]:
     return _kio(26, 5, entity, txn.parse_end_txn)
 
 
+def _describe_transactions() -> tuple[bytes, Decode]:
+    m = _module(65, 0)
+    entity = m.DescribeTransactionsResponse(
+        throttle_time=_MS0,
+        transaction_states=(
+            m.TransactionState(
+                error_code=ErrorCode(0),
+                transactional_id="txn-1",
+                transaction_state="PrepareCommit",
+                transaction_timeout=_MS0,
+                transaction_start_time=datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC),
+                producer_id=1001,
+                producer_epoch=4,
+                topics=(m.TopicData(topic="t", partitions=(0, 1)),),
+            ),
+        ),
+    )
+    return _kio(65, 0, entity, lambda r: txn.parse_describe_transactions(r, "txn-1"))
+
+
 def _txn_offset_commit() -> tuple[bytes, Decode]:
     m = _module(28, 3)
     entity = m.TxnOffsetCommitResponse(
@@ -297,6 +317,7 @@ FRAMES: dict[str, Callable[[], tuple[bytes, Decode]]] = {
     "add_offsets_to_txn_v3": _add_offsets,
     "txn_offset_commit_v3": _txn_offset_commit,
     "end_txn_v5": _end_txn,
+    "describe_transactions_v0": _describe_transactions,
     "sasl_handshake_v1": _sasl_handshake,
     "sasl_authenticate_v0": lambda: _sasl_authenticate(0),
     "sasl_authenticate_v2": lambda: _sasl_authenticate(2),

@@ -185,6 +185,55 @@ def test_offsets_commit_with_the_transaction_and_only_then(kafka: KafkaCluster) 
         consumer.close()
 
 
+@pytest.mark.parametrize("poll_ms", [1, 0])
+def test_back_to_back_v2_transactions_wait_for_the_previous_ones_markers(
+    kafka: KafkaCluster, poll_ms: int
+) -> None:
+    """Under transactions v2 the coordinator answers EndTxn before writing the markers; the next
+    transaction's first batches and offsets then wait until DescribeTransactions no longer says
+    PrepareCommit/PrepareAbort (poll_ms=1, the default), or go at once as Java's do (0). Either
+    way every committed record is visible once, every aborted one never, and the last offsets
+    committed are the last committed transaction's."""
+    topic = f"txn-previous-{poll_ms}"
+    kafka.create_topic(topic, partitions=3)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"txn-previous-{poll_ms}"})
+    expected: list[bytes] = []
+    try:
+        metadata = consumer.consumer_group_metadata()
+        with transactional(
+            kafka, f"txn-previous-{poll_ms}", kprod_transaction_await_previous_poll_ms=poll_ms
+        ) as producer:
+            assert producer.metrics()["transaction-version"] == 2
+            started = time.monotonic()
+            for t in range(40):
+                producer.begin_transaction()
+                if t % 2:  # offsets first: AddOffsetsToTxn is what meets the previous transaction
+                    producer.send_offsets_to_transaction({(topic, 0): t, (topic, 1): t}, metadata, timeout=60)
+                values = [b"%02d-%d" % (t, i) for i in range(10)]
+                for value in values:
+                    producer.send(topic, value)
+                if t % 4 == 3:
+                    producer.abort_transaction(timeout=60)
+                else:
+                    producer.commit_transaction(timeout=60)
+                    expected += values
+            elapsed_s = time.monotonic() - started
+            metrics = producer.metrics()
+        if poll_ms:
+            # 39 transactions began within 100 ms of the previous one's end; the markers take a
+            # few ms to write, so some found the previous transaction still completing.
+            assert metrics["txn-previous-checks-total"] >= 20, metrics
+            assert metrics["txn-previous-waits-total"] >= 1, metrics
+        else:
+            assert metrics["txn-previous-checks-total"] == metrics["txn-previous-waits-total"] == 0
+        assert elapsed_s < 30
+        assert _committed(consumer, topic)[:2] == [37, 37], "t=39 aborted, t=38 sent no offsets"
+    finally:
+        consumer.close()
+    values = values_of(kafka, topic, 3, len(expected), COMMITTED)
+    assert sorted(values) == sorted(expected)
+
+
 def _committed(consumer: Consumer, topic: str) -> list[int]:
     return [
         tp.offset

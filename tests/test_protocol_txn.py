@@ -23,10 +23,12 @@ from kprod.protocol.messages import (
 from kprod.protocol.txn import (
     add_offsets_to_txn_request,
     add_partitions_to_txn_request,
+    describe_transactions_request,
     end_txn_request,
     find_coordinator_request,
     parse_add_offsets_to_txn,
     parse_add_partitions_to_txn,
+    parse_describe_transactions,
     parse_end_txn,
     parse_find_coordinator,
     parse_txn_offset_commit,
@@ -144,8 +146,21 @@ def test_a_transaction_by_hand_on_apache_kafka(kafka: KafkaCluster) -> None:
         kafka.request(txn_offset_commit_request(3, txn_id, "g1", producer_id, epoch, {("txn-by-hand", 0): 1}))
     )
     assert committed == {("txn-by-hand", 0): 0}
+    assert parse_describe_transactions(kafka.request(describe_transactions_request(0, txn_id)), txn_id) == (
+        0,
+        "Ongoing",
+    )
     end_code, _, _ = parse_end_txn(kafka.request(end_txn_request(3, txn_id, producer_id, epoch, True)))
     assert end_code == 0
+    # The markers are written after EndTxn is answered: PrepareCommit until then.
+    code, state = parse_describe_transactions(kafka.request(describe_transactions_request(0, txn_id)), txn_id)
+    assert code == 0 and state in ("PrepareCommit", "CompleteCommit"), state
+    assert _retried(
+        lambda: parse_describe_transactions(kafka.request(describe_transactions_request(0, txn_id)), txn_id),
+        lambda answer: 14 if answer[1] == "PrepareCommit" else answer[0],  # ask again
+    ) == (0, "CompleteCommit")
+    unknown = parse_describe_transactions(kafka.request(describe_transactions_request(0, "nobody")), "nobody")
+    assert unknown[0] == 105 and unknown[1] == ""  # TRANSACTIONAL_ID_NOT_FOUND
     records = consume_all(
         kafka.bootstrap_servers,
         "txn-by-hand",
