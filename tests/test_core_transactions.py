@@ -577,13 +577,15 @@ def test_v2_holds_the_next_transaction_until_the_coordinator_says_the_previous_i
     assert ask.coordinator is CoordinatorType.TRANSACTION
     tm.on_response(ask, TxnResponse(state="PrepareCommit"), 12)
     assert not tm.is_send_allowed("t", 1)
-    assert tm.next_request(13, False) is None and tm.next_deadline_ms() == 14, "asks again after poll_ms"
-    again = expect(tm, K.DESCRIBE_TRANSACTION, 14)
+    assert tm.next_request(12, False) is None and tm.next_deadline_ms() == 13, "asks every poll_ms"
+    again = expect(tm, K.DESCRIBE_TRANSACTION, 13)
     tm.add_partition("t", 2, 14)  # joins the held transaction, no second question
-    tm.on_response(again, TxnResponse(state="CompleteCommit"), 15)
+    tm.on_response(again, TxnResponse(state="PrepareCommit"), 20)  # a slow answer: ask again at once
+    third = expect(tm, K.DESCRIBE_TRANSACTION, 20)
+    tm.on_response(third, TxnResponse(state="CompleteCommit"), 21)
     assert tm.is_send_allowed("t", 1) and tm.is_send_allowed("t", 2)
-    assert tm.next_request(15, False) is None
-    assert (tm.previous_checks, tm.previous_waits) == (2, 1)
+    assert tm.next_request(21, False) is None
+    assert (tm.previous_checks, tm.previous_waits) == (3, 1)
 
 
 def test_v2_asks_nothing_long_after_the_previous_transaction_or_when_disabled_or_under_v1() -> None:
@@ -659,9 +661,9 @@ def test_v2_abort_while_held_ends_the_transaction_after_the_question() -> None:
     tm.add_partition("t", 0, 1)
     ask = expect(tm, K.DESCRIBE_TRANSACTION, 1)
     abort = tm.abort_transaction()
-    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 2)
-    assert tm.next_request(2, False) is None
-    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 3), TxnResponse(state="CompleteCommit"), 3)
+    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 1)
+    assert tm.next_request(1, False) is None, "EndTxn would meet CONCURRENT_TRANSACTIONS"
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 2), TxnResponse(state="CompleteCommit"), 3)
     end = expect(tm, K.END_TXN, 3)
     assert not end.committed
     tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=2), 3)

@@ -256,6 +256,8 @@ class TxnRequest:
     bump_epoch: bool = False
     not_before_ms: int = 0
     attempts: int = 0
+    sent_ms: int = 0
+    """When :meth:`TransactionManager.next_request` last handed it out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,6 +689,7 @@ class TransactionManager:
                 _finish(request.operation)
                 continue
             self.in_flight = request
+            request.sent_ms = now_ms
             return request
         return None
 
@@ -984,7 +987,8 @@ class TransactionManager:
         if response.error_code == _NONE and response.state in _PREVIOUS_COMPLETING:
             if request.attempts == 0:
                 self.previous_waits += 1
-            self._retry(request, now_ms, self.await_previous_poll_ms)
+            # Every poll_ms from one question to the next, however long the answer took.
+            self._retry(request, now_ms, max(0, request.sent_ms + self.await_previous_poll_ms - now_ms))
             return
         # Complete (or anything else, errors included: asking is only a shortcut).
         self._release_held()

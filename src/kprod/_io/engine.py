@@ -453,6 +453,8 @@ class ProducerEngine:
         Returns WAKE_SENDER and/or YIELD_GIL bits, to act on *after* releasing the
         lock (a sender woken while the lock is held would only block on it).
 
+        A transactional request waiting to go out (the new batch's partition to add, or the
+        question about the previous transaction) wakes the sender and yields to it at once.
         A batch that filled (this one, or the one a new batch replaced) is sent at
         the sender's next round. With requests in flight, their answers start
         rounds soon enough; waking the sender for each full batch as well would
@@ -470,6 +472,12 @@ class ProducerEngine:
                 return _WAKE_AND_YIELD
         if batch.record_count != 1:
             return AfterAppend.NOTHING
+        txn = self.txn
+        if txn is not None and txn.wants_poll:
+            # The batch opened a partition of the transaction (an AddPartitionsToTxn to send) or
+            # the transaction itself (a question about the previous one's markers): it goes out
+            # now, not when the appending thread next blocks or the switch interval ends.
+            return _WAKE_AND_YIELD
         now_ms = monotonic_ms()
         action = WAKE_SENDER if self.next_wakeup_ms > now_ms + self.config.linger_ms else AfterAppend.NOTHING
         if (self.core.in_flight_count or self._txn_requests_in_flight) and now_ms >= self._next_yield_ms:
