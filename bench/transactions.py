@@ -7,7 +7,7 @@
 One Apache Kafka node (kprod.kafka_broker, JVM flags for throughput) and one topic of 6 partitions
 per run; kprod runs three times: with the cluster's transactions v2 and its defaults (the next
 transaction's first batches wait for the previous one's markers, asking the coordinator), with v2
-and ``kprod.transaction.await.previous.poll.ms=0`` (they go at once, as Java's do), and with
+and ``kprod.transaction.await.previous=false`` (they go at once, as Java's do), and with
 ``kprod.transaction.version=1`` (AddPartitionsToTxn from the client, as librdkafka); 100-byte
 records without keys, acks=all, linger.ms=5, in transactions of 1,000 and of 10,000 records. kprod and confluent-kafka run the same loop (send N, commit, repeat) in this
 process, one after the other; commit latency is the time ``commit_transaction()`` takes (it
@@ -59,9 +59,9 @@ def run_kprod(
     records: int,
     per_txn: int,
     transaction_version: str = "auto",
-    await_previous_poll_ms: int | None = None,
+    await_previous: bool = True,
 ) -> dict[str, Any]:
-    extra = {} if await_previous_poll_ms is None else {"kprod.transaction.await.previous.poll.ms": await_previous_poll_ms}
+    extra = {"kprod.transaction.await.previous": await_previous}
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -192,8 +192,8 @@ def main() -> int:
             runs: tuple[tuple[str, Any], ...] = (
                 ("kprod (transactions v2, the default)", run_kprod),
                 (
-                    "kprod (v2, kprod.transaction.await.previous.poll.ms=0, as Java)",
-                    functools.partial(run_kprod, await_previous_poll_ms=0),
+                    "kprod (v2, kprod.transaction.await.previous=false, as Java)",
+                    functools.partial(run_kprod, await_previous=False),
                 ),
                 (
                     "kprod (kprod.transaction.version=1)",

@@ -75,7 +75,7 @@ def run_kprod(
 
     def on_response(self: Any, request: Any, response: Any, now_ms: int) -> Any:
         codes = sorted({response.error_code, *response.partition_errors.values()} - {0})
-        events.append((clock(), "txn_ack", (request.kind.name, codes)))
+        events.append((clock(), "txn_ack", (request.kind.name, codes, response.state)))
         return orig_on_response(self, request, response, now_ms)
 
     core_cls.on_sent, core_cls.on_produce_response = on_sent, on_produce_response  # type: ignore[method-assign]
@@ -254,8 +254,8 @@ def main() -> int:
                 rows = run_confluent(bootstrap, topic, ARGS.transactions, ARGS.per_txn)
             else:
                 # kprod-v2-java: transactions v2 without waiting for the previous transaction's
-                # markers (kprod.transaction.await.previous.poll.ms=0), as the Java producer does.
-                java_like = {"kprod.transaction.await.previous.poll.ms": 0} if client == "kprod-v2-java" else {}
+                # markers (kprod.transaction.await.previous=false), as the Java producer does.
+                java_like = {"kprod.transaction.await.previous": False} if client == "kprod-v2-java" else {}
                 rows = run_kprod(
                     bootstrap,
                     topic,

@@ -35,7 +35,7 @@ TXN_COORDINATOR = 2
 GROUP_COORDINATOR = 3
 
 
-def manager(can_bump_epoch: bool = True, await_previous_poll_ms: int = 0) -> TransactionManager:
+def manager(can_bump_epoch: bool = True, await_previous: bool = False) -> TransactionManager:
     return TransactionManager(
         "txn-1",
         transaction_timeout_ms=60_000,
@@ -43,7 +43,7 @@ def manager(can_bump_epoch: bool = True, await_previous_poll_ms: int = 0) -> Tra
         retry_backoff_max_ms=1_000,
         rng=random.Random(7),
         can_bump_epoch=can_bump_epoch,
-        await_previous_poll_ms=await_previous_poll_ms,
+        await_previous=await_previous,
     )
 
 
@@ -62,8 +62,8 @@ def answer_coordinator(tm: TransactionManager, node: int = TXN_COORDINATOR, now_
     tm.on_response(request, TxnResponse(node_id=node), now_ms)
 
 
-def initialized(can_bump_epoch: bool = True, await_previous_poll_ms: int = 0) -> TransactionManager:
-    tm = manager(can_bump_epoch, await_previous_poll_ms)
+def initialized(can_bump_epoch: bool = True, await_previous: bool = False) -> TransactionManager:
+    tm = manager(can_bump_epoch, await_previous)
     operation = tm.init_transactions()
     assert tm.state is TxnState.INITIALIZING
     answer_coordinator(tm)
@@ -77,7 +77,7 @@ def initialized(can_bump_epoch: bool = True, await_previous_poll_ms: int = 0) ->
 def in_transaction_with(tm: TransactionManager, *partitions: tuple[str, int]) -> None:
     tm.begin_transaction()
     for topic, partition in partitions:
-        tm.add_partition(topic, partition, 0)
+        tm.add_partition(topic, partition)
     request = expect(tm, K.ADD_PARTITIONS)
     assert set(request.partitions) == set(partitions)
     tm.on_response(request, TxnResponse(partition_errors=dict.fromkeys(partitions, 0)), 0)
@@ -91,9 +91,9 @@ def test_init_begin_add_partitions_commit() -> None:
     assert tm.producer_id == 1000 and tm.producer_epoch == 0
     assert tm.coordinator(CoordinatorType.TRANSACTION) == TXN_COORDINATOR
     tm.begin_transaction()
-    tm.add_partition("t", 0, 0)
-    tm.add_partition("t", 1, 0)
-    tm.add_partition("t", 0, 0)  # once is enough
+    tm.add_partition("t", 0)
+    tm.add_partition("t", 1)
+    tm.add_partition("t", 0)  # once is enough
     assert not tm.is_send_allowed("t", 0), "a partition may not be drained before it is added"
     request = expect(tm, K.ADD_PARTITIONS)
     assert request.partitions == (("t", 0), ("t", 1))
@@ -114,9 +114,9 @@ def test_init_begin_add_partitions_commit() -> None:
 def test_partitions_added_while_a_request_is_in_flight_go_in_the_next_add_partitions() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("t", 0, 0)
+    tm.add_partition("t", 0)
     first = expect(tm, K.ADD_PARTITIONS)
-    tm.add_partition("t", 1, 0)
+    tm.add_partition("t", 1)
     tm.on_response(first, TxnResponse(partition_errors={("t", 0): 0}), 0)
     second = expect(tm, K.ADD_PARTITIONS)
     assert second.partitions == (("t", 1),)
@@ -145,7 +145,7 @@ def test_send_offsets_adds_offsets_then_commits_them_at_the_group_coordinator() 
     tm = initialized()
     tm.begin_transaction()
     group = ConsumerGroupMetadata("g1", generation_id=4, member_id="m-1")
-    operation = tm.send_offsets_to_transaction({("in", 0): 42, ("in", 1): 7}, group, 0)
+    operation = tm.send_offsets_to_transaction({("in", 0): 42, ("in", 1): 7}, group)
     add = expect(tm, K.ADD_OFFSETS)
     assert add.group == group and add.coordinator is CoordinatorType.TRANSACTION
     tm.on_response(add, TxnResponse(), 0)
@@ -173,13 +173,13 @@ def test_calls_in_the_wrong_state_raise_and_change_nothing() -> None:
     with pytest.raises(InvalidTxnStateError, match="before init_transactions"):
         tm.begin_transaction()
     with pytest.raises(InvalidTxnStateError, match="before init_transactions"):
-        tm.add_partition("t", 0, 0)
+        tm.add_partition("t", 0)
     assert tm.state is TxnState.UNINITIALIZED
     tm = initialized()
     with pytest.raises(InvalidTxnStateError, match="init_transactions\\(\\) was called already"):
         tm.init_transactions()
     with pytest.raises(InvalidTxnStateError, match="begin_transaction\\(\\) first"):
-        tm.add_partition("t", 0, 0)
+        tm.add_partition("t", 0)
     with pytest.raises(InvalidTxnStateError):
         tm.commit_transaction()
     with pytest.raises(InvalidTxnStateError):
@@ -268,7 +268,7 @@ def test_retriable_errors_back_off_exponentially_up_to_the_max() -> None:
 def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("t", 0, 0)
+    tm.add_partition("t", 0)
     request = expect(tm, K.ADD_PARTITIONS)
     # The previous transaction is finishing (its markers take a few ms): 2, 4, 8, 16, then Java's
     # 20 ms between tries, never retry.backoff.ms.
@@ -288,7 +288,7 @@ def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -
 def test_txn_offset_commit_retries_only_the_partitions_that_failed() -> None:
     tm = initialized()
     tm.begin_transaction()
-    operation = tm.send_offsets_to_transaction({("in", 0): 1, ("in", 1): 2}, ConsumerGroupMetadata("g"), 0)
+    operation = tm.send_offsets_to_transaction({("in", 0): 1, ("in", 1): 2}, ConsumerGroupMetadata("g"))
     tm.on_response(expect(tm, K.ADD_OFFSETS), TxnResponse(), 0)
     answer_coordinator(tm, node=GROUP_COORDINATOR)
     request = expect(tm, K.TXN_OFFSET_COMMIT)
@@ -311,7 +311,7 @@ def test_a_failed_record_makes_the_transaction_abortable_then_abort_recovers() -
         tm.commit_transaction()
     assert isinstance(info.value.cause, KafkaError) and info.value.cause.code == 10
     with pytest.raises(TransactionAbortableError):
-        tm.add_partition("t", 1, 0)
+        tm.add_partition("t", 1)
     abort = tm.abort_transaction()
     end = expect(tm, K.END_TXN)
     tm.on_response(end, TxnResponse(), 0)
@@ -338,8 +338,8 @@ def test_a_record_failing_during_commit_fails_the_commit_and_its_end_txn_is_not_
 def test_topic_authorization_failure_is_abortable_and_names_the_topic() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("secret", 0, 0)
-    tm.add_partition("open", 0, 0)
+    tm.add_partition("secret", 0)
+    tm.add_partition("open", 0)
     request = expect(tm, K.ADD_PARTITIONS)
     tm.on_response(request, TxnResponse(partition_errors={("secret", 0): 29, ("open", 0): 55}), 0)
     assert tm.state is TxnState.ABORTABLE_ERROR
@@ -350,7 +350,7 @@ def test_topic_authorization_failure_is_abortable_and_names_the_topic() -> None:
 def test_rebalanced_group_makes_the_offsets_commit_abortable() -> None:
     tm = initialized()
     tm.begin_transaction()
-    operation = tm.send_offsets_to_transaction({("in", 0): 5}, ConsumerGroupMetadata("g", 3, "m"), 0)
+    operation = tm.send_offsets_to_transaction({("in", 0): 5}, ConsumerGroupMetadata("g", 3, "m"))
     tm.on_response(expect(tm, K.ADD_OFFSETS), TxnResponse(), 0)
     answer_coordinator(tm, node=GROUP_COORDINATOR)
     tm.on_response(expect(tm, K.TXN_OFFSET_COMMIT), TxnResponse(partition_errors={("in", 0): 22}), 0)
@@ -393,7 +393,7 @@ def test_fenced_is_fatal_for_every_later_call(code: int) -> None:
     assert tm.state is TxnState.FATAL_ERROR
     assert isinstance(commit.error, ProducerFencedError) and commit.error.code == 90
     assert "fenced" in str(commit.error) and "txn-1" in str(commit.error)
-    for call in (tm.begin_transaction, tm.abort_transaction, lambda: tm.add_partition("t", 0, 0)):
+    for call in (tm.begin_transaction, tm.abort_transaction, lambda: tm.add_partition("t", 0)):
         with pytest.raises(ProducerFencedError):
             call()
     assert not tm.is_send_allowed("t", 0)
@@ -411,9 +411,9 @@ def test_transactional_id_authorization_is_fatal_and_says_what_to_grant() -> Non
 def test_queued_requests_fail_with_the_fatal_error() -> None:
     tm = initialized()
     tm.begin_transaction()
-    tm.add_partition("t", 0, 0)
+    tm.add_partition("t", 0)
     add = expect(tm, K.ADD_PARTITIONS)
-    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"), 0)
+    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"))
     tm.on_response(add, TxnResponse(partition_errors={("t", 0): 90}), 0)
     assert tm.next_request(0, False) is None
     assert offsets.done and isinstance(offsets.error, ProducerFencedError)
@@ -458,7 +458,7 @@ def test_transactions_v2_adds_partitions_implicitly_and_takes_the_epoch_from_end
     tm = initialized()
     tm.transactions_v2 = True
     tm.begin_transaction()
-    tm.add_partition("t", 0, 0)
+    tm.add_partition("t", 0)
     assert tm.is_send_allowed("t", 0), "KIP-890: Produce adds the partition"
     commit = tm.commit_transaction()
     end = expect(tm, K.END_TXN)  # no AddPartitionsToTxn went out
@@ -486,7 +486,7 @@ def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]], v2: boo
     one request is in flight, nothing is completed twice (TxnOperation would raise), a fatal
     state is never left, and (transactions v2) no batch is held for the previous transaction
     longer than 100 ms."""
-    tm = initialized(await_previous_poll_ms=1)
+    tm = initialized(await_previous=True)
     tm.transactions_v2 = v2
     seen_fatal = False
     now = 0
@@ -504,11 +504,11 @@ def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, int]], v2: boo
             if call == "begin":
                 tm.begin_transaction()
             elif call == "add":
-                tm.add_partition("t", code % 3, now)
+                tm.add_partition("t", code % 3)
                 if v2:
                     added_ms.setdefault(code % 3, now)
             elif call == "offsets":
-                tm.send_offsets_to_transaction({("in", 0): code}, ConsumerGroupMetadata("g"), now)
+                tm.send_offsets_to_transaction({("in", 0): code}, ConsumerGroupMetadata("g"))
             elif call == "commit":
                 tm.commit_transaction()
             elif call == "abort":
@@ -555,12 +555,12 @@ def test_the_fenced_error_says_when_the_transaction_outlived_its_timeout(
 # ----------------------------------------------------------------------------- v2: the previous transaction
 
 
-def committed_v2(poll_ms: int = 1, ended_ms: int = 0) -> TransactionManager:
+def committed_v2(await_previous: bool = True, ended_ms: int = 0) -> TransactionManager:
     """A transactions-v2 manager whose first transaction's EndTxn was answered at ``ended_ms``."""
-    tm = initialized(await_previous_poll_ms=poll_ms)
+    tm = initialized(await_previous=await_previous)
     tm.transactions_v2 = True
     tm.begin_transaction()
-    tm.add_partition("t", 0, 0)
+    tm.add_partition("t", 0)
     tm.commit_transaction()
     end = expect(tm, K.END_TXN, ended_ms)
     tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=1), ended_ms)
@@ -568,49 +568,76 @@ def committed_v2(poll_ms: int = 1, ended_ms: int = 0) -> TransactionManager:
     return tm
 
 
-def test_v2_holds_the_next_transaction_until_the_coordinator_says_the_previous_is_complete() -> None:
-    tm = committed_v2(poll_ms=2, ended_ms=10)
-    tm.begin_transaction()
-    tm.add_partition("t", 1, 11)
-    assert not tm.is_send_allowed("t", 1), "the markers of the previous transaction may be unwritten"
-    ask = expect(tm, K.DESCRIBE_TRANSACTION, 11)
+def test_v2_holds_the_next_transaction_until_the_coordinator_says_the_ended_one_is_complete() -> None:
+    tm = committed_v2(ended_ms=10)
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 10)  # at once, while the caller builds the next one
     assert ask.coordinator is CoordinatorType.TRANSACTION
-    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 12)
-    assert not tm.is_send_allowed("t", 1)
-    assert tm.next_request(12, False) is None and tm.next_deadline_ms() == 13, "asks every poll_ms"
-    again = expect(tm, K.DESCRIBE_TRANSACTION, 13)
-    tm.add_partition("t", 2, 14)  # joins the held transaction, no second question
-    tm.on_response(again, TxnResponse(state="PrepareCommit"), 20)  # a slow answer: ask again at once
-    third = expect(tm, K.DESCRIBE_TRANSACTION, 20)
-    tm.on_response(third, TxnResponse(state="CompleteCommit"), 21)
+    tm.begin_transaction()
+    tm.add_partition("t", 1)
+    assert not tm.is_send_allowed("t", 1), "the markers of the ended transaction may be unwritten"
+    asked = [10]
+    for now in range(11, 15):  # three answers asked again at once, then after 1 ms
+        tm.on_response(ask, TxnResponse(state="PrepareCommit"), now)
+        tm.add_partition("t", 2)  # joins the held transaction, no question of its own
+        assert not tm.is_send_allowed("t", 1) and not tm.is_send_allowed("t", 2)
+        if len(asked) == 4:
+            assert tm.next_request(now, False) is None and tm.next_deadline_ms() == now + 1
+            now += 1
+        ask = expect(tm, K.DESCRIBE_TRANSACTION, now)
+        asked.append(now)
+    assert asked == [10, 11, 12, 13, 15]
+    tm.on_response(ask, TxnResponse(state="CompleteCommit"), 16)
     assert tm.is_send_allowed("t", 1) and tm.is_send_allowed("t", 2)
-    assert tm.next_request(21, False) is None
-    assert (tm.previous_checks, tm.previous_waits) == (3, 1)
+    assert tm.next_request(16, False) is None
+    assert (tm.previous_checks, tm.previous_waits) == (5, 1)
 
 
-def test_v2_asks_nothing_long_after_the_previous_transaction_or_when_disabled_or_under_v1() -> None:
-    late = committed_v2(ended_ms=0)
-    late.begin_transaction()
-    late.add_partition("t", 0, 100)
-    assert late.is_send_allowed("t", 0) and late.next_request(100, False) is None
-    java = committed_v2(poll_ms=0)
+def test_v2_questions_back_off_to_16_ms() -> None:
+    tm = committed_v2()
+    now, asked = 0, []
+    while now < 100:
+        ask = tm.next_request(now, False)
+        if ask is None:
+            assert tm.next_deadline_ms() is not None
+            now = max(now + 1, tm.next_deadline_ms() or 0)
+            tm.on_poll(now)
+            continue
+        asked.append(now)
+        tm.on_response(ask, TxnResponse(state="PrepareCommit"), now)
+    assert asked == [0, 0, 0, 0, 1, 3, 7, 15, 31, 47, 63, 79, 95]
+    assert tm.next_request(100, False) is None and not tm.wants_poll, "given up after 100 ms"
+
+
+def test_v2_a_transaction_begun_after_the_answer_does_not_wait() -> None:
+    tm = committed_v2()
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 0), TxnResponse(state="CompleteCommit"), 1)
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    assert tm.is_send_allowed("t", 0) and tm.next_request(1, False) is None
+    assert (tm.previous_checks, tm.previous_waits) == (1, 0)
+
+
+def test_v2_asks_nothing_when_disabled_or_under_v1() -> None:
+    java = committed_v2(await_previous=False)
+    assert java.next_request(0, False) is None
     java.begin_transaction()
-    java.add_partition("t", 0, 1)
+    java.add_partition("t", 0)
     assert java.is_send_allowed("t", 0) and java.next_request(1, False) is None
-    v1 = initialized(await_previous_poll_ms=1)
+    v1 = initialized(await_previous=True)
     in_transaction_with(v1, ("t", 0))
     v1.commit_transaction()
     v1.on_response(expect(v1, K.END_TXN), TxnResponse(), 0)
+    assert v1.next_request(0, False) is None
     v1.begin_transaction()
-    v1.add_partition("t", 0, 1)
+    v1.add_partition("t", 0)
     assert expect(v1, K.ADD_PARTITIONS, 1).partitions == (("t", 0),)
 
 
-def test_v2_hold_ends_after_100_ms_whatever_the_coordinator_says() -> None:
-    tm = committed_v2(ended_ms=0)
-    tm.begin_transaction()
-    tm.add_partition("t", 0, 5)
+def test_v2_hold_ends_100_ms_after_end_txn_whatever_the_coordinator_says() -> None:
+    tm = committed_v2(ended_ms=5)
     ask = expect(tm, K.DESCRIBE_TRANSACTION, 5)
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
     tm.on_poll(104)
     assert not tm.is_send_allowed("t", 0)
     assert tm.next_deadline_ms() == 105, "the sender must wake when the hold ends"
@@ -621,50 +648,53 @@ def test_v2_hold_ends_after_100_ms_whatever_the_coordinator_says() -> None:
     assert ask.operation.done and ask.operation.error is None
 
 
-@pytest.mark.parametrize("outcome", ["lost", "not_coordinator", "unsupported", "other_state"])
+@pytest.mark.parametrize("outcome", ["lost", "not_coordinator", "not_authorized", "other_state"])
 def test_v2_hold_ends_on_any_answer_but_prepare(outcome: str) -> None:
     """Asking is a shortcut: an error, a lost answer or any other state lets the batches go (the
     partition leader then retries them itself, as for Java's)."""
     tm = committed_v2()
-    tm.begin_transaction()
-    tm.add_partition("t", 0, 1)
     ask = expect(tm, K.DESCRIBE_TRANSACTION, 1)
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
     if outcome == "lost":
         tm.on_request_failed(ask, 2)
         expect(tm, K.FIND_COORDINATOR, 2)  # the coordinator is looked up again, nothing is asked again
     else:
-        code, state = {"not_coordinator": (16, ""), "unsupported": (35, ""), "other_state": (0, "Empty")}[outcome]
+        code, state = {"not_coordinator": (16, ""), "not_authorized": (53, ""), "other_state": (0, "Empty")}[
+            outcome
+        ]
         tm.on_response(ask, TxnResponse(error_code=code, state=state), 2)
         assert tm.next_request(2, False) is None
-    assert tm.is_send_allowed("t", 0)
+    assert tm.is_send_allowed("t", 0) and tm.state is TxnState.IN_TRANSACTION
 
 
 def test_v2_offsets_wait_behind_the_question_too() -> None:
     tm = committed_v2()
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 0)
     tm.begin_transaction()
-    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"), 3)
-    ask = expect(tm, K.DESCRIBE_TRANSACTION, 3)
-    tm.on_response(ask, TxnResponse(state="PrepareAbort"), 3)
-    assert tm.next_request(3, False) is None, "AddOffsetsToTxn would meet CONCURRENT_TRANSACTIONS"
-    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 4), TxnResponse(state="CompleteAbort"), 4)
-    add = expect(tm, K.ADD_OFFSETS, 4)
-    tm.on_response(add, TxnResponse(), 4)
-    answer_coordinator(tm, GROUP_COORDINATOR, 4)
-    commit = expect(tm, K.TXN_OFFSET_COMMIT, 4)
-    tm.on_response(commit, TxnResponse(partition_errors={("in", 0): 0}), 4)
-    assert offsets.done and offsets.error is None
+    offsets = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"))
+    tm.on_response(ask, TxnResponse(state="PrepareAbort"), 0)
+    # Not AddOffsetsToTxn, which would meet CONCURRENT_TRANSACTIONS: the question again.
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 1), TxnResponse(state="CompleteAbort"), 1)
+    add = expect(tm, K.ADD_OFFSETS, 1)
+    tm.on_response(add, TxnResponse(), 1)
+    answer_coordinator(tm, GROUP_COORDINATOR, 1)
+    commit = expect(tm, K.TXN_OFFSET_COMMIT, 1)
+    tm.on_response(commit, TxnResponse(partition_errors={("in", 0): 0}), 1)
+    assert offsets.done and offsets.error is None and tm.previous_waits == 1
 
 
 def test_v2_abort_while_held_ends_the_transaction_after_the_question() -> None:
     tm = committed_v2()
+    ask = expect(tm, K.DESCRIBE_TRANSACTION, 0)
     tm.begin_transaction()
-    tm.add_partition("t", 0, 1)
-    ask = expect(tm, K.DESCRIBE_TRANSACTION, 1)
+    tm.add_partition("t", 0)
     abort = tm.abort_transaction()
-    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 1)
-    assert tm.next_request(1, False) is None, "EndTxn would meet CONCURRENT_TRANSACTIONS"
-    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 2), TxnResponse(state="CompleteCommit"), 3)
-    end = expect(tm, K.END_TXN, 3)
+    tm.on_response(ask, TxnResponse(state="PrepareCommit"), 0)
+    # Not EndTxn, which would meet CONCURRENT_TRANSACTIONS: the question again.
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 1), TxnResponse(state="CompleteCommit"), 1)
+    end = expect(tm, K.END_TXN, 1)
     assert not end.committed
-    tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=2), 3)
+    tm.on_response(end, TxnResponse(producer_id=1000, producer_epoch=2), 1)
     assert abort.done and abort.error is None and tm.state is TxnState.READY
+    assert expect(tm, K.DESCRIBE_TRANSACTION, 1), "and the abort's markers are waited for in turn"

@@ -19,7 +19,7 @@ from kprod._core.accumulator import ProducerBatch
 from kprod._core.appender import speedups_module as _speedups
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
-from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, monotonic_ms, wall_ms
+from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, wall_ms
 from kprod._io.frontend import RecordPreparer
 from kprod._io.send_path import SendPath, Steps
 from kprod.config import ProducerConfig, check_supported
@@ -325,9 +325,7 @@ class AsyncProducer:
         offsets_map = transactional.offsets_of(offsets)
         group = transactional.group_metadata_of(group_metadata)
         operation = transactional.start(
-            engine,
-            "send_offsets_to_transaction",
-            lambda t: t.send_offsets_to_transaction(offsets_map, group, monotonic_ms()),
+            engine, "send_offsets_to_transaction", lambda t: t.send_offsets_to_transaction(offsets_map, group)
         )
         await self._wait_txn(operation, timeout)
 

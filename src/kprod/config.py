@@ -429,12 +429,11 @@ _DEFS: Final[tuple[ConfigDef, ...]] = (
        "Transaction protocol: auto uses the cluster's finalized transaction.version (2 on Kafka 4.x: "
        "partitions join with the first Produce, KIP-890), as Java does; 1 adds them with "
        "AddPartitionsToTxn as librdkafka does, faster for back-to-back short transactions. Default auto."),
-    _d("kprod.transaction.await.previous.poll.ms", "int", 1, "[0, 1000]", _int(0, 1000),
-       "Transactions v2 only: when a transaction starts within 100 ms of the previous one's commit or "
-       "abort, its first batches and offsets wait until the coordinator says (DescribeTransactions, "
-       "asked every this many milliseconds) that the previous transaction's markers are written, "
-       "instead of being held 20 ms by the partition leader. 0 sends them at once, as Java does. "
-       "Default 1."),
+    _d("kprod.transaction.await.previous", "bool", True, "true, false", _bool,
+       "Transactions v2 only: after a commit or abort, the next transaction's batches and offsets wait "
+       "(100 ms at most) until the coordinator says (DescribeTransactions) that the ended transaction's "
+       "markers are written, instead of being held 20 ms by the partition leader when they arrive "
+       "too early. false sends them at once, as Java does. Default true."),
     _d("compression.type", "str", "none", "none, gzip, snappy, lz4, zstd",
        _choice("none", "gzip", "snappy", "lz4", "zstd"),
        "Batch compression codec. Default none.",
@@ -672,7 +671,7 @@ class ProducerConfig:
     transactional_id: str | None = _DEFAULTS["transactional.id"]
     transaction_timeout_ms: int = _DEFAULTS["transaction.timeout.ms"]
     kprod_transaction_version: str = _DEFAULTS["kprod.transaction.version"]
-    kprod_transaction_await_previous_poll_ms: int = _DEFAULTS["kprod.transaction.await.previous.poll.ms"]
+    kprod_transaction_await_previous: bool = _DEFAULTS["kprod.transaction.await.previous"]
     compression_type: str = _DEFAULTS["compression.type"]
     compression_gzip_level: int = _DEFAULTS["compression.gzip.level"]
     compression_lz4_level: int = _DEFAULTS["compression.lz4.level"]

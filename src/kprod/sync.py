@@ -30,7 +30,7 @@ from kprod._core.appender import speedups_module as _speedups
 from kprod._core.transactions import TransactionAbortableError, TxnOperation, TxnState
 from kprod._io import transactional
 from kprod._io.delivery import record_error, record_metadata
-from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait, monotonic_ms
+from kprod._io.engine import WAKE_SENDER, YIELD_GIL, ProducerEngine, Wait
 from kprod._io.frontend import RecordPreparer, check_callback, check_partition, check_records
 from kprod._io.send_path import PreparedRecord, SendPath, Steps
 from kprod.config import ProducerConfig, check_supported
@@ -651,7 +651,7 @@ class Producer:
         operation = transactional.start(
             self._engine,
             "send_offsets_to_transaction",
-            lambda t: t.send_offsets_to_transaction(offsets_map, group, monotonic_ms()),
+            lambda t: t.send_offsets_to_transaction(offsets_map, group),
         )
         self._wait_txn(operation, timeout)
 

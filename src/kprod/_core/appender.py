@@ -202,7 +202,7 @@ class RecordAppender:
                 stage="partitioning",
             )
         if self.txn is not None:
-            self.txn.add_partition(topic, partition, now_ms)  # raises outside a transaction
+            self.txn.add_partition(topic, partition)  # raises outside a transaction
         q = queues[partition]
         before = acc.used_bytes
         batch = acc.append(q, timestamp_ms, key, value, headers, record_bound, now_ms)

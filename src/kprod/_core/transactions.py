@@ -90,9 +90,9 @@ the previous transaction are written 2-5 ms after its EndTxn, so a first wait of
 back-to-back transaction 20 ms longer (measured: 1,000-record transactions 30 -> 44 k records/s)."""
 _ADD_PARTITIONS_FIRST_RETRY_MS = 2
 _AWAIT_PREVIOUS_MAX_MS = 100
-"""How long, at most, a transactions-v2 producer holds its next transaction's first batches and
-offsets while the previous transaction's markers are still being written (see
-:meth:`TransactionManager.on_poll`): the broker's own retry of such a Produce,
+"""How long after an EndTxn answer, at most, a transactions-v2 producer holds the next
+transaction's batches and offsets while the ended transaction's markers are still being written
+(see :meth:`TransactionManager.on_poll`): the broker's own retry of such a Produce,
 ``add.partitions.to.txn.retry.backoff.max.ms``, also stops at 100 ms. After it they go out and
 the broker's retry takes over, as for the Java producer."""
 _PREVIOUS_COMPLETING = frozenset({"PrepareCommit", "PrepareAbort"})
@@ -256,8 +256,6 @@ class TxnRequest:
     bump_epoch: bool = False
     not_before_ms: int = 0
     attempts: int = 0
-    sent_ms: int = 0
-    """When :meth:`TransactionManager.next_request` last handed it out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,9 +287,9 @@ class TransactionManager:
     :param rng: the randomness for backoff jitter (±20 %, as Java).
     :param can_bump_epoch: whether the coordinator takes InitProducerId v3+ with the current id and
         epoch (KIP-360); without it, errors that Java recovers from by an epoch bump are fatal.
-    :param await_previous_poll_ms: ``kprod.transaction.await.previous.poll.ms``: under transactions
-        v2, how often to ask the coordinator whether the previous transaction is complete before
-        the next one's first batches and offsets go out; 0 sends them at once, as Java does.
+    :param await_previous: ``kprod.transaction.await.previous``: under transactions v2, hold the
+        next transaction's batches and offsets until the coordinator says the ended one is
+        complete (see :meth:`_await_previous`); False sends them at once, as Java does.
     """
 
     def __init__(
@@ -302,7 +300,7 @@ class TransactionManager:
         retry_backoff_max_ms: int,
         rng: random.Random,
         can_bump_epoch: bool = True,
-        await_previous_poll_ms: int = 0,
+        await_previous: bool = False,
     ) -> None:
         self.transactional_id = transactional_id
         self.transaction_timeout_ms = transaction_timeout_ms
@@ -310,7 +308,7 @@ class TransactionManager:
         self._retry_backoff_max_ms = max(retry_backoff_ms, retry_backoff_max_ms)
         self._rng = rng
         self.can_bump_epoch = can_bump_epoch
-        self.await_previous_poll_ms = await_previous_poll_ms
+        self.await_previous = await_previous
         self.transactions_v2 = False
         """KIP-890 part 2: the broker adds partitions on Produce and bumps the epoch at every EndTxn."""
         self.state = TxnState.UNINITIALIZED
@@ -334,16 +332,14 @@ class TransactionManager:
         self.in_flight: TxnRequest | None = None
         self._pending_call: tuple[str, TxnOperation] | None = None
         """The user call (init, commit, abort) whose caller may have timed out: a repeat returns it."""
-        self._previous_ended_ms: int | None = None
-        """Transactions v2: when the previous transaction's EndTxn was answered, until the next
-        transaction has decided whether to wait for that transaction's markers."""
         self._hold_until_ms: int | None = None
-        """Transactions v2: while set, the transaction's batches and offsets wait (until then at
-        most) for a DescribeTransactions answer saying the previous transaction is complete."""
+        """Transactions v2: while set, the next transaction's batches and offsets wait (until then
+        at most) for a DescribeTransactions answer saying the ended transaction is complete."""
+        self._wait_counted = False
         self.previous_waits = 0
-        """Transactions that found the previous one still completing and waited for it."""
+        """Transactions whose batches or offsets found the previous one still completing and waited."""
         self.previous_checks = 0
-        """DescribeTransactions requests sent to see whether the previous transaction is complete."""
+        """DescribeTransactions requests sent to see whether the ended transaction is complete."""
 
     # ----------------------------------------------------------------- state
 
@@ -465,7 +461,7 @@ class TransactionManager:
             return f"cannot {operation}: a transaction is in progress already"
         return f"cannot {operation} while the transaction is {self.state.value}"
 
-    def add_partition(self, topic: str, partition: int, now_ms: int) -> None:
+    def add_partition(self, topic: str, partition: int) -> None:
         """Record that a record for ``topic``/``partition`` is being sent in this transaction.
 
         Call it before appending the record. Under transactions v2 the broker adds the partition
@@ -485,8 +481,7 @@ class TransactionManager:
             )
         tp = (topic, partition)
         if self.transactions_v2:
-            if self._previous_ended_ms is not None:
-                self._await_previous(now_ms)
+            self._count_wait()
             self._partitions.add(tp)
             self._transaction_started = True
             return
@@ -502,22 +497,25 @@ class TransactionManager:
         return (topic, partition) in self._partitions
 
     def _await_previous(self, now_ms: int) -> None:
-        """The transaction's first partition or offsets, shortly after the previous EndTxn: hold
-        them and ask the coordinator whether that transaction's markers are written yet.
+        """A transactions-v2 EndTxn was just answered: until the coordinator says the transaction
+        is complete, hold the next one's batches and offsets, and ask.
 
         Under transactions v2 the coordinator answers EndTxn once it has logged PrepareCommit (or
         PrepareAbort), and writes the markers after. A Produce of the next transaction that arrives
         meanwhile is held by the partition leader, which retries adding the partition every
         ``add.partitions.to.txn.retry.backoff.ms`` (20 ms); an AddOffsetsToTxn is answered
-        CONCURRENT_TRANSACTIONS. Asking (DescribeTransactions, every ``await_previous_poll_ms``)
-        sends them once the markers are written instead, a few milliseconds after EndTxn.
+        CONCURRENT_TRANSACTIONS. Asking (DescribeTransactions, from now on, while the caller builds
+        the next transaction: again at once after each of the first three answers that say
+        PrepareCommit/PrepareAbort, then after 1, 2, 4, 8, then every 16 ms) sends them once the
+        markers are written instead, usually within a few milliseconds of EndTxn.
         """
-        ended_ms = self._previous_ended_ms
-        self._previous_ended_ms = None
-        if ended_ms is None or now_ms - ended_ms >= _AWAIT_PREVIOUS_MAX_MS:
-            return
         self._hold_until_ms = now_ms + _AWAIT_PREVIOUS_MAX_MS
         self._enqueue(TxnRequest(TxnRequestKind.DESCRIBE_TRANSACTION, TxnOperation("describe_transaction")))
+
+    def _count_wait(self) -> None:
+        if self._hold_until_ms is not None and not self._wait_counted:
+            self._wait_counted = True
+            self.previous_waits += 1
 
     def _release_held(self) -> None:
         self._hold_until_ms = None
@@ -530,11 +528,11 @@ class TransactionManager:
             self._release_held()
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition, int], group: ConsumerGroupMetadata, now_ms: int
+        self, offsets: Mapping[TopicPartition, int], group: ConsumerGroupMetadata
     ) -> TxnOperation:
         """Begin adding consumer offsets to the transaction: AddOffsetsToTxn to the transaction
         coordinator, then TxnOffsetCommit to the group's coordinator. ``offsets`` are the next
-        offsets to consume (last processed + 1); ``now_ms`` the monotonic time of the call.
+        offsets to consume (last processed + 1).
 
         :raises InvalidTxnStateError: outside a transaction, or for an empty group id or a negative offset.
         """
@@ -547,8 +545,7 @@ class TransactionManager:
         if bad:
             raise InvalidTxnStateError(f"offsets must be >= 0, got {[(tp, offsets[tp]) for tp in bad]}")
         operation = TxnOperation("send_offsets_to_transaction")
-        if self.transactions_v2 and self._previous_ended_ms is not None:
-            self._await_previous(now_ms)
+        self._count_wait()  # AddOffsetsToTxn waits behind the question, if one is pending
         self._enqueue(TxnRequest(TxnRequestKind.ADD_OFFSETS, operation, group=group, offsets=dict(offsets)))
         return operation
 
@@ -689,7 +686,6 @@ class TransactionManager:
                 _finish(request.operation)
                 continue
             self.in_flight = request
-            request.sent_ms = now_ms
             return request
         return None
 
@@ -985,10 +981,10 @@ class TransactionManager:
             _finish(request.operation)  # released meanwhile (held too long, or the transaction ended)
             return
         if response.error_code == _NONE and response.state in _PREVIOUS_COMPLETING:
-            if request.attempts == 0:
-                self.previous_waits += 1
-            # Every poll_ms from one question to the next, however long the answer took.
-            self._retry(request, now_ms, max(0, request.sent_ms + self.await_previous_poll_ms - now_ms))
+            # The markers are usually written within a few round trips: ask again at once, then
+            # back off so a transaction that takes long to complete is not asked 300 times.
+            attempts = request.attempts
+            self._retry(request, now_ms, 0 if attempts < 3 else min(1 << (attempts - 3), 16))
             return
         # Complete (or anything else, errors included: asking is only a shortcut).
         self._release_held()
@@ -1002,8 +998,8 @@ class TransactionManager:
                 self.producer_id, self.producer_epoch = response.producer_id, response.producer_epoch
                 self._sequences_reset = True
             self._complete_transaction()
-            if self.transactions_v2 and self.await_previous_poll_ms > 0:
-                self._previous_ended_ms = now_ms
+            if self.transactions_v2 and self.await_previous and not self._epoch_bump_required:
+                self._await_previous(now_ms)
             if self._epoch_bump_required:
                 self._transition(TxnState.INITIALIZING)
                 self._enqueue(TxnRequest(TxnRequestKind.EPOCH_BUMP, request.operation, bump_epoch=True))
@@ -1053,8 +1049,7 @@ class TransactionManager:
         self._new_partitions.clear()
         self._transaction_started = False
         self._txn_started_ms = None
-        self._previous_ended_ms = None
-        self._release_held()
+        self._wait_counted = False
 
     # ----------------------------------------------------------------- error transitions
 

@@ -230,7 +230,7 @@ class ProducerEngine:
                 retry_backoff_ms=config.retry_backoff_ms,
                 retry_backoff_max_ms=config.retry_backoff_max_ms,
                 rng=self.rng,
-                await_previous_poll_ms=config.kprod_transaction_await_previous_poll_ms,
+                await_previous=config.kprod_transaction_await_previous,
             )
             self.core.txn = self.txn
         self.transactions_v2 = False
