@@ -115,6 +115,7 @@ def test_table_and_dataclass_agree() -> None:
         "allow.auto.create.topics",
         "kprod.exit.flush.timeout.ms",
         "kprod.transaction.version",
+        "kprod.transaction.await.previous",
         "kprod.live.port",
         "kprod.live.host",
         # librdkafka's (and confluent-kafka's) SASL settings, and kprod's token provider.
@@ -264,6 +265,7 @@ INVALID: list[tuple[str, object, str]] = [
     ("linger.ms", -1, ">= 0"),
     ("kprod.exit.flush.timeout.ms", -1, ">= 0"),
     ("kprod.transaction.version", "3", "'auto'"),
+    ("kprod.transaction.await.previous", "sometimes", "true"),
     ("kprod.live.port", -1, "None (off), 0 (a free port) or a TCP port in [1, 65535]"),
     ("kprod.live.port", 65536, "[1, 65535]"),
     ("kprod.live.port", "on", "[1, 65535]"),

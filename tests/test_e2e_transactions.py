@@ -221,9 +221,9 @@ def test_back_to_back_v2_transactions_wait_for_the_previous_ones_markers(
             elapsed_s = time.monotonic() - started
             metrics = producer.metrics()
         if await_previous:
-            # Each of the 40 EndTxn answers started the questions; the markers take a few ms to
-            # write, so some transactions found the previous one still completing.
-            assert metrics["txn-previous-checks-total"] >= 40, metrics
+            # Each of the first 39 EndTxn answers started the questions (the 40th may not have yet);
+            # the markers take a few ms to write, so transactions found the previous one completing.
+            assert metrics["txn-previous-checks-total"] >= 39, metrics
             assert metrics["txn-previous-waits-total"] >= 1, metrics
         else:
             assert metrics["txn-previous-checks-total"] == metrics["txn-previous-waits-total"] == 0

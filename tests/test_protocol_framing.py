@@ -19,7 +19,6 @@ from kio.serial import entity_writer
 from kio.static.constants import EntityType
 
 from kprod.errors import ProtocolError
-from kprod.protocol.messages import CLIENT_API_VERSIONS
 from kprod.protocol.framing import (
     FLEXIBLE_FROM_VERSION,
     MAX_CORRELATION_ID,
@@ -30,6 +29,7 @@ from kprod.protocol.framing import (
     request_header_version,
     response_header_version,
 )
+from kprod.protocol.messages import CLIENT_API_VERSIONS
 
 
 def _write(entity: Any) -> bytes:
