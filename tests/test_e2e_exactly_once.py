@@ -49,11 +49,24 @@ def test_exactly_once_pipeline_survives_two_sigkills(kafka: KafkaCluster) -> Non
         "eos-group",
         "--transactional-id",
         "eos-worker-1",
+        # 1,000 transactions of 50: enough that the watcher below sees the worker mid-way (with
+        # 200 per transaction a worker that no longer meets the broker's 20 ms waits was done with
+        # all 50,000 records before the first look).
         "--batch",
-        "200",
+        "50",
     ]
     kills: list[int] = []
-    watcher = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "eos-group"})
+    # read_uncommitted: librdkafka then fetches offsets without require_stable, which a read_committed
+    # consumer sets and which makes the broker answer UNSTABLE_OFFSET_COMMIT (retried by librdkafka
+    # until its timeout) while a transaction holds offsets: nearly always, with back-to-back ones.
+    watcher = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": "eos-group",
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    assert _committed_total(watcher) == 0  # also finds the group coordinator before the clock runs
     try:
         for low, high in ((0.1, 0.35), (0.5, 0.8)):
             # Kill at a random point while the worker is mid-way: after its committed offsets pass a
