@@ -3,6 +3,7 @@
 
     python bench/transactions.py                   # 200,000 records per run (a few minutes)
     python bench/transactions.py --records 50000   # quicker
+    python bench/transactions.py --offsets --per-txn 200,1000   # consume-transform-produce shaped
 
 One Apache Kafka node (kprod.kafka_broker, JVM flags for throughput) and one topic of 6 partitions
 per run; kprod runs three times: with the cluster's transactions v2 and its defaults (the next
@@ -35,12 +36,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from kprod import Producer  # noqa: E402
+from kprod import ConsumerGroupMetadata, Producer  # noqa: E402
 from kprod.kafka_broker import KafkaCluster, _java, kafka_jars  # noqa: E402
 
 THROUGHPUT_JVM = ("-Xms512m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError")
 PAYLOAD = b"x" * 100
 BATCH_SIZE: int | None = None
+OFFSETS = False
+"""--offsets: every transaction also commits consumer offsets, as a consume-transform-produce loop does."""
+OFFSETS_TOPIC = "txn-bench-input"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -73,6 +77,7 @@ def run_kprod(
         }
     )
     commits: list[float] = []
+    group = ConsumerGroupMetadata(f"bench-group-{uuid.uuid4().hex[:6]}")
     try:
         producer.init_transactions()
         send = producer.send
@@ -81,6 +86,8 @@ def run_kprod(
             producer.begin_transaction()
             for _ in range(min(per_txn, records - first)):
                 send(topic, PAYLOAD)
+            if OFFSETS:
+                producer.send_offsets_to_transaction({(OFFSETS_TOPIC, 0): first + per_txn}, group)
             t = time.perf_counter()
             producer.commit_transaction()
             commits.append((time.perf_counter() - t) * 1000)
@@ -91,7 +98,11 @@ def run_kprod(
 
 
 def run_confluent(bootstrap: str, topic: str, records: int, per_txn: int) -> dict[str, Any]:
+    from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka import Producer as CkProducer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-group-{uuid.uuid4().hex[:6]}"})
+    group = consumer.consumer_group_metadata()
 
     producer = CkProducer(
         {
@@ -117,10 +128,13 @@ def run_confluent(bootstrap: str, topic: str, records: int, per_txn: int) -> dic
                     poll(0.001)
             if i % 1000 == 0:
                 poll(0)
+        if OFFSETS:
+            producer.send_offsets_to_transaction([TopicPartition(OFFSETS_TOPIC, 0, first + per_txn)], group, 60)
         t = time.perf_counter()
         producer.commit_transaction(60)
         commits.append((time.perf_counter() - t) * 1000)
     elapsed = time.perf_counter() - started
+    consumer.close()
     return {"rate": records / elapsed, "commits": commits}
 
 
@@ -175,19 +189,30 @@ def main() -> int:
         help="batch.size for every client (default: each client's own, 131072 for kprod, 16384 for Java, "
         "1000000 for librdkafka)",
     )
+    parser.add_argument(
+        "--offsets",
+        action="store_true",
+        help="every transaction also commits consumer offsets (send_offsets_to_transaction after its "
+        "records, as a consume-transform-produce loop does); the Java producer is left out",
+    )
+    parser.add_argument(
+        "--per-txn", default="1000,10000", help="records per transaction, comma-separated (default 1000,10000)"
+    )
     args = parser.parse_args()
-    global BATCH_SIZE
+    global BATCH_SIZE, OFFSETS
     BATCH_SIZE = args.batch_size
+    OFFSETS = args.offsets
     rows: list[str] = [
         "| records per transaction | client | records/s | ratio to confluent-kafka | commit p50 | commit p99 |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     with KafkaCluster(jvm_options=THROUGHPUT_JVM) as kafka:
+        kafka.create_topic(OFFSETS_TOPIC, partitions=1)
         # Warm the broker's JIT with every client first: whichever ran first used to pay for it.
         for name, warm in (("kprod", run_kprod), ("confluent-kafka", run_confluent)):
             kafka.create_topic(f"txn-warmup-{name}", partitions=6)
             warm(kafka.bootstrap_servers, f"txn-warmup-{name}", max(10_000, args.records // 5), 1_000)
-        for per_txn in (1_000, 10_000):
+        for per_txn in (int(n) for n in args.per_txn.split(",")):
             results: dict[str, dict[str, Any]] = {}
             runs: tuple[tuple[str, Any], ...] = (
                 ("kprod (transactions v2, the default)", run_kprod),
@@ -207,12 +232,13 @@ def main() -> int:
                 results[client] = fn(kafka.bootstrap_servers, topic, args.records, per_txn)
                 print(f"{per_txn:>6} {client:<16} {results[client]['rate']:>10,.0f} rec/s", flush=True)
             ck_rate = results["confluent-kafka"]["rate"]
-            duration_ms = max(1, int(per_txn / ck_rate * 1000))
-            topic = f"txn-bench-java-{per_txn}"
-            kafka.create_topic(topic, partitions=6)
-            results[f"java (commit every {duration_ms} ms)"] = run_java(
-                kafka.bootstrap_servers, topic, args.records, duration_ms
-            )
+            if not OFFSETS:
+                duration_ms = max(1, int(per_txn / ck_rate * 1000))
+                topic = f"txn-bench-java-{per_txn}"
+                kafka.create_topic(topic, partitions=6)
+                results[f"java (commit every {duration_ms} ms)"] = run_java(
+                    kafka.bootstrap_servers, topic, args.records, duration_ms
+                )
             for client, result in results.items():
                 commits = result["commits"]
                 p50 = f"{statistics.median(commits):.1f} ms" if commits else "n/a"
@@ -222,6 +248,8 @@ def main() -> int:
                 )
     if BATCH_SIZE is not None:
         rows.insert(0, f"batch.size={BATCH_SIZE} for every client\n")
+    if OFFSETS:
+        rows.insert(0, "every transaction also commits consumer offsets\n")
     table = "\n".join(rows)
     print(table)
     if args.out:

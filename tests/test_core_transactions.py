@@ -285,6 +285,32 @@ def test_concurrent_transactions_on_the_first_add_partitions_retries_quickly() -
     assert waits == [2, 4, 8, 16, 20, 20]
 
 
+@pytest.mark.parametrize("v2", [False, True])
+def test_concurrent_transactions_on_add_offsets_retries_quickly_too(v2: bool) -> None:
+    """Java waits retry.backoff.ms (100 ms) here: a consume-transform-produce loop whose offsets
+    met the previous transaction's markers took 100 ms per transaction."""
+    tm = initialized()
+    tm.transactions_v2 = v2
+    tm.begin_transaction()
+    if v2:
+        tm.add_partition("t", 0)  # records first: under v2 nothing is asked for them
+    operation = tm.send_offsets_to_transaction({("in", 0): 1}, ConsumerGroupMetadata("g"))
+    request = expect(tm, K.ADD_OFFSETS)
+    now, waits = 1_000, []
+    for _ in range(6):
+        tm.on_response(request, TxnResponse(error_code=51), now)
+        deadline = tm.next_deadline_ms()
+        assert deadline is not None
+        waits.append(deadline - now)
+        now = deadline
+        assert expect(tm, K.ADD_OFFSETS, now) is request
+    assert waits == [2, 4, 8, 16, 20, 20]
+    tm.on_response(request, TxnResponse(), now)
+    answer_coordinator(tm, GROUP_COORDINATOR, now)
+    tm.on_response(expect(tm, K.TXN_OFFSET_COMMIT, now), TxnResponse(partition_errors={("in", 0): 0}), now)
+    assert operation.done and operation.error is None
+
+
 def test_txn_offset_commit_retries_only_the_partitions_that_failed() -> None:
     tm = initialized()
     tm.begin_transaction()

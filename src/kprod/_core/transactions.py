@@ -855,12 +855,7 @@ class TransactionManager:
             if self._common(request, code, now_ms, response.message):
                 return
             if code == _CONCURRENT_TRANSACTIONS:
-                # The previous transaction is still completing: retry soon, not after a full backoff.
-                quick = min(
-                    _ADD_PARTITIONS_RETRY_BACKOFF_MS,
-                    _ADD_PARTITIONS_FIRST_RETRY_MS << min(request.attempts, 4),
-                )
-                self._retry(request, now_ms, quick if not self._partitions else None)
+                self._retry(request, now_ms, self._concurrent_backoff_ms(request))
                 return
             if is_retriable(code):
                 self._retry(request, now_ms)
@@ -899,6 +894,18 @@ class TransactionManager:
             self._mark_started(now_ms)
             _finish(request.operation)
 
+    def _concurrent_backoff_ms(self, request: TxnRequest) -> int | None:
+        """The backoff after CONCURRENT_TRANSACTIONS: the previous transaction is still completing
+        (or, under transactions v2, a Produce is adding a partition of this one) and will be done in
+        a few milliseconds, so 2, 4, 8, 16, then 20 ms. Java's 20 ms covers only the transaction's
+        first AddPartitionsToTxn and kprod keeps that condition for it (None, the usual backoff,
+        once the coordinator has taken a partition); for AddOffsetsToTxn Java waits the full
+        ``retry.backoff.ms`` (100 ms), which made each back-to-back consume-transform-produce
+        transaction 100 ms long, so kprod uses the short backoff for it always."""
+        if request.kind is TxnRequestKind.ADD_PARTITIONS and self._partitions:
+            return None
+        return min(_ADD_PARTITIONS_RETRY_BACKOFF_MS, _ADD_PARTITIONS_FIRST_RETRY_MS << min(request.attempts, 4))
+
     def _on_add_offsets(self, request: TxnRequest, response: TxnResponse, now_ms: int) -> None:
         code = response.error_code
         assert request.group is not None
@@ -916,7 +923,9 @@ class TransactionManager:
             )
         elif self._common(request, code, now_ms, response.message):
             return
-        elif is_retriable(code) or code == _CONCURRENT_TRANSACTIONS:
+        elif code == _CONCURRENT_TRANSACTIONS:
+            self._retry(request, now_ms, self._concurrent_backoff_ms(request))
+        elif is_retriable(code):
             self._retry(request, now_ms)
         elif code in (_UNKNOWN_PRODUCER_ID, _INVALID_PRODUCER_ID_MAPPING):
             self._abortable_if_possible(KafkaError(code, response.message, stage="transactions"), request)
