@@ -1,10 +1,10 @@
 """Transactional control-plane messages through kio: builders and parsers.
 
 FindCoordinator, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn and
-DescribeTransactions (InitProducerId
-lives in :mod:`kprod.protocol.messages`). Builders take plain values and return kio request
-entities for :func:`kprod.protocol.messages.encode_request`; parsers take a decoded kio response of
-any version kprod speaks and return plain values. kio types stay inside this module.
+DescribeTransactions (InitProducerId lives in :mod:`kprod.protocol.messages`). Builders take plain
+values and return kio request entities for :func:`kprod.protocol.messages.encode_request`; parsers
+take a decoded kio response of any version kprod speaks and return plain values. kio types stay
+inside this module.
 
 Rules this module obeys: it is pure (no I/O, clocks or threads) and knows nothing of the
 transaction state machine (``kprod._core.transactions``), which sits above it.
