@@ -618,7 +618,7 @@ def test_v2_holds_the_next_transaction_until_the_coordinator_says_the_ended_one_
     assert (tm.previous_checks, tm.previous_waits) == (5, 1)
 
 
-def test_v2_questions_back_off_to_16_ms() -> None:
+def test_v2_questions_back_off_to_8_ms() -> None:
     tm = committed_v2()
     now, asked = 0, []
     while now < 100:
@@ -630,7 +630,7 @@ def test_v2_questions_back_off_to_16_ms() -> None:
             continue
         asked.append(now)
         tm.on_response(ask, TxnResponse(state="PrepareCommit"), now)
-    assert asked == [0, 0, 0, 0, 1, 3, 7, 15, 31, 47, 63, 79, 95]
+    assert asked == [0, 0, 0, 0, 1, 3, 7, 15, 23, 31, 39, 47, 55, 63, 71, 79, 87, 95]
     assert tm.next_request(100, False) is None and not tm.wants_poll, "given up after 100 ms"
 
 
