@@ -694,6 +694,22 @@ def test_v2_hold_ends_on_any_answer_but_prepare(outcome: str) -> None:
     assert tm.is_send_allowed("t", 0) and tm.state is TxnState.IN_TRANSACTION
 
 
+@pytest.mark.parametrize("code", [53, 35])
+def test_v2_stops_asking_where_it_may_not_or_cannot(code: int) -> None:
+    """TRANSACTIONAL_ID_AUTHORIZATION_FAILED (no DESCRIBE on the id) or UNSUPPORTED_VERSION (the
+    engine's answer when the coordinator does not offer DescribeTransactions): the batches go, and
+    later transactions are not held or asked about at all."""
+    tm = committed_v2()
+    tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 0), TxnResponse(error_code=code), 1)
+    assert tm.state is TxnState.READY and not tm.await_previous
+    tm.begin_transaction()
+    tm.add_partition("t", 0)
+    assert tm.is_send_allowed("t", 0)
+    tm.commit_transaction()
+    tm.on_response(expect(tm, K.END_TXN, 2), TxnResponse(producer_id=1000, producer_epoch=2), 2)
+    assert tm.next_request(2, False) is None and tm.previous_checks == 1
+
+
 def test_v2_offsets_wait_behind_the_question_too() -> None:
     tm = committed_v2()
     ask = expect(tm, K.DESCRIBE_TRANSACTION, 0)

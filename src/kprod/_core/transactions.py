@@ -74,6 +74,7 @@ _INVALID_TXN_STATE = 48
 _INVALID_PRODUCER_ID_MAPPING = 49
 _TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 _CONCURRENT_TRANSACTIONS = 51
+_UNSUPPORTED_VERSION = 35
 _OPERATION_NOT_ATTEMPTED = 55
 _UNKNOWN_PRODUCER_ID = 59
 _FENCED_INSTANCE_ID = 82
@@ -997,6 +998,10 @@ class TransactionManager:
             self._retry(request, now_ms, 0 if attempts < 3 else min(1 << (attempts - 3), 8))
             return
         # Complete (or anything else, errors included: asking is only a shortcut).
+        if response.error_code in (_TRANSACTIONAL_ID_AUTHORIZATION_FAILED, _UNSUPPORTED_VERSION):
+            # The principal may not DESCRIBE its transactional id, or the coordinator does not
+            # offer DescribeTransactions: asking after every EndTxn would only cost a round trip.
+            self.await_previous = False
         self._release_held()
         _finish(request.operation)
 

@@ -54,6 +54,7 @@ from kprod._core.transactions import (
     TransactionManager,
     TxnRequest,
     TxnRequestKind,
+    TxnResponse,
 )
 from kprod._io.connection import BrokerConnection
 from kprod._io.connections import BrokerConnections
@@ -81,6 +82,7 @@ from kprod.errors import (
 )
 from kprod.protocol.messages import (
     TRANSACTIONS_V2_PRODUCE,
+    UNSUPPORTED_VERSION,
     ApiKey,
     init_producer_id_request,
     metadata_request,
@@ -809,7 +811,11 @@ class ProducerEngine:
             api_key, build, parse = txn_exchange(request, txn, self._coordinator_found)
             if request.kind is TxnRequestKind.INIT_PRODUCER_ID:
                 self._decide_transactions_v2(conn, txn)
-            answer = await conn.request(api_key, build, self.config.request_timeout_ms, parse)
+            if api_key not in conn.versions and request.kind is TxnRequestKind.DESCRIBE_TRANSACTION:
+                # Only a shortcut (see TransactionManager._await_previous): no such question here.
+                answer = TxnResponse(error_code=UNSUPPORTED_VERSION)
+            else:
+                answer = await conn.request(api_key, build, self.config.request_timeout_ms, parse)
         except KprodError as exc:
             log.debug("%s request failed, will retry: %s", request.kind.name, exc)
             with self.lock:
