@@ -696,9 +696,10 @@ def test_v2_hold_ends_on_any_answer_but_prepare(outcome: str) -> None:
 
 @pytest.mark.parametrize("code", [53, 35])
 def test_v2_stops_asking_where_it_may_not_or_cannot(code: int) -> None:
-    """TRANSACTIONAL_ID_AUTHORIZATION_FAILED (no DESCRIBE on the id) or UNSUPPORTED_VERSION (the
-    engine's answer when the coordinator does not offer DescribeTransactions): the batches go, and
-    later transactions are not held or asked about at all."""
+    """TRANSACTIONAL_ID_AUTHORIZATION_FAILED (no DESCRIBE on the id) or UNSUPPORTED_VERSION (a
+    coordinator that refuses the request's version): the batches go, and later transactions are not
+    held or asked about at all. (A coordinator that does not offer the API at all is found at
+    init_transactions: the engine then turns the questions off.)"""
     tm = committed_v2()
     tm.on_response(expect(tm, K.DESCRIBE_TRANSACTION, 0), TxnResponse(error_code=code), 1)
     assert tm.state is TxnState.READY and not tm.await_previous

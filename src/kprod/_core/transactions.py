@@ -336,7 +336,6 @@ class TransactionManager:
         self._hold_until_ms: int | None = None
         """Transactions v2: while set, the next transaction's batches and offsets wait (until then
         at most) for a DescribeTransactions answer saying the ended transaction is complete."""
-        self._wait_counted = False
         self.previous_waits = 0
         """Transactions whose batches or offsets found the previous one still completing and waited."""
         self.previous_checks = 0
@@ -482,7 +481,6 @@ class TransactionManager:
             )
         tp = (topic, partition)
         if self.transactions_v2:
-            self._count_wait()
             self._partitions.add(tp)
             self._transaction_started = True
             return
@@ -513,12 +511,11 @@ class TransactionManager:
         self._hold_until_ms = now_ms + _AWAIT_PREVIOUS_MAX_MS
         self._enqueue(TxnRequest(TxnRequestKind.DESCRIBE_TRANSACTION, TxnOperation("describe_transaction")))
 
-    def _count_wait(self) -> None:
-        if self._hold_until_ms is not None and not self._wait_counted:
-            self._wait_counted = True
-            self.previous_waits += 1
-
     def _release_held(self) -> None:
+        if self._hold_until_ms is not None and (
+            self._partitions or any(r.kind is TxnRequestKind.ADD_OFFSETS for r in self._queue)
+        ):
+            self.previous_waits += 1  # the next transaction had batches or offsets held
         self._hold_until_ms = None
         self._queue = [r for r in self._queue if r.kind is not TxnRequestKind.DESCRIBE_TRANSACTION]
 
@@ -546,7 +543,6 @@ class TransactionManager:
         if bad:
             raise InvalidTxnStateError(f"offsets must be >= 0, got {[(tp, offsets[tp]) for tp in bad]}")
         operation = TxnOperation("send_offsets_to_transaction")
-        self._count_wait()  # AddOffsetsToTxn waits behind the question, if one is pending
         self._enqueue(TxnRequest(TxnRequestKind.ADD_OFFSETS, operation, group=group, offsets=dict(offsets)))
         return operation
 
@@ -999,8 +995,8 @@ class TransactionManager:
             return
         # Complete (or anything else, errors included: asking is only a shortcut).
         if response.error_code in (_TRANSACTIONAL_ID_AUTHORIZATION_FAILED, _UNSUPPORTED_VERSION):
-            # The principal may not DESCRIBE its transactional id, or the coordinator does not
-            # offer DescribeTransactions: asking after every EndTxn would only cost a round trip.
+            # The principal may not DESCRIBE its transactional id, or the coordinator refuses the
+            # request: asking after every EndTxn would only cost a round trip.
             self.await_previous = False
         self._release_held()
         _finish(request.operation)
@@ -1064,7 +1060,6 @@ class TransactionManager:
         self._new_partitions.clear()
         self._transaction_started = False
         self._txn_started_ms = None
-        self._wait_counted = False
 
     # ----------------------------------------------------------------- error transitions
 

@@ -54,7 +54,6 @@ from kprod._core.transactions import (
     TransactionManager,
     TxnRequest,
     TxnRequestKind,
-    TxnResponse,
 )
 from kprod._io.connection import BrokerConnection
 from kprod._io.connections import BrokerConnections
@@ -82,7 +81,6 @@ from kprod.errors import (
 )
 from kprod.protocol.messages import (
     TRANSACTIONS_V2_PRODUCE,
-    UNSUPPORTED_VERSION,
     ApiKey,
     init_producer_id_request,
     metadata_request,
@@ -811,11 +809,7 @@ class ProducerEngine:
             api_key, build, parse = txn_exchange(request, txn, self._coordinator_found)
             if request.kind is TxnRequestKind.INIT_PRODUCER_ID:
                 self._decide_transactions_v2(conn, txn)
-            if api_key not in conn.versions and request.kind is TxnRequestKind.DESCRIBE_TRANSACTION:
-                # Only a shortcut (see TransactionManager._await_previous): no such question here.
-                answer = TxnResponse(error_code=UNSUPPORTED_VERSION)
-            else:
-                answer = await conn.request(api_key, build, self.config.request_timeout_ms, parse)
+            answer = await conn.request(api_key, build, self.config.request_timeout_ms, parse)
         except KprodError as exc:
             log.debug("%s request failed, will retry: %s", request.kind.name, exc)
             with self.lock:
@@ -831,11 +825,14 @@ class ProducerEngine:
             self._wake()
 
     def _decide_transactions_v2(self, conn: BrokerConnection, txn: TransactionManager) -> None:
-        """Decide transactions v2 or v1 once, at init_transactions, for the producer's life."""
+        """Decide transactions v2 or v1 once, at init_transactions, for the producer's life, and
+        whether the coordinator can be asked about the previous transaction (DescribeTransactions)."""
         v2 = speaks_transactions_v2(conn)
         with self.lock:
             self.transactions_v2 = v2
             txn.transactions_v2 = v2
+            if ApiKey.DESCRIBE_TRANSACTIONS not in conn.versions:
+                txn.await_previous = False
 
     def _coordinator_found(self, node_id: int, host: str, port: int) -> None:
         """FindCoordinator's answer: where ``node_id`` is (it may not be in Metadata yet)."""
