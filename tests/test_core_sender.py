@@ -122,7 +122,7 @@ class Harness:
         """poll, then write every plan (``on_sent``)."""
         plans = self.poll(now_ms, slots).requests
         for plan in plans:
-            assert self.core.on_sent(plan) == []
+            self.core.on_sent(plan)
         return plans
 
 
@@ -770,15 +770,41 @@ def test_abort_reports_a_queued_retry_in_doubt_as_possibly_persisted() -> None:
 # -- acks=0, backoff, abort ----------------------------------------------------------------------------
 
 
-def test_acks_zero_completes_batches_when_sent() -> None:
+def test_acks_zero_completes_batches_when_written() -> None:
     h = Harness(acks=0)
     a = h.append(0, 0)
     plan = only_plan(h.poll(LINGER).requests)
     assert not plan.expects_response
-    assert h.core.on_sent(plan) == [a]
+    h.core.on_sent(plan)
+    # Handed to the connection, not yet out of the process: still in flight, memory still held.
+    assert not a.done and h.core.in_flight_count == 1 and h.acc.used_bytes > 0
+    assert h.core.on_written(plan) == [a]
     assert a.done and a.error is None and a.base_offset == -1
     assert h.acc.used_bytes == 0
     assert h.core.in_flight_count == 0
+
+
+def test_acks_zero_request_stuck_in_the_process_times_out_then_its_late_write_is_ignored() -> None:
+    h = Harness(acks=0)
+    a = h.append(0, 0)
+    plan = only_plan(h.poll(LINGER).requests)
+    h.core.on_sent(plan)
+    late = a.created_ms + h.core.settings.delivery_timeout_ms
+    expired = h.poll(late).completed
+    assert expired == [a] and isinstance(a.error, KafkaTimeoutError)
+    assert h.core.on_written(plan) == []  # done already: not completed twice
+    assert h.core.in_flight_count == 0
+
+
+def test_acks_zero_request_whose_connection_closed_before_it_left_is_retried() -> None:
+    h = Harness(acks=0)
+    a = h.append(0, 0)
+    plan = only_plan(h.poll(LINGER).requests)
+    h.core.on_sent(plan)
+    assert h.core.on_request_failed(plan, BrokerConnectionError("closed"), LINGER) == []
+    assert not a.done and a.attempts == 1
+    again = only_plan(h.poll(LINGER + BACKOFF_MAX).requests)
+    assert again.batches == [a]
 
 
 def test_backoff_grows_exponentially_within_jitter() -> None:
@@ -1021,7 +1047,7 @@ class SenderMachine(RuleBasedStateMachine):
         self.record(result.completed)
         for plan in result.requests:
             assert wanted[plan.node_id] > 0
-            self.record(self.core.on_sent(plan))
+            self.core.on_sent(plan)
             self.in_flight[plan.node_id].append(plan)
         assert all(len(plans) <= self.core.settings.max_in_flight for plans in self.in_flight.values())
 

@@ -9,6 +9,7 @@ here, against the real broker, and read back with confluent-kafka. The relay in 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -257,6 +258,33 @@ def test_a_record_over_the_topics_limit_fails_alone_naming_the_setting(kafka: Ka
         b"before",
         b"after",
     ]
+
+
+def test_an_acks_zero_request_kafka_refuses_closes_the_connection_and_is_reported(
+    kafka: KafkaCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka has no answer for an acks=0 request it refuses: it closes the connection. kprod says
+    so (a WARNING naming the broker and the setting) and goes on with a new connection."""
+    topic = "acks0-refused"
+    kafka.create_topic(topic, partitions=1, configs={"max.message.bytes": "2000"})
+    caplog.set_level(logging.WARNING, logger="kprod")
+    with Producer(
+        {"bootstrap.servers": kafka.bootstrap_servers}, acks=0, linger_ms=0, compression_type="none"
+    ) as producer:
+        producer.send(topic, b"before").result(timeout=30)
+        time.sleep(0.5)  # "before" is read alone, before the refused one
+        producer.send(topic, b"x" * 5_000).result(timeout=30)  # MESSAGE_TOO_LARGE: no answer, a close
+        deadline = time.monotonic() + 30
+        while not any("closed the connection" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no warning about the closed connection"
+            time.sleep(0.05)
+        after = [producer.send(topic, b"after-%d" % i) for i in range(100)]
+        producer.flush(timeout=30)
+        assert all(f.exception(timeout=0) is None for f in after)
+    warning = next(r.getMessage() for r in caplog.records if "closed the connection" in r.getMessage())
+    assert "acks=0" in warning and "acks=1 or all" in warning, warning
+    read = consume_all(kafka.bootstrap_servers, topic, 1, 101, timeout_s=30, linger_s=0.5)
+    assert [r.value for r in read] == [b"before"] + [b"after-%d" % i for i in range(100)]
 
 
 def test_log_append_time_topics_report_the_brokers_timestamp(kafka: KafkaCluster) -> None:

@@ -22,6 +22,7 @@ from kprod.errors import ProtocolError
 from kprod.protocol.framing import (
     FLEXIBLE_FROM_VERSION,
     MAX_CORRELATION_ID,
+    UNANSWERABLE_KEPT,
     FrameReader,
     InFlightRequests,
     encode_request_header,
@@ -235,6 +236,34 @@ def test_in_flight_requests_without_response() -> None:
     assert inflight.pop(5).context == "metadata"  # skips (and drops) the older acks=0 request
     assert [e.context for e in inflight.pop_no_response()] == ["acks0-d"]
     assert inflight.drain_all() == []
+
+
+def test_an_answer_to_a_request_that_expects_none_is_recognised() -> None:
+    """Tansu answers acks=0 Produce requests; Kafka does not. Such an answer is recognised (to be
+    dropped), with every id sent before it, and never mistaken for an answer that is awaited."""
+    inflight = InFlightRequests()
+    for cid in (1, 2, 3):
+        inflight.add(cid, 0, 9, False, None)
+        inflight.pop_no_response()
+    inflight.add(4, 3, 12, True, "metadata")
+    assert not inflight.take_unexpected_answer(4)  # awaited: the caller dispatches it
+    assert not inflight.take_unexpected_answer(99)
+    assert inflight.take_unexpected_answer(2)
+    assert not inflight.take_unexpected_answer(1)  # sent before 2: its answer can no longer come
+    assert not inflight.take_unexpected_answer(2)  # once
+    assert inflight.take_unexpected_answer(3)
+    assert inflight.pop(4).context == "metadata"
+
+
+def test_requests_without_answer_are_remembered_up_to_a_bound() -> None:
+    inflight = InFlightRequests()
+    total = UNANSWERABLE_KEPT + 10
+    for cid in range(total):
+        inflight.add(cid, 0, 9, False, None)
+        inflight.pop_no_response()
+    assert not inflight.take_unexpected_answer(9)  # forgotten: the oldest go first
+    assert inflight.take_unexpected_answer(10)
+    assert inflight.take_unexpected_answer(total - 1)
 
 
 def test_correlation_ids_wrap() -> None:

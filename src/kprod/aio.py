@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -384,16 +385,18 @@ class AsyncProducer:
         engine = self._engine
         if engine is None:
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
         with engine.lock:
             engine.begin_close()  # before the flush: every record it waits for was accepted before close()
         try:
             await self.flush(timeout)
         except KprodError:
             pass
+        linger_s = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
         error = ProducerClosedError(
             f"close() was called and the record was not delivered within its timeout ({timeout} s)"
         )
-        failed = await engine.shutdown(error)
+        failed = await engine.shutdown(error, linger_s)
         if failed:
             log.warning("close(): %d record(s) were not delivered in time and failed", failed)
 

@@ -824,14 +824,55 @@ class KafkaCluster:
                     f"CreateTopics {name!r} failed with error {int(result.error_code)}: {result.error_message}"
                 )
         while True:
-            leaders = self.partition_leaders(name, timeout_s=max(0.1, min(5.0, deadline - time.monotonic())))
-            if len(leaders) == partitions and all(leader >= 0 for leader in leaders.values()):
+            step_s = max(0.1, min(5.0, deadline - time.monotonic()))
+            leaders = self.partition_leaders(name, timeout_s=step_s)
+            if (
+                len(leaders) == partitions
+                and all(leader >= 0 for leader in leaders.values())
+                and self._leaders_serve(name, leaders, step_s)
+            ):
                 return
             if time.monotonic() >= deadline:
                 raise KafkaBrokerError(
-                    f"topic {name!r} has leaders {leaders} at the deadline; raise timeout_s"
+                    f"topic {name!r} has leaders {leaders} at the deadline, or they do not serve it "
+                    "yet; raise timeout_s"
                 )
             time.sleep(0.05)
+
+    def _leaders_serve(self, topic: str, leaders: Mapping[int, int], timeout_s: float) -> bool:
+        """True when each partition's leader answers ListOffsets for it without an error.
+
+        A broker puts a new partition in its metadata cache before its replica manager takes it
+        (``BrokerMetadataPublisher``): in between, Metadata names the leader but the leader answers
+        NOT_LEADER_OR_FOLLOWER, and to an ``acks=0`` Produce it closes the connection, losing what
+        the client wrote behind it. A test that writes at once must wait for this.
+        """
+        from kprod.protocol.messages import _request
+
+        list_offsets, version = 2, 7
+        by_leader: dict[int, list[int]] = {}
+        for partition, leader in leaders.items():
+            by_leader.setdefault(leader, []).append(partition)
+        for leader, owned in by_leader.items():
+            wanted = tuple(
+                _request(list_offsets, version, "ListOffsetsPartition", partition_index=p, timestamp=-1)
+                for p in owned
+            )
+            request = _request(
+                list_offsets,
+                version,
+                "ListOffsetsRequest",
+                replica_id=-1,
+                isolation_level=0,
+                topics=(_request(list_offsets, version, "ListOffsetsTopic", name=topic, partitions=wanted),),
+            )
+            try:
+                response = self.request(request, node_id=leader, timeout_s=timeout_s)
+            except (OSError, KafkaBrokerError):
+                return False
+            if any(int(p.error_code) for t in response.topics for p in t.partitions):
+                return False
+        return True
 
     def delete_topic(self, name: str, timeout_s: float = 30.0) -> None:
         """Delete ``name``; blocks until Metadata no longer lists it (at most ``timeout_s`` s).

@@ -17,6 +17,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
 import threading
 import time
 import types
@@ -760,6 +761,7 @@ class Producer:
             return 0  # the child has no I/O thread to stop; the parent's producer is untouched
         # Refuse new records first, then flush: a record accepted while the flush ran (another
         # thread still sending) would otherwise fail at once, told that its timeout had passed.
+        deadline = None if timeout is None else time.monotonic() + timeout
         with engine.lock:
             engine.begin_close()
         try:
@@ -776,7 +778,8 @@ class Producer:
             )
             failed = 0
             try:
-                future = asyncio.run_coroutine_threadsafe(engine.shutdown(error), self._loop)
+                linger_s = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+                future = asyncio.run_coroutine_threadsafe(engine.shutdown(error, linger_s), self._loop)
                 failed = future.result(_STOP_TIMEOUT_S)
             except Exception as exc:  # the loop is gone or stuck: nothing more can be delivered
                 log.warning("kprod producer shutdown did not complete cleanly: %r", exc)

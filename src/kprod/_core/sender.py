@@ -334,8 +334,8 @@ class SenderCore:
                         transactional_id=None if self.txn is None else self.txn.transactional_id,
                     )
                     result.requests.append(plan)
-                    if plan.expects_response:
-                        self._in_flight[id(plan)] = plan
+                    # acks=0 too: until on_written, its bytes may still be in the process's buffers.
+                    self._in_flight[id(plan)] = plan
                     metrics = self.metrics
                     metrics.records_per_request.record(sum(b.record_count for b in batches), now_ms)
                     queue_times = [now_ms - b.created_ms for b in batches]
@@ -419,8 +419,12 @@ class SenderCore:
 
     # -- answers ---------------------------------------------------------------------------
 
-    def on_sent(self, plan: ProduceRequestPlan) -> list[ProducerBatch]:
-        """The request was written to the socket. With acks=0 its batches are done now."""
+    def on_sent(self, plan: ProduceRequestPlan) -> None:
+        """The request was handed to its connection (its bytes may still wait in the process).
+
+        With acks=0 its batches complete at :meth:`on_written`, once every byte has left the
+        process, as the Java producer completes them once the socket took the whole request.
+        """
         compressed = plan.compressed
         metrics = self.metrics
         now_ms = plan.created_ms
@@ -442,8 +446,11 @@ class SenderCore:
                 topic = metrics.topic(batch.topic)
                 topic["byte"].record(wire, now_ms)
                 topic["compression"].record(ratio, now_ms)
-        if plan.expects_response:
-            return []
+
+    def on_written(self, plan: ProduceRequestPlan) -> list[ProducerBatch]:
+        """acks=0: every byte of ``plan``'s request left the process. Its batches are done, with
+        offset -1 (no answer will say more); returns them."""
+        self._in_flight.pop(id(plan), None)
         out: list[ProducerBatch] = []
         for batch in plan.batches:
             if not batch.done:

@@ -20,6 +20,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,14 @@ __all__ = ["BrokerConnection", "ResponseCallback"]
 log = logging.getLogger("kprod.connection")
 
 ResponseCallback = Callable[[memoryview | bytes | None, int, BaseException | None], None]
+WrittenCallback = Callable[[BaseException | None], None]
+"""Told when every byte of a request that expects no answer left the process (None), or that the
+connection closed before (the error)."""
+
+_WRITTEN_CHECK_S = 0.001
+"""How often bytes that wait in the transport's buffer are looked at (s). asyncio tells a protocol
+nothing when its buffer shrinks below the high-water mark, so this is a short timer that runs only
+while a request without an answer (acks=0) waits there."""
 """Called with (frame, body_offset, None) for a response, or (None, 0, error) when the connection dies."""
 
 _API_VERSIONS_FIRST = 3
@@ -107,6 +116,18 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._reauth_handle: asyncio.TimerHandle | None = None
         self._reauth_task: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._bytes_written = 0
+        """Bytes handed to the transport over the connection's life."""
+        self._unwritten: deque[tuple[int, WrittenCallback]] = deque()
+        """Requests without an answer whose bytes the transport still held when sent: (the value of
+        ``_bytes_written`` after their last byte, whom to tell), oldest first."""
+        self._written_timer: asyncio.TimerHandle | None = None
+        self._closed_waiter: asyncio.Future[None] | None = None
+        self._finishing = False
+        self.requests_without_answer = 0
+        """Requests written that expect no answer (acks=0 Produce)."""
+        self.answered_unanswerable = 0
+        """Answers the broker sent to requests that expect none (acks=0 Produce), ignored."""
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -379,6 +400,13 @@ class BrokerConnection(asyncio.BufferedProtocol):
             )
 
     def _dispatch(self, frame: memoryview | bytes) -> None:
+        if len(frame) >= 4 and self._in_flight.take_unexpected_answer(int.from_bytes(frame[:4], "big")):
+            # An answer to an acks=0 Produce request (Tansu answers them; Kafka does not): ignore it
+            # rather than take the stream for out of step and close the connection.
+            if not self.answered_unanswerable:
+                log.debug("%s answers requests sent without expecting an answer (acks=0); ignored", self)
+            self.answered_unanswerable += 1
+            return
         oldest = self._in_flight.peek_oldest_expected()
         if oldest is None:
             raise ProtocolError(f"unexpected response from {self.host}:{self.port}: no request awaits one")
@@ -395,6 +423,18 @@ class BrokerConnection(asyncio.BufferedProtocol):
             drained.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_error is None and self.requests_without_answer and not self._finishing:
+            # Closed by the broker: Kafka's one way to refuse an acks=0 request.
+            log.warning(
+                "broker %d (%s:%d) closed the connection after %d acks=0 Produce request(s) on it: "
+                "Kafka closes it when it refuses one (NOT_LEADER_OR_FOLLOWER, MESSAGE_TOO_LARGE, ...), "
+                "and that request and those written behind it are lost without an answer to say so. "
+                "Set acks=1 or all to have such records retried or failed visibly",
+                self.node_id,
+                self.host,
+                self.port,
+                self.requests_without_answer,
+            )
         error = self._close_error or BrokerConnectionError(
             f"connection to broker {self.node_id} at {self.host}:{self.port} closed"
             + (f": {exc}" if exc else ""),
@@ -409,6 +449,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._unwritten:
+            self._check_written()
         if self.ready and self._on_ready is not None:
             self._on_ready(self, False)  # the engine may send again
 
@@ -432,8 +474,14 @@ class BrokerConnection(asyncio.BufferedProtocol):
         correlation_id: int,
         frame_parts: Sequence[bytes | bytearray | memoryview],
         callback: ResponseCallback | None,
-    ) -> None:
+        on_written: WrittenCallback | None = None,
+    ) -> bool:
         """Write one request frame; ``callback`` gets its response (None: no response expected).
+
+        For a request without a response, returns True when every byte of it already left the
+        process (the kernel took it). Otherwise ``on_written`` is called later: with None once
+        they have, or with the error if the connection closes first (a request in the transport's
+        buffer then never reaches the broker). Returns False for a request that expects a response.
 
         Raises BrokerConnectionError if the connection is closed.
         """
@@ -444,9 +492,40 @@ class BrokerConnection(asyncio.BufferedProtocol):
             )
         self._in_flight.add(correlation_id, api_key, api_version, callback is not None, callback)
         transport.writelines(frame_parts)
+        self._bytes_written += sum(len(part) for part in frame_parts)
         self.last_activity_ms = time.monotonic_ns() // 1_000_000
-        if callback is None:
-            self._in_flight.pop_no_response()
+        if callback is not None:
+            return False
+        self.requests_without_answer += 1
+        self._in_flight.pop_no_response()
+        if not self._unwritten and not transport.get_write_buffer_size():
+            return True
+        if on_written is not None:
+            self._unwritten.append((self._bytes_written, on_written))
+            if self._written_timer is None:
+                self._written_timer = asyncio.get_running_loop().call_later(
+                    _WRITTEN_CHECK_S, self._check_written
+                )
+        return False
+
+    def _check_written(self) -> None:
+        """Tell the requests without an answer whose last byte left the process; look again soon
+        while any is left. (With TLS: left Python's TLS layer, whose count of encrypted bytes is
+        never below the plain bytes they carry.)"""
+        self._written_timer = None
+        transport = self._transport
+        if self.closed or transport is None:
+            return
+        left_process = self._bytes_written - transport.get_write_buffer_size()
+        unwritten = self._unwritten
+        while unwritten and unwritten[0][0] <= left_process:
+            _, on_written = unwritten.popleft()
+            try:
+                on_written(None)
+            except Exception:  # a bug in a callback must not kill the connection
+                log.exception("written callback failed on %s", self)
+        if unwritten and self._written_timer is None and not self.closed:
+            self._written_timer = asyncio.get_running_loop().call_later(_WRITTEN_CHECK_S, self._check_written)
 
     def next_correlation_id(self) -> int:
         return self._in_flight.next_correlation_id()
@@ -532,11 +611,33 @@ class BrokerConnection(asyncio.BufferedProtocol):
         else:
             self._finish_close(self._close_error)
 
+    def finish_writing(self) -> bool:
+        """End the writing half once the transport's buffer is out (a TCP FIN after the last byte);
+        answers are still read. The broker reads everything sent, then closes its side, which
+        closes this connection. False where that is not possible (TLS): close it instead."""
+        transport = self._transport
+        if self.closed or transport is None or not transport.can_write_eof():
+            return False
+        self.ready = False  # no new request: the broker would never read it
+        self._finishing = True  # the broker's close that follows is the expected one
+        transport.write_eof()
+        return True
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (by either side)."""
+        if self.closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed_waiter)
+
     def _finish_close(self, error: BaseException) -> None:
         if self.closed:
             return
         self.closed = True
         self.ready = False
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
         if self._reauth_handle is not None:
             self._reauth_handle.cancel()
             self._reauth_handle = None
@@ -549,4 +650,13 @@ class BrokerConnection(asyncio.BufferedProtocol):
                     callback(None, 0, error)  # type: ignore[operator]
                 except Exception:
                     log.exception("failure callback raised on %s", self)
+        if self._written_timer is not None:
+            self._written_timer.cancel()
+            self._written_timer = None
+        while self._unwritten:  # their bytes were in the transport's buffer: they never left
+            _, on_written = self._unwritten.popleft()
+            try:
+                on_written(error)
+            except Exception:
+                log.exception("failure callback raised on %s", self)
         self._on_closed(self, error)

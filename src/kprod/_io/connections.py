@@ -329,9 +329,33 @@ class BrokerConnections:
                 conn.closed_idle = True  # a normal close: no metadata refresh for it
                 conn.close(BrokerConnectionError(f"idle for connections.max.idle.ms={idle_ms}"))
 
+    async def close_all_gracefully(self, error: KprodError, linger_s: float) -> None:
+        """close(): end every connection's writing half after the bytes it still holds, give the
+        brokers up to ``linger_s`` s to read them and close their side, then close what is left
+        with ``error``. A broker that answers acks=0 requests (Tansu) would otherwise meet a
+        closed socket, be reset, and drop the requests it had not read yet."""
+        if linger_s > 0:
+            ending = [conn for conn in self._all_connections() if conn.finish_writing()]
+            if ending:
+                waits = [asyncio.ensure_future(conn.wait_closed()) for conn in ending]
+                _, pending = await asyncio.wait(waits, timeout=linger_s)
+                for wait in pending:
+                    wait.cancel()
+        self.close_all(error)
+
+    def _all_connections(self) -> list[BrokerConnection]:
+        every = {*self.connections.values(), *self.open_conns}
+        if self.bootstrap is not None:
+            every.add(self.bootstrap)
+        return list(every)
+
     def close_all(self, error: KprodError) -> None:
         """Stop connecting and close every connection with ``error`` (the producer is closing)."""
         for task in list(self.connecting.values()):
             task.cancel()
-        for conn in [*self.connections.values(), *([self.bootstrap] if self.bootstrap else []), *self.open_conns]:
+        for conn in [
+            *self.connections.values(),
+            *([self.bootstrap] if self.bootstrap else []),
+            *self.open_conns,
+        ]:
             conn.close(error)

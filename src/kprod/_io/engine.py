@@ -55,7 +55,7 @@ from kprod._core.transactions import (
     TxnRequest,
     TxnRequestKind,
 )
-from kprod._io.connection import BrokerConnection
+from kprod._io.connection import BrokerConnection, ResponseCallback, WrittenCallback
 from kprod._io.connections import BrokerConnections
 from kprod._io.delivery import complete, run_failed_callback
 from kprod._io.live_endpoint import LiveEndpoint, open_live_endpoint
@@ -104,6 +104,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("kprod.producer")
+
+CLOSE_LINGER_MAX_S = 1.0
+"""The longest close() waits, once its records are done or failed, for the brokers to read what was
+written to them and close their side (s); within close()'s own timeout."""
 
 
 class AfterAppend(enum.IntFlag):
@@ -313,8 +317,10 @@ class ProducerEngine:
             log.exception("stats_cb raised")
         self.loop.call_later(self.config.statistics_interval_ms / 1000, self._emit_statistics)
 
-    async def shutdown(self, error: KprodError) -> int:
-        """Stop the sender, fail what is left with ``error``, close connections. Returns the records failed."""
+    async def shutdown(self, error: KprodError, linger_s: float = 0.0) -> int:
+        """Stop the sender, fail what is left with ``error``, close connections, giving the brokers
+        up to ``linger_s`` s (at most CLOSE_LINGER_MAX_S) to read what was written to them
+        (``BrokerConnections.close_all_gracefully``). Returns the records failed."""
         with self.lock:
             self.closing = True
             self._stop_accepting()
@@ -331,7 +337,9 @@ class ProducerEngine:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.conns.close_all(ProducerClosedError("producer closed"))
+        await self.conns.close_all_gracefully(
+            ProducerClosedError("producer closed"), min(linger_s, CLOSE_LINGER_MAX_S)
+        )
         self.notify_waiters()
         if self.live_endpoint is not None:
             await self.live_endpoint.aclose()
@@ -870,17 +878,24 @@ class ProducerEngine:
             timeout_ms=plan.timeout_ms,
             topic_data=topic_data,
         )
-        callback = None
+        callback: ResponseCallback | None = None
+        on_written: WrittenCallback | None = None
         if plan.expects_response:
 
             def callback(frame: memoryview | bytes | None, offset: int, error: BaseException | None) -> None:
                 self._on_produce_answer(plan, version, conn, frame, offset, error)
 
+        else:
+
+            def on_written(error: BaseException | None) -> None:
+                self._on_request_written(plan, error)
+
         try:
-            conn.send(ApiKey.PRODUCE, version, correlation_id, frame, callback)
+            written = conn.send(ApiKey.PRODUCE, version, correlation_id, frame, callback, on_written)
         except KprodError as exc:
             self._fail_plan(plan, exc)
             return
+        completed: list[ProducerBatch] = []
         with self.lock:
             metrics = self.core.metrics
             size = sum(len(part) for part in frame)
@@ -891,14 +906,30 @@ class ProducerEngine:
             node = metrics.node(plan.node_id)
             node["outgoing-byte"].record(size, plan.created_ms)
             node["request"].record(1, plan.created_ms)
-            completed = self.core.on_sent(plan)
+            self.core.on_sent(plan)
+            if written:
+                completed = self.core.on_written(plan)
             self.records_sent += records
             self.batches_sent += len(plan.batches)
             self.requests_sent += 1
         if completed:
             self.deliver(completed)
-        if callback is not None:
+        # A request without an answer that waits in the transport's buffer is timed out like an
+        # unanswered one (plan.answered is set once it is written).
+        if not written:
             self._request_deadlines.append((monotonic_ms() + plan.timeout_ms, plan, conn))
+
+    def _on_request_written(self, plan: ProduceRequestPlan, error: BaseException | None) -> None:
+        """acks=0: the request's bytes left the process (error None), or its connection closed first."""
+        plan.answered = True
+        if error is None:
+            with self.lock:
+                completed = self.core.on_written(plan)
+            self.deliver(completed)
+            self._wake()  # the partitions' next batches may go now
+        else:
+            failure = error if isinstance(error, KprodError) else BrokerConnectionError(str(error))
+            self._fail_plan(plan, failure)
 
     def _fail_plan(self, plan: ProduceRequestPlan, error: KprodError) -> None:
         with self.lock:
@@ -922,9 +953,11 @@ class ProducerEngine:
 
     def _on_request_timeout(self, plan: ProduceRequestPlan, conn: BrokerConnection) -> None:
         # Like the Java client: close the connection; every request on it fails and is retried.
+        waited_for = "an answer" if plan.expects_response else "the broker to read the request (acks=0)"
         conn.close(
             BrokerConnectionError(
-                f"no answer from broker {conn.node_id} within request.timeout.ms={plan.timeout_ms}",
+                f"waited for {waited_for} from broker {conn.node_id} longer than "
+                f"request.timeout.ms={plan.timeout_ms}",
                 persisted=Persisted.POSSIBLY_PERSISTED,
             )
         )

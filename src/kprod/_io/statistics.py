@@ -44,6 +44,9 @@ def producer_metrics(engine: ProducerEngine) -> dict[str, Any]:
             "buffer-used-bytes": engine.accumulator.used_bytes,
             "batches-incomplete": engine.accumulator.batch_count,
             "requests-in-flight": core.in_flight_count,
+            "connection-unwritten-bytes": sum(
+                conn.write_buffer_size for conn in list(engine.conns.open_conns)
+            ),
             "record-retry-total": core.retries_total,
             "records-sent-total": engine.records_sent,
             "batches-sent-total": engine.batches_sent,
@@ -64,7 +67,6 @@ def producer_metrics(engine: ProducerEngine) -> dict[str, Any]:
             "successful-reauthentication-total": engine.conns.reauthentications[0],
             "failed-reauthentication-total": engine.conns.reauthentications[1],
         }
-
 
 
 def librdkafka_statistics(engine: ProducerEngine, started_ns: int) -> str:

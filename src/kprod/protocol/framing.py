@@ -285,6 +285,11 @@ class InFlightRequest:
     context: object
 
 
+UNANSWERABLE_KEPT = 4096
+"""How many correlation ids of requests sent without expecting an answer are remembered, to
+recognise an answer to one (:meth:`InFlightRequests.take_unexpected_answer`)."""
+
+
 class InFlightRequests:
     """Requests sent on one connection, oldest first, and the connection's correlation id counter.
 
@@ -296,11 +301,14 @@ class InFlightRequests:
     removes them with :meth:`pop_no_response` once the bytes left the socket.
     """
 
-    __slots__ = ("_awaiting", "_next_correlation_id", "_queue")
+    __slots__ = ("_awaiting", "_next_correlation_id", "_queue", "_unanswerable")
 
     def __init__(self, first_correlation_id: int = 0) -> None:
         self._queue: deque[InFlightRequest] = deque()
         self._awaiting = 0
+        self._unanswerable: dict[int, None] = {}
+        """Correlation ids of the latest requests sent without expecting an answer, oldest first
+        (at most UNANSWERABLE_KEPT): see :meth:`take_unexpected_answer`."""
         self._next_correlation_id = first_correlation_id & MAX_CORRELATION_ID
 
     def next_correlation_id(self) -> int:
@@ -365,7 +373,26 @@ class InFlightRequests:
             return []
         done = [e for e in self._queue if not e.expect_response]
         self._queue = deque(e for e in self._queue if e.expect_response)
+        unanswerable = self._unanswerable
+        for entry in done:
+            unanswerable[entry.correlation_id] = None
+        while len(unanswerable) > UNANSWERABLE_KEPT:
+            del unanswerable[next(iter(unanswerable))]
         return done
+
+    def take_unexpected_answer(self, correlation_id: int) -> bool:
+        """True if ``correlation_id`` is that of a recent request sent without expecting an answer
+        (a broker that answers acks=0 Produce requests, as Tansu does): the caller drops the
+        answer. Forgets that id and those sent before it, since answers come in order."""
+        unanswerable = self._unanswerable
+        if correlation_id not in unanswerable:
+            return False
+        while unanswerable:
+            oldest = next(iter(unanswerable))
+            del unanswerable[oldest]
+            if oldest == correlation_id:
+                break
+        return True
 
     def drain_all(self) -> list[InFlightRequest]:
         """Remove and return every request, oldest first (the connection died)."""
