@@ -396,6 +396,47 @@ def test_top_reconnects_when_the_producer_restarts_on_the_same_port(tansu: Embed
             second.close(1)
 
 
+@pytest.mark.timeout(60)
+def test_top_stops_at_once_on_ctrl_c_while_the_producer_does_not_answer(tansu: EmbeddedBroker) -> None:
+    """The producer's process is frozen (SIGSTOP) while top waits for its next snapshot (up to
+    --timeout-s 30): Ctrl-C still ends top at once, with status 0."""
+    port = _free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from kprod import Producer
+            Producer({{"bootstrap.servers": "{tansu.bootstrap_servers}", "kprod.live.port": {port}}})
+            print("ready", flush=True)
+            time.sleep(120)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    top: subprocess.Popen[str] | None = None
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        top = subprocess.Popen(
+            [sys.executable, "-m", "kprod", "top", "--port", str(port), "--interval-s", "0.2", "--timeout-s", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out = _Lines(top.stdout)
+        out.wait_for("live ")
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)  # top's next question is unanswered now
+        assert top.poll() is None
+        start = time.monotonic()
+        top.send_signal(signal.SIGINT)
+        assert top.wait(10) == 0
+        took = time.monotonic() - start
+        assert took < 2.0, f"top took {took:.1f} s to stop"
+    finally:
+        if top is not None:
+            top.kill()
+            top.wait(5)
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait(5)
+
+
 def test_reconnect_backoff_doubles_up_to_two_seconds_and_never_tries_early() -> None:
     from kprod.cli.live import SourceUnavailableError
     from kprod.cli.top import MAX_RECONNECT_BACKOFF_S, ReconnectingMetrics, RemoteMetrics

@@ -261,7 +261,12 @@ class LiveView(threading.Thread):
         self.status: str | None = None
         """Why the source is unavailable now (``disconnected, retrying ...``), else None."""
 
+    def request_stop(self) -> None:
+        """Ask the drawing thread to end after its current step (does not wait)."""
+        self._stop_event.set()
+
     def stop(self) -> None:
+        """End the drawing thread; waits for it at most 5 s."""
         self._stop_event.set()
         self.join(timeout=5)
 

@@ -22,6 +22,7 @@ returns a snapshot dict or raises :class:`EndpointError`, and the view draws any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import socket
@@ -128,6 +129,9 @@ class RemoteMetrics:
         return metrics
 
     def close(self) -> None:
+        """Close the connection; a read another thread waits in returns at once (it sees the end)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # before closing the file: a read holds its lock
         self._file.close()
         self._sock.close()
 
@@ -304,6 +308,9 @@ def run(args: argparse.Namespace) -> int:
         while view.is_alive():
             view.join(0.2)
     except KeyboardInterrupt:
+        # Ctrl-C: stop at once, even while the drawing thread waits for an answer (up to --timeout-s).
+        view.request_stop()
+        remote.close()
         view.stop()
         return 0
     finally:
