@@ -331,6 +331,16 @@ def test_top_ends_cleanly_when_the_producer_closes_with_exit_on_disconnect(tansu
     assert f"the producer at 127.0.0.1:{address[1]} closed" in err
 
 
+def _top_argv(*args: str) -> list[str]:
+    """``kprod top ARGS`` with SIGINT handled as from a terminal: a shell without job control starts
+    background jobs with SIGINT ignored, and a test runner started that way would pass it on."""
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from kprod.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, "top", *args]
+
+
 class _Lines(threading.Thread):
     """Collects a pipe's lines as they come, so that a test can wait for one with a deadline."""
 
@@ -360,7 +370,7 @@ def test_top_reconnects_when_the_producer_restarts_on_the_same_port(tansu: Embed
     settings = {"bootstrap.servers": tansu.bootstrap_servers, "kprod.live.port": port, "linger.ms": 1}
     first = Producer({**settings, "client.id": "top-first"})
     top = subprocess.Popen(
-        [sys.executable, "-m", "kprod", "top", "--port", str(port), "--interval-s", "0.2"],
+        _top_argv("--port", str(port), "--interval-s", "0.2"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     second: Producer | None = None
@@ -415,7 +425,7 @@ def test_top_stops_at_once_on_ctrl_c_while_the_producer_does_not_answer(tansu: E
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         top = subprocess.Popen(
-            [sys.executable, "-m", "kprod", "top", "--port", str(port), "--interval-s", "0.2", "--timeout-s", "30"],
+            _top_argv("--port", str(port), "--interval-s", "0.2", "--timeout-s", "30"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         out = _Lines(top.stdout)

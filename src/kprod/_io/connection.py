@@ -614,13 +614,17 @@ class BrokerConnection(asyncio.BufferedProtocol):
     def finish_writing(self) -> bool:
         """End the writing half once the transport's buffer is out (a TCP FIN after the last byte);
         answers are still read. The broker reads everything sent, then closes its side, which
-        closes this connection. False where that is not possible (TLS): close it instead."""
+        closes this connection. With TLS, which cannot half-close, the transport closes gracefully
+        instead: its buffers go out, then close_notify. False if already closed."""
         transport = self._transport
-        if self.closed or transport is None or not transport.can_write_eof():
+        if self.closed or transport is None:
             return False
         self.ready = False  # no new request: the broker would never read it
-        self._finishing = True  # the broker's close that follows is the expected one
-        transport.write_eof()
+        self._finishing = True  # the close that follows is the expected one
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
         return True
 
     async def wait_closed(self) -> None:

@@ -335,7 +335,7 @@ class BrokerConnections:
         with ``error``. A broker that answers acks=0 requests (Tansu) would otherwise meet a
         closed socket, be reset, and drop the requests it had not read yet."""
         if linger_s > 0:
-            ending = [conn for conn in self._all_connections() if conn.finish_writing()]
+            ending = [conn for conn in self._all_connections() if conn.ready and conn.finish_writing()]
             if ending:
                 waits = [asyncio.ensure_future(conn.wait_closed()) for conn in ending]
                 _, pending = await asyncio.wait(waits, timeout=linger_s)
