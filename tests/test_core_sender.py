@@ -770,12 +770,18 @@ def test_abort_reports_a_queued_retry_in_doubt_as_possibly_persisted() -> None:
 # -- acks=0, backoff, abort ----------------------------------------------------------------------------
 
 
-def test_acks_zero_completes_batches_when_written() -> None:
+def acks_zero_sent() -> tuple[Harness, ProducerBatch, ProduceRequestPlan]:
+    """An acks=0 producer whose one batch's request was handed to its connection (``on_sent``)."""
     h = Harness(acks=0)
     a = h.append(0, 0)
     plan = only_plan(h.poll(LINGER).requests)
     assert not plan.expects_response
     h.core.on_sent(plan)
+    return h, a, plan
+
+
+def test_acks_zero_completes_batches_when_written() -> None:
+    h, a, plan = acks_zero_sent()
     # Handed to the connection, not yet out of the process: still in flight, memory still held.
     assert not a.done and h.core.in_flight_count == 1 and h.acc.used_bytes > 0
     assert h.core.on_written(plan) == [a]
@@ -785,10 +791,7 @@ def test_acks_zero_completes_batches_when_written() -> None:
 
 
 def test_acks_zero_request_stuck_in_the_process_times_out_then_its_late_write_is_ignored() -> None:
-    h = Harness(acks=0)
-    a = h.append(0, 0)
-    plan = only_plan(h.poll(LINGER).requests)
-    h.core.on_sent(plan)
+    h, a, plan = acks_zero_sent()
     late = a.created_ms + h.core.settings.delivery_timeout_ms
     expired = h.poll(late).completed
     assert expired == [a] and isinstance(a.error, KafkaTimeoutError)
@@ -797,10 +800,7 @@ def test_acks_zero_request_stuck_in_the_process_times_out_then_its_late_write_is
 
 
 def test_acks_zero_request_whose_connection_closed_before_it_left_is_retried() -> None:
-    h = Harness(acks=0)
-    a = h.append(0, 0)
-    plan = only_plan(h.poll(LINGER).requests)
-    h.core.on_sent(plan)
+    h, a, plan = acks_zero_sent()
     assert h.core.on_request_failed(plan, BrokerConnectionError("closed"), LINGER) == []
     assert not a.done and a.attempts == 1
     again = only_plan(h.poll(LINGER + BACKOFF_MAX).requests)

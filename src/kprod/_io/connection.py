@@ -60,11 +60,13 @@ from kprod.sasl import SaslFailure
 if TYPE_CHECKING:
     from kprod._io.sasl_login import SaslLogin
 
-__all__ = ["BrokerConnection", "ResponseCallback"]
+__all__ = ["BrokerConnection", "ResponseCallback", "WrittenCallback"]
 
 log = logging.getLogger("kprod.connection")
 
 ResponseCallback = Callable[[memoryview | bytes | None, int, BaseException | None], None]
+"""Called with (frame, body_offset, None) for a response, or (None, 0, error) when the connection dies."""
+
 WrittenCallback = Callable[[BaseException | None], None]
 """Told when every byte of a request that expects no answer left the process (None), or that the
 connection closed before (the error)."""
@@ -73,7 +75,10 @@ _WRITTEN_CHECK_S = 0.001
 """How often bytes that wait in the transport's buffer are looked at (s). asyncio tells a protocol
 nothing when its buffer shrinks below the high-water mark, so this is a short timer that runs only
 while a request without an answer (acks=0) waits there."""
-"""Called with (frame, body_offset, None) for a response, or (None, 0, error) when the connection dies."""
+
+_REFUSAL_WINDOW_MS = 30_000
+"""A broker's close within this long of an acks=0 request is taken for a refusal of it (Kafka closes at
+once); a later one (the broker's connections.max.idle.ms) is not."""
 
 _API_VERSIONS_FIRST = 3
 _UNSUPPORTED_SASL_MECHANISM = 33
@@ -126,6 +131,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self._finishing = False
         self.requests_without_answer = 0
         """Requests written that expect no answer (acks=0 Produce)."""
+        self._last_unanswered_ms = 0
         self.answered_unanswerable = 0
         """Answers the broker sent to requests that expect none (acks=0 Produce), ignored."""
         self.host = host
@@ -423,8 +429,13 @@ class BrokerConnection(asyncio.BufferedProtocol):
             drained.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._close_error is None and self.requests_without_answer and not self._finishing:
-            # Closed by the broker: Kafka's one way to refuse an acks=0 request.
+        if (
+            self._close_error is None
+            and not self._finishing
+            and self.requests_without_answer
+            and time.monotonic_ns() // 1_000_000 - self._last_unanswered_ms < _REFUSAL_WINDOW_MS
+        ):
+            # Closed by the broker soon after an acks=0 request: Kafka's one way to refuse one.
             log.warning(
                 "broker %d (%s:%d) closed the connection after %d acks=0 Produce request(s) on it: "
                 "Kafka closes it when it refuses one (NOT_LEADER_OR_FOLLOWER, MESSAGE_TOO_LARGE, ...), "
@@ -497,6 +508,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
         if callback is not None:
             return False
         self.requests_without_answer += 1
+        self._last_unanswered_ms = self.last_activity_ms
         self._in_flight.pop_no_response()
         if not self._unwritten and not transport.get_write_buffer_size():
             return True
