@@ -1124,6 +1124,88 @@ SenderMachine.TestCase.settings = settings(
 test_sender_against_an_idempotent_broker = SenderMachine.TestCase
 
 
+class AcksZeroMachine(RuleBasedStateMachine):
+    """acks=0 against a model of one connection per broker: requests handed over (``on_sent``) wait
+    in the process until written (``on_written``, in order) or lost with their connection
+    (``on_request_failed``). A batch succeeds only once its request was written, completes once,
+    and holds its memory until then; what is still unwritten is retried, never reported sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = Harness(acks=0, linger_ms=0, batch_size=256)
+        self.now = 0
+        self.waiting: dict[int, list[ProduceRequestPlan]] = {1: [], 2: []}
+        self.written: set[int] = set()  # ids of batches whose last attempt was written
+        self.batches: list[ProducerBatch] = []
+        self.completions: dict[int, int] = {}
+
+    def complete(self, done: list[ProducerBatch]) -> None:
+        for batch in done:
+            self.completions[id(batch)] = self.completions.get(id(batch), 0) + 1
+
+    @rule(partition=st.sampled_from(sorted(LEADERS)), count=st.integers(1, 6))
+    def append(self, partition: int, count: int) -> None:
+        for _ in range(count):
+            batch = self.h.append(partition, self.now)
+            if all(b is not batch for b in self.batches):
+                self.batches.append(batch)
+
+    @rule(ms=st.sampled_from([1, 5, 50, BACKOFF_MAX, DELIVERY_TIMEOUT // 2]))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+    @rule()
+    def poll(self) -> None:
+        result = self.h.poll(self.now)
+        self.complete(result.completed)
+        for plan in result.requests:
+            self.h.core.on_sent(plan)
+            self.waiting[plan.node_id].append(plan)
+
+    @precondition(lambda self: any(self.waiting.values()))
+    @rule(node=st.sampled_from([1, 2]), count=st.integers(1, 3))
+    def write(self, node: int, count: int) -> None:
+        """The kernel takes the oldest ``count`` requests of ``node``'s connection."""
+        plans, self.waiting[node] = self.waiting[node][:count], self.waiting[node][count:]
+        for plan in plans:
+            for batch in plan.batches:
+                if not batch.done:
+                    self.written.add(id(batch))
+            self.complete(self.h.core.on_written(plan))
+
+    @precondition(lambda self: any(self.waiting.values()))
+    @rule(node=st.sampled_from([1, 2]))
+    def close(self, node: int) -> None:
+        """The connection closes with requests still in the process: they never left."""
+        plans, self.waiting[node] = self.waiting[node], []
+        for plan in plans:
+            self.complete(self.h.core.on_request_failed(plan, disconnect(), self.now))
+
+    @invariant()
+    def each_batch_completes_once_and_succeeds_only_if_written(self) -> None:
+        for batch in self.batches:
+            assert self.completions.get(id(batch), 0) == (1 if batch.done else 0), batch
+            if batch.done and batch.error is None:
+                assert id(batch) in self.written, f"{batch} reported sent but never written"
+                assert batch.base_offset == -1
+
+    @invariant()
+    def memory_is_held_until_completion(self) -> None:
+        held = sum(b.size_bytes for b in self.batches if not b.done)
+        assert (self.h.acc.used_bytes > 0) == (held > 0)
+        unwritten = {id(p) for plans in self.waiting.values() for p in plans if not all(b.done for b in p.batches)}
+        assert self.h.core.in_flight_count >= len(unwritten)
+
+
+AcksZeroMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_acks_zero_against_a_connection_model = AcksZeroMachine.TestCase
+
+
 # -- producer-id resets must not wait on batches that can never be sent ---------------------------
 
 

@@ -373,8 +373,9 @@ def _produce_and_verify(
     )
     if acks_0:
         print(
-            "acks=0: the broker confirms nothing; a record counts as written once it is on the socket, "
-            "latency is send to write, and the read-back checks what reached the log (acks=0 may lose records)"
+            "acks=0: the broker confirms nothing; a record counts as written once its request has left the "
+            "process (the kernel took it), latency is send to that, and the read-back checks what reached "
+            "the log (acks=0 may lose records)"
         )
     start = time.perf_counter()
     last_report = start
