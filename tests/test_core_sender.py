@@ -1115,12 +1115,14 @@ class SenderMachine(RuleBasedStateMachine):
                 assert batch.error is not None, f"{batch} acknowledged but not in the log"
 
 
-SenderMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+def machine_settings(examples: int, steps: int) -> settings:
+    """Hypothesis settings of this file's state machines: no deadline (the steps are not timed)."""
+    return settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+
+
+SenderMachine.TestCase.settings = machine_settings(150, 50)
 test_sender_against_an_idempotent_broker = SenderMachine.TestCase
 
 
@@ -1197,12 +1199,7 @@ class AcksZeroMachine(RuleBasedStateMachine):
         assert self.h.core.in_flight_count >= len(unwritten)
 
 
-AcksZeroMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+AcksZeroMachine.TestCase.settings = machine_settings(100, 40)
 test_acks_zero_against_a_connection_model = AcksZeroMachine.TestCase
 
 
