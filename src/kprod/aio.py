@@ -10,7 +10,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -392,11 +391,10 @@ class AsyncProducer:
             await self.flush(timeout)
         except KprodError:
             pass
-        linger_s = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
         error = ProducerClosedError(
             f"close() was called and the record was not delivered within its timeout ({timeout} s)"
         )
-        failed = await engine.shutdown(error, linger_s)
+        failed = await engine.shutdown(error, deadline)
         if failed:
             log.warning("close(): %d record(s) were not delivered in time and failed", failed)
 

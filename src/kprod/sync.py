@@ -17,7 +17,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import math
 import threading
 import time
 import types
@@ -778,8 +777,7 @@ class Producer:
             )
             failed = 0
             try:
-                linger_s = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
-                future = asyncio.run_coroutine_threadsafe(engine.shutdown(error, linger_s), self._loop)
+                future = asyncio.run_coroutine_threadsafe(engine.shutdown(error, deadline), self._loop)
                 failed = future.result(_STOP_TIMEOUT_S)
             except Exception as exc:  # the loop is gone or stuck: nothing more can be delivered
                 log.warning("kprod producer shutdown did not complete cleanly: %r", exc)

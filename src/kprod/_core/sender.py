@@ -96,7 +96,8 @@ class ProduceRequestPlan:
     compressed: bool = False
     """Set by :meth:`encode_batches` when a codec was applied."""
     answered: bool = False
-    """Set by the I/O layer once the request got its answer (or its connection died)."""
+    """Set by the I/O layer once the request got its answer (acks=0: once it was written), or its
+    connection died."""
 
     @property
     def expects_response(self) -> bool:

@@ -406,7 +406,11 @@ class BrokerConnection(asyncio.BufferedProtocol):
             )
 
     def _dispatch(self, frame: memoryview | bytes) -> None:
-        if len(frame) >= 4 and self._in_flight.take_unexpected_answer(int.from_bytes(frame[:4], "big")):
+        if (
+            self._in_flight.sent_unanswerable
+            and len(frame) >= 4
+            and self._in_flight.take_unexpected_answer(int.from_bytes(frame[:4], "big"))
+        ):
             # An answer to an acks=0 Produce request (Tansu answers them; Kafka does not): ignore it
             # rather than take the stream for out of step and close the connection.
             if not self.answered_unanswerable:
@@ -514,11 +518,12 @@ class BrokerConnection(asyncio.BufferedProtocol):
             return True
         if on_written is not None:
             self._unwritten.append((self._bytes_written, on_written))
-            if self._written_timer is None:
-                self._written_timer = asyncio.get_running_loop().call_later(
-                    _WRITTEN_CHECK_S, self._check_written
-                )
+            self._watch_written()
         return False
+
+    def _watch_written(self) -> None:
+        if self._written_timer is None and not self.closed:
+            self._written_timer = asyncio.get_running_loop().call_later(_WRITTEN_CHECK_S, self._check_written)
 
     def _check_written(self) -> None:
         """Tell the requests without an answer whose last byte left the process; look again soon
@@ -536,8 +541,8 @@ class BrokerConnection(asyncio.BufferedProtocol):
                 on_written(None)
             except Exception:  # a bug in a callback must not kill the connection
                 log.exception("written callback failed on %s", self)
-        if unwritten and self._written_timer is None and not self.closed:
-            self._written_timer = asyncio.get_running_loop().call_later(_WRITTEN_CHECK_S, self._check_written)
+        if unwritten:
+            self._watch_written()
 
     def next_correlation_id(self) -> int:
         return self._in_flight.next_correlation_id()

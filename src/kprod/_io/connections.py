@@ -344,6 +344,7 @@ class BrokerConnections:
         self.close_all(error)
 
     def _all_connections(self) -> list[BrokerConnection]:
+        """Every connection, each once: by node, bootstrap, and those still being opened."""
         every = {*self.connections.values(), *self.open_conns}
         if self.bootstrap is not None:
             every.add(self.bootstrap)
@@ -353,9 +354,5 @@ class BrokerConnections:
         """Stop connecting and close every connection with ``error`` (the producer is closing)."""
         for task in list(self.connecting.values()):
             task.cancel()
-        for conn in [
-            *self.connections.values(),
-            *([self.bootstrap] if self.bootstrap else []),
-            *self.open_conns,
-        ]:
+        for conn in self._all_connections():
             conn.close(error)

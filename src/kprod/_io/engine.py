@@ -317,10 +317,11 @@ class ProducerEngine:
             log.exception("stats_cb raised")
         self.loop.call_later(self.config.statistics_interval_ms / 1000, self._emit_statistics)
 
-    async def shutdown(self, error: KprodError, linger_s: float = 0.0) -> int:
+    async def shutdown(self, error: KprodError, deadline_s: float | None) -> int:
         """Stop the sender, fail what is left with ``error``, close connections, giving the brokers
-        up to ``linger_s`` s (at most CLOSE_LINGER_MAX_S) to read what was written to them
-        (``BrokerConnections.close_all_gracefully``). Returns the records failed."""
+        until ``deadline_s`` (``time.monotonic()``; None: none), at most CLOSE_LINGER_MAX_S, to read
+        what was written to them (``BrokerConnections.close_all_gracefully``). Returns the records
+        failed."""
         with self.lock:
             self.closing = True
             self._stop_accepting()
@@ -337,6 +338,7 @@ class ProducerEngine:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        linger_s = CLOSE_LINGER_MAX_S if deadline_s is None else deadline_s - time.monotonic()
         await self.conns.close_all_gracefully(
             ProducerClosedError("producer closed"), min(linger_s, CLOSE_LINGER_MAX_S)
         )

@@ -380,6 +380,11 @@ class InFlightRequests:
             del unanswerable[next(iter(unanswerable))]
         return done
 
+    @property
+    def sent_unanswerable(self) -> bool:
+        """True if any recent request was sent without expecting an answer (none: skip the check)."""
+        return bool(self._unanswerable)
+
     def take_unexpected_answer(self, correlation_id: int) -> bool:
         """True if ``correlation_id`` is that of a recent request sent without expecting an answer
         (a broker that answers acks=0 Produce requests, as Tansu does): the caller drops the
